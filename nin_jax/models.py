@@ -1,0 +1,162 @@
+"""Network in Network (Lin, Chen & Yan, ICLR 2014) as Flax linen modules.
+
+An mlpconv block is one spatial convolution followed by a small MLP that is
+shared across positions (the 1x1 convolutions). The NiN stacks mlpconv blocks
+with pooling and dropout between them, makes the last 1x1 layer emit one map
+per class and averages each map into a logit (global average pooling), so no
+fully connected layer is needed and each class map can be looked at.
+"""
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from nin_jax import errors
+
+Initializer = Callable[..., jax.Array]
+
+POOLS = ('max', 'avg')
+HEADS = ('gap',)
+
+
+def kernel_initializer(name: str, std: float = 0.05) -> Initializer:
+  """Maps a config name to a kernel initializer.
+
+  'normal' is the Caffe reference's N(0, std); it is the init that lets the
+  last ReLU die at lr 0.1, so it is not the default.
+  """
+  initializers = {
+      'he_normal': nn.initializers.he_normal(),
+      'he_uniform': nn.initializers.he_uniform(),
+      'lecun_normal': nn.initializers.lecun_normal(),
+      'glorot_uniform': nn.initializers.glorot_uniform(),
+      'normal': nn.initializers.normal(stddev=std),
+  }
+  if name not in initializers:
+    raise errors.ConfigError(f'Unknown kernel_init {name!r}; choose one of '
+                     f'{sorted(initializers)}.')
+  return initializers[name]
+
+
+class MlpConv(nn.Module):
+  """One kxk convolution, then 1x1 layers; every layer is followed by ReLU.
+
+  The 1x1 layers are `nn.Dense` over the channel axis: the same function as a
+  1x1 convolution, but XLA runs it as a plain matmul, which is much faster on
+  CPU. Their kernels have shape (in, out).
+  """
+  features: Sequence[int]  # features[0]: the kxk conv; the rest: 1x1 layers.
+  kernel_size: int = 3
+  use_batchnorm: bool = False
+  dtype: Any = jnp.float32
+  kernel_init: Initializer = nn.initializers.he_normal()
+  bias_init: Initializer = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    pad = self.kernel_size // 2
+    for i, width in enumerate(self.features):
+      if i == 0:
+        x = nn.Conv(width, (self.kernel_size, self.kernel_size),
+                    padding=((pad, pad), (pad, pad)),
+                    use_bias=not self.use_batchnorm, dtype=self.dtype,
+                    kernel_init=self.kernel_init, bias_init=self.bias_init,
+                    name='conv')(x)
+      else:
+        x = nn.Dense(width, use_bias=not self.use_batchnorm, dtype=self.dtype,
+                     kernel_init=self.kernel_init, bias_init=self.bias_init,
+                     name=f'mlp{i}')(x)
+      if self.use_batchnorm:
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                         dtype=self.dtype, name=f'bn{i}')(x)
+      x = nn.relu(x)
+    return x
+
+
+class NiN(nn.Module):
+  """mlpconv blocks with pool + dropout between them and a GAP head.
+
+  The last block gets one more 1x1 layer with `num_classes` outputs (followed
+  by ReLU, as in the reference model); its output maps are the class maps,
+  recorded with `sow` under 'intermediates'/'class_maps'.
+  """
+  num_classes: int
+  block_features: Sequence[Sequence[int]] = ((192, 160, 96), (192, 192, 192),
+                                             (192, 192))
+  kernel_sizes: Sequence[int] = (5, 5, 3)
+  pools: Sequence[str] = ('max', 'avg')
+  pool_window: int = 3
+  pool_stride: int = 2
+  dropout_rate: float = 0.5
+  use_batchnorm: bool = False
+  dtype: Any = jnp.float32
+  kernel_init: Initializer = nn.initializers.he_normal()
+  bias_init: Initializer = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+    x = images.astype(self.dtype)
+    num_blocks = len(self.block_features)
+    pad = self.pool_window // 2
+    window = (self.pool_window, self.pool_window)
+    strides = (self.pool_stride, self.pool_stride)
+    for b in range(num_blocks):
+      features = tuple(self.block_features[b])
+      last = b == num_blocks - 1
+      if last:
+        features += (self.num_classes,)
+      x = MlpConv(features, self.kernel_sizes[b],
+                  use_batchnorm=self.use_batchnorm, dtype=self.dtype,
+                  kernel_init=self.kernel_init, bias_init=self.bias_init,
+                  name=f'mlpconv{b + 1}')(x, train)
+      if last:
+        break
+      if self.pools[b] == 'max':
+        x = nn.max_pool(x, window, strides, padding=((pad, pad), (pad, pad)))
+      else:  # Padding counts in the average, as PyTorch's and Flax's default.
+        x = nn.avg_pool(x, window, strides, padding=((pad, pad), (pad, pad)),
+                        count_include_pad=True)
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    self.sow('intermediates', 'class_maps', x)
+    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+
+
+def create_model(config: ml_collections.ConfigDict) -> NiN:
+  """Builds the NiN that `config.model` and `config.num_classes` describe."""
+  m = config.model
+  num_blocks = len(m.block_features)
+  if len(m.kernel_sizes) != num_blocks:
+    raise errors.ConfigError(
+        f'config.model.kernel_sizes has {len(m.kernel_sizes)} entries but '
+        f'config.model.block_features has {num_blocks} blocks; give one '
+        'kernel size per block.')
+  if len(m.pools) != num_blocks - 1:
+    raise errors.ConfigError(
+        f'config.model.pools needs {num_blocks - 1} entries (one between each '
+        f'pair of blocks), got {len(m.pools)}.')
+  for pool in m.pools:
+    if pool not in POOLS:
+      raise errors.ConfigError(f'Unknown pool {pool!r} in config.model.pools; use one '
+                       f'of {POOLS}.')
+  if m.head not in HEADS:
+    raise errors.ConfigError(f'Unknown config.model.head {m.head!r}; use one of '
+                     f'{HEADS}.')
+  if not 0.0 <= m.dropout_rate < 1.0:
+    raise errors.ConfigError('config.model.dropout_rate must be in [0, 1), got '
+                     f'{m.dropout_rate}.')
+  return NiN(
+      num_classes=config.num_classes,
+      block_features=tuple(tuple(f) for f in m.block_features),
+      kernel_sizes=tuple(m.kernel_sizes),
+      pools=tuple(m.pools),
+      pool_window=m.pool_window,
+      pool_stride=m.pool_stride,
+      dropout_rate=m.dropout_rate,
+      use_batchnorm=m.use_batchnorm,
+      dtype=jnp.dtype(m.dtype),
+      kernel_init=kernel_initializer(m.kernel_init, m.init_std),
+      bias_init=nn.initializers.constant(m.bias_init),
+  )
