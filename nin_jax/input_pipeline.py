@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core.download import download_manager
 
 from nin_jax import errors
 
@@ -119,7 +120,7 @@ def _prepare_tfds(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
   download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
   try:
     builder.download_and_prepare(download_config=download_config)
-  except tfds.download.NonMatchingChecksumError as e:
+  except download_manager.NonMatchingChecksumError as e:
     raise errors.DatasetUnavailableError(
         f'A downloaded file for {name!r} does not have the expected checksum '
         f'(truncated or wrong file?). Delete it from {manual_dir} and download '

@@ -11,7 +11,7 @@ from nin_jax import errors
 import optax
 
 SCHEDULES = ('cosine', 'step')
-OPTIMIZERS = ('sgd', 'adam')
+OPTIMIZERS = ('sgd', 'adam', 'adamw')
 
 
 def create_learning_rate_fn(config: ml_collections.ConfigDict,
@@ -83,11 +83,11 @@ def scale_by_multipliers(multipliers: Any) -> optax.GradientTransformation:
 def create_optimizer(config: ml_collections.ConfigDict,
                      learning_rate_fn: optax.Schedule,
                      params: Any) -> optax.GradientTransformation:
-  """Gradient clipping, L2 on kernels, SGD/Adam, then per-layer multipliers."""
+  """Gradient clipping, decay of kernels, SGD/Adam(W), per-layer multipliers."""
   parts = []
   if config.grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
-  if config.weight_decay > 0:
+  if config.weight_decay > 0 and config.optimizer != 'adamw':
     # Coupled L2 (added to the gradient), as in the paper and Caffe.
     parts.append(optax.add_decayed_weights(config.weight_decay, decay_mask))
   if config.optimizer == 'sgd':
@@ -95,6 +95,9 @@ def create_optimizer(config: ml_collections.ConfigDict,
                            nesterov=config.nesterov))
   elif config.optimizer == 'adam':
     parts.append(optax.adam(learning_rate_fn))
+  elif config.optimizer == 'adamw':  # Decoupled decay, scaled by the lr.
+    parts.append(optax.adamw(learning_rate_fn, weight_decay=config.weight_decay,
+                             mask=decay_mask))
   else:
     raise errors.ConfigError(f'Unknown config.optimizer {config.optimizer!r}; use one '
                      f'of {OPTIMIZERS}.')

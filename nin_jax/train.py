@@ -5,6 +5,7 @@
 checkpointer and the metric writers. Nothing here reads flags.
 """
 
+import contextlib
 import functools
 import json
 import math
@@ -253,98 +254,98 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   dropout_key = jax.device_put(dropout_key, mesh.replicated)
 
   checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
-  start_step = checkpointer.latest_step() or 0
-  if start_step:
-    state = checkpointer.restore(state, start_step)
-    logging.info('Resumed from checkpoint at step %d in %s', start_step,
-                 checkpointer.directory)
-  if is_writer:
-    os.makedirs(workdir, exist_ok=True)
-    _save_config(config, workdir, start_step)
-    with open(os.path.join(workdir, 'dataset.json'), 'w', encoding='utf-8') as f:
-      json.dump(info.__dict__, f, indent=2)
+  with contextlib.ExitStack() as cleanup:
+    # Pending checkpoint writes finish even when training stops with an error.
+    cleanup.callback(checkpointer.close)
+    start_step = checkpointer.latest_step() or 0
+    if start_step:
+      state = checkpointer.restore(state, start_step)
+      logging.info('Resumed from checkpoint at step %d in %s', start_step,
+                   checkpointer.directory)
+    if is_writer:
+      os.makedirs(workdir, exist_ok=True)
+      _save_config(config, workdir, start_step)
+      with open(os.path.join(workdir, 'dataset.json'), 'w', encoding='utf-8') as f:
+        json.dump(info.__dict__, f, indent=2)
 
-  p_train_step = jax.jit(
-      train_step, in_shardings=(mesh.replicated, mesh.batch, mesh.replicated),
-      out_shardings=(mesh.replicated, mesh.replicated), donate_argnums=0)
-  p_eval_step = jax.jit(eval_step,
-                        in_shardings=(mesh.replicated, mesh.batch),
-                        out_shardings=mesh.replicated)
-  eval_local_batch = config.eval_batch_size // process_count
+    p_train_step = jax.jit(
+        train_step, in_shardings=(mesh.replicated, mesh.batch, mesh.replicated),
+        out_shardings=(mesh.replicated, mesh.replicated), donate_argnums=0)
+    p_eval_step = jax.jit(eval_step,
+                          in_shardings=(mesh.replicated, mesh.batch),
+                          out_shardings=mesh.replicated)
+    eval_local_batch = config.eval_batch_size // process_count
 
-  def run_eval() -> dict[str, float]:
-    return evaluate(p_eval_step, state,
-                    input_pipeline.eval_batches(dataset, info, config,
-                                                eval_local_batch), mesh)
+    def run_eval() -> dict[str, float]:
+      return evaluate(p_eval_step, state,
+                      input_pipeline.eval_batches(dataset, info, config,
+                                                  eval_local_batch), mesh)
 
-  if start_step >= num_steps:
-    result = run_eval()
-    logging.info('Training already finished at step %d (of %d); %s accuracy '
-                 '%.2f%%, loss %.4f over %d examples. Nothing to do.',
-                 start_step, num_steps, config.eval_split,
-                 100 * result['accuracy'], result['loss'],
-                 result['num_examples'])
-    checkpointer.close()
-    return result
-
-  writer = metric_writers.MetricWriter(workdir, enabled=is_writer)
-  progress = metric_writers.ProgressLogger(num_steps, steps_per_epoch)
-  logging.info('Training %d steps (%d per epoch, global batch %d) on %d '
-               'devices; %d training and %d evaluation examples.', num_steps,
-               steps_per_epoch, config.batch_size, jax.device_count(),
-               info.num_train * process_count, info.num_eval * process_count)
-
-  batches = input_pipeline.train_batches(dataset, info, config, local_batch,
-                                         start_step)
-  window = _Window()
-  dead_windows = 0
-  result = {}
-  for step in range(start_step + 1, num_steps + 1):
-    batch = mesh.global_batch(next(batches))
-    state, metrics = p_train_step(state, batch, dropout_key)
-    window.add(metrics)
-    if step == start_step + 1:
-      jax.block_until_ready(metrics)
-      logging.info('First step (compilation included) took %.1f s.',
-                   window.seconds())
-      window.restart_clock()
-
-    if step % config.log_every_steps == 0 or step == num_steps:
-      summary = summarize(window.sums)
-      summary['learning_rate'] = float(learning_rate_fn(step - 1))
-      summary['images_per_sec'] = window.steps_per_second() * config.batch_size
-      if not math.isfinite(summary['loss']):
-        last = checkpointer.latest_step()
-        checkpointer.close()
-        raise FloatingPointError(
-            f'Training loss became {summary["loss"]} by step {step}. The last '
-            f'checkpoint is step {last} in {checkpointer.directory}; try a '
-            'lower --config.learning_rate or --config.grad_clip_norm=1.')
-      writer.write(step, 'train', summary)
-      progress.log(step, summary, 1 / max(window.steps_per_second(), 1e-9))
-      dead_windows = dead_windows + 1 if summary['dead_fraction'] == 1.0 else 0
-      if dead_windows == config.dead_relu_patience:
-        logging.warning(
-            'Every logit of every example has been exactly 0 for %d log '
-            'windows (loss stuck at ln(%d) = %.4f): the ReLU after the last '
-            '1x1 layer has died and training cannot recover. Restart with a '
-            'lower --config.learning_rate, a longer --config.warmup_epochs, '
-            'or --config.model.kernel_init=he_normal.', dead_windows,
-            config.num_classes, math.log(config.num_classes))
-      window = _Window()
-
-    if step % checkpoint_every == 0 or step == num_steps:
-      checkpointer.save(step, state)
-    if step % eval_every == 0 or step == num_steps:
-      window.stop_clock()  # Evaluation time is not training time.
+    if start_step >= num_steps:
       result = run_eval()
-      writer.write(step, config.eval_split,
-                   {k: v for k, v in result.items() if k != 'num_examples'})
-      logging.info('%s at step %d: accuracy %.2f%%, loss %.4f (%d examples)',
-                   config.eval_split, step, 100 * result['accuracy'],
-                   result['loss'], result['num_examples'])
-      window.start_clock()
+      logging.info('Training already finished at step %d (of %d); %s accuracy '
+                   '%.2f%%, loss %.4f over %d examples. Nothing to do.',
+                   start_step, num_steps, config.eval_split,
+                   100 * result['accuracy'], result['loss'],
+                   result['num_examples'])
+      return result
 
-  checkpointer.close()
-  writer.close()
-  return result
+    writer = metric_writers.MetricWriter(workdir, enabled=is_writer)
+    cleanup.callback(writer.close)
+    progress = metric_writers.ProgressLogger(num_steps, steps_per_epoch)
+    logging.info('Training %d steps (%d per epoch, global batch %d) on %d '
+                 'devices; %d training and %d evaluation examples.', num_steps,
+                 steps_per_epoch, config.batch_size, jax.device_count(),
+                 info.num_train * process_count, info.num_eval * process_count)
+
+    batches = input_pipeline.train_batches(dataset, info, config, local_batch,
+                                           start_step)
+    window = _Window()
+    dead_windows = 0
+    result = {}
+    for step in range(start_step + 1, num_steps + 1):
+      batch = mesh.global_batch(next(batches))
+      state, metrics = p_train_step(state, batch, dropout_key)
+      window.add(metrics)
+      if step == start_step + 1:
+        jax.block_until_ready(metrics)
+        logging.info('First step (compilation included) took %.1f s.',
+                     window.seconds())
+        window.restart_clock()
+
+      if step % config.log_every_steps == 0 or step == num_steps:
+        summary = summarize(window.sums)
+        summary['learning_rate'] = float(learning_rate_fn(step - 1))
+        summary['images_per_sec'] = window.steps_per_second() * config.batch_size
+        if not math.isfinite(summary['loss']):
+          last = checkpointer.latest_step()
+          raise FloatingPointError(
+              f'Training loss became {summary["loss"]} by step {step}. The last '
+              f'checkpoint is step {last} in {checkpointer.directory}; try a '
+              'lower --config.learning_rate or --config.grad_clip_norm=1.')
+        writer.write(step, 'train', summary)
+        progress.log(step, summary, 1 / max(window.steps_per_second(), 1e-9))
+        dead_windows = dead_windows + 1 if summary['dead_fraction'] == 1.0 else 0
+        if dead_windows == config.dead_relu_patience:
+          logging.warning(
+              'Every logit of every example has been exactly 0 for %d log '
+              'windows (loss stuck at ln(%d) = %.4f): the ReLU after the last '
+              '1x1 layer has died and training cannot recover. Restart with a '
+              'lower --config.learning_rate, a longer --config.warmup_epochs, '
+              'or --config.model.kernel_init=he_normal.', dead_windows,
+              config.num_classes, math.log(config.num_classes))
+        window = _Window()
+
+      if step % checkpoint_every == 0 or step == num_steps:
+        checkpointer.save(step, state)
+      if step % eval_every == 0 or step == num_steps:
+        window.stop_clock()  # Evaluation time is not training time.
+        result = run_eval()
+        writer.write(step, config.eval_split,
+                     {k: v for k, v in result.items() if k != 'num_examples'})
+        logging.info('%s at step %d: accuracy %.2f%%, loss %.4f (%d examples)',
+                     config.eval_split, step, 100 * result['accuracy'],
+                     result['loss'], result['num_examples'])
+        window.start_clock()
+
+    return result

@@ -9,20 +9,24 @@ translation and horizontal flips.
 
 What to expect, and where the numbers come from:
   * The authors' Caffe model (model zoo `cifar10_nin`, same net, batch 128,
-    120k steps of SGD lr 0.1 with N(0, 0.05) init) reaches 89.6% test
-    accuracy; the paper reports 91.19% with translation + flip augmentation,
-    and osmr/imgclsmob's plain NiN reaches 92.57%. This recipe (He init, SGD
-    with Nesterov momentum, 5 warm-up epochs then cosine decay, 200 epochs =
-    78k steps) is expected to land in that 89-92% band. It has not yet been run
-    to completion on CIFAR-10 by this project: treat the band as the target,
-    not as a measurement.
+    120k steps of SGD lr 0.1 with N(0, 0.05) init, bias lr x2, class-map
+    layer lr x0.1) reaches 89.6% test accuracy; the paper reports 91.19% with
+    translation + flip augmentation, and osmr/imgclsmob's plain NiN reaches
+    92.57%. This recipe (He init, SGD with Nesterov momentum at peak lr 0.05,
+    the Caffe lr multipliers, 5 warm-up epochs then cosine decay, 200 epochs =
+    78k steps) targets that 89-92% band. It has not yet been run to completion
+    on CIFAR-10 by this project: treat the band as the target, not as a
+    measurement.
   * Runtime: about 1.33 GFLOP per training image. On a 2-core CPU (about 40
     images/s) 200 epochs take days, so use an accelerator; on one modern GPU
     an epoch takes seconds.
 
-The recipe avoids the dead-ReLU trap of this net (all class maps stuck at
-zero, loss frozen at ln(10) = 2.3026): He-normal init instead of N(0, 0.05),
-and a linear learning-rate warm-up. Training warns if the trap still springs.
+The recipe is chosen to avoid the dead-ReLU trap of this net (all class maps
+stuck at zero, loss frozen at ln(10) = 2.3026): He-normal init instead of
+N(0, 0.05), a linear warm-up, peak lr 0.05 and the Caffe x0.1 multiplier on
+the class-map layer. On the bundled digits, plain SGD at lr 0.1 died within 10
+epochs with and without that multiplier, while lr 0.05 with it reached 97%.
+Training warns if the trap still springs.
 """
 
 import ml_collections
@@ -80,12 +84,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dtype = 'float32'
 
   # --- Optimization ------------------------------------------------------
-  # 'sgd' (momentum) or 'adam'.
+  # 'sgd' (momentum), 'adam' (L2 added to the gradient) or 'adamw'
+  # (decoupled weight decay).
   config.optimizer = 'sgd'
   config.momentum = 0.9
   config.nesterov = True
   # Peak learning rate for batch_size; not rescaled when batch_size changes.
-  config.learning_rate = 0.1
+  # 0.1 (the Caffe value) killed the last ReLU in our digits trials; 0.05 with
+  # the Caffe multipliers below did not.
+  config.learning_rate = 0.05
   # 'cosine' (linear warm-up, then cosine decay to 0) or 'step' (warm-up,
   # then multiply by lr_decay_factor at each of lr_boundaries_epochs: the
   # paper's schedule).
@@ -98,10 +105,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Clip the global gradient norm to this value; 0 disables clipping.
   config.grad_clip_norm = 0.0
   # Per-parameter learning-rate multipliers: (regex, factor) pairs matched
-  # against '/'-joined parameter paths such as 'mlpconv3/mlp3/kernel'; the
-  # first match wins. The Caffe reference uses (('bias', 2.0),
-  # ('mlpconv3/mlp3/', 0.1)).
-  config.lr_multipliers = ()
+  # against '/'-joined parameter paths such as 'mlpconv3/mlp2/kernel'; the
+  # first match wins. As in the Caffe reference: biases x2, and the class-map
+  # layer x0.1, which keeps its ReLU from being pushed below zero for good.
+  config.lr_multipliers = (('mlpconv3/mlp2/', 0.1), ('bias', 2.0))
   # Global batch size, split over all devices.
   config.batch_size = 128
   # Training length in epochs; num_train_steps > 0 overrides it.

@@ -1,0 +1,131 @@
+"""Input pipeline: shapes, value ranges, augmentation, determinism, errors."""
+
+import itertools
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from nin_jax import errors
+from nin_jax import input_pipeline
+
+
+@pytest.fixture(scope='module')
+def digits():
+  from nin_jax.configs import test as test_config
+  config = test_config.get_config()
+  dataset = input_pipeline.Dataset(config)
+  return config, dataset, input_pipeline.get_info(dataset, config)
+
+
+def test_digits_info_is_the_documented_fixed_split(digits):
+  _, _, info = digits
+  assert (info.num_train, info.num_eval) == (1437, 360)
+  assert info.image_shape == (8, 8, 1)
+  assert info.num_classes == 10
+
+
+def test_train_batches_have_shapes_dtypes_and_standardized_values(digits):
+  config, dataset, info = digits
+  config.augment_pad = 0
+  batches = input_pipeline.train_batches(dataset, info, config, 32)
+  images = np.concatenate([next(batches)['image'] for _ in range(20)])
+  batch = next(batches)
+  assert batch['image'].shape == (32, 8, 8, 1)
+  assert batch['image'].dtype == np.float32
+  assert batch['label'].shape == (32,) and batch['label'].dtype == np.int32
+  assert set(np.unique(batch['label'])) <= set(range(10))
+  # Standardized with the training split's own statistics.
+  assert abs(images.mean()) < 0.05
+  assert abs(images.std() - 1.0) < 0.05
+
+
+def test_augmentation_keeps_labels_and_changes_images(digits):
+  config, dataset, info = digits
+  plain = config.copy_and_resolve_references()
+  plain.augment_pad, plain.augment_flip = 0, False
+  augmented = config.copy_and_resolve_references()
+  augmented.augment_pad, augmented.augment_flip = 2, True
+  a = next(input_pipeline.train_batches(dataset, info, plain, 64))
+  b = next(input_pipeline.train_batches(dataset, info, augmented, 64))
+  # Same seed -> same shuffle order, so labels line up one to one.
+  np.testing.assert_array_equal(a['label'], b['label'])
+  assert a['image'].shape == b['image'].shape
+  assert not np.allclose(a['image'], b['image'])
+  # Translation only moves pixels and pads with the mean (0 after
+  # standardization), so no new values appear beyond the original range.
+  assert b['image'].max() <= a['image'].max() + 1e-5
+
+
+def test_epochs_are_reshuffled_and_resume_reproduces_the_stream(digits):
+  config, dataset, info = digits
+  steps_per_epoch = info.num_train // 64
+  full = list(itertools.islice(
+      input_pipeline.train_batches(dataset, info, config, 64),
+      steps_per_epoch + 3))
+  first_epoch = np.concatenate([b['label'] for b in full[:steps_per_epoch]])
+  assert len(first_epoch) == steps_per_epoch * 64  # Remainder dropped.
+  assert not np.array_equal(full[0]['label'], full[steps_per_epoch]['label'])
+  for start in (2, steps_per_epoch + 1):
+    resumed = next(input_pipeline.train_batches(dataset, info, config, 64,
+                                                start_step=start))
+    np.testing.assert_array_equal(resumed['image'], full[start]['image'])
+    np.testing.assert_array_equal(resumed['label'], full[start]['label'])
+
+
+def test_eval_covers_every_example_exactly_once(digits):
+  config, dataset, info = digits
+  batches = list(input_pipeline.eval_batches(dataset, info, config, 100))
+  assert len(batches) == 4  # 360 examples -> 3 full batches + 1 padded.
+  assert all(b['image'].shape == (100, 8, 8, 1) for b in batches)
+  mask = np.concatenate([b['mask'] for b in batches])
+  assert mask.sum() == info.num_eval == 360
+  np.testing.assert_array_equal(mask[:360], 1.0)
+  np.testing.assert_array_equal(mask[360:], 0.0)
+  labels = np.concatenate([b['label'] for b in batches])[:360]
+  _, expected = input_pipeline._digits_arrays('test')
+  np.testing.assert_array_equal(labels, expected)
+
+
+def test_tfds_path_under_mock_data(tiny_config, monkeypatch):
+  monkeypatch.setattr(input_pipeline, '_host_reachable', lambda url: True)
+  tiny_config.dataset = 'cifar10'
+  with tfds.testing.mock_data(num_examples=50):
+    dataset = input_pipeline.Dataset(tiny_config)
+    info = input_pipeline.get_info(dataset, tiny_config)
+    assert info.image_shape == (32, 32, 3)
+    assert len(info.class_names) == 10
+    assert info.num_train == 50
+    batch = next(input_pipeline.train_batches(dataset, info, tiny_config, 16))
+    assert batch['image'].shape == (16, 32, 32, 3)
+    evals = list(input_pipeline.eval_batches(dataset, info, tiny_config, 16))
+    assert sum(b['mask'].sum() for b in evals) == 50
+
+
+def test_offline_error_names_the_manual_download_route(tmp_path, monkeypatch):
+  monkeypatch.setattr(input_pipeline, '_host_reachable', lambda url: False)
+  with pytest.raises(errors.DatasetUnavailableError) as raised:
+    input_pipeline._prepare_tfds('cifar10', str(tmp_path))
+  message = str(raised.value)
+  manual = os.path.join(str(tmp_path), 'downloads', 'manual',
+                        'cifar-10-binary.tar.gz')
+  assert manual in message
+  assert 'nin_jax/configs/digits.py' in message
+  assert not os.path.exists(os.path.join(tmp_path, 'cifar10', '3.0.2'))
+
+
+def test_manual_file_with_wrong_checksum_is_reported(tmp_path, monkeypatch):
+  monkeypatch.setattr(input_pipeline, '_host_reachable',
+                      lambda url: pytest.fail('must not touch the network'))
+  manual = tmp_path / 'downloads' / 'manual'
+  manual.mkdir(parents=True)
+  (manual / 'cifar-10-binary.tar.gz').write_bytes(b'not the real archive')
+  with pytest.raises(errors.DatasetUnavailableError, match='checksum'):
+    input_pipeline._prepare_tfds('cifar10', str(tmp_path))
+  assert (manual / 'cifar-10-binary.tar.gz').exists()  # Nothing deleted.
+
+
+def test_unknown_dataset_name():
+  with pytest.raises(errors.DatasetUnavailableError, match='--config.dataset'):
+    input_pipeline._prepare_tfds('cifar11', None)
