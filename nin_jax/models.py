@@ -54,20 +54,25 @@ class MlpConv(nn.Module):
   dtype: Any = jnp.float32
   kernel_init: Initializer = nn.initializers.he_normal()
   bias_init: Initializer = nn.initializers.zeros
+  # Bias init of the block's last layer, if different (the class maps).
+  last_bias_init: Initializer | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     pad = self.kernel_size // 2
     for i, width in enumerate(self.features):
+      bias_init = self.bias_init
+      if i == len(self.features) - 1 and self.last_bias_init is not None:
+        bias_init = self.last_bias_init
       if i == 0:
         x = nn.Conv(width, (self.kernel_size, self.kernel_size),
                     padding=((pad, pad), (pad, pad)),
                     use_bias=not self.use_batchnorm, dtype=self.dtype,
-                    kernel_init=self.kernel_init, bias_init=self.bias_init,
+                    kernel_init=self.kernel_init, bias_init=bias_init,
                     name='conv')(x)
       else:
         x = nn.Dense(width, use_bias=not self.use_batchnorm, dtype=self.dtype,
-                     kernel_init=self.kernel_init, bias_init=self.bias_init,
+                     kernel_init=self.kernel_init, bias_init=bias_init,
                      name=f'mlp{i}')(x)
       if self.use_batchnorm:
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
@@ -95,6 +100,7 @@ class NiN(nn.Module):
   dtype: Any = jnp.float32
   kernel_init: Initializer = nn.initializers.he_normal()
   bias_init: Initializer = nn.initializers.zeros
+  class_bias_init: Initializer = nn.initializers.zeros
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
@@ -111,6 +117,7 @@ class NiN(nn.Module):
       x = MlpConv(features, self.kernel_sizes[b],
                   use_batchnorm=self.use_batchnorm, dtype=self.dtype,
                   kernel_init=self.kernel_init, bias_init=self.bias_init,
+                  last_bias_init=self.class_bias_init if last else None,
                   name=f'mlpconv{b + 1}')(x, train)
       if last:
         break
@@ -159,4 +166,5 @@ def create_model(config: ml_collections.ConfigDict) -> NiN:
       dtype=jnp.dtype(m.dtype),
       kernel_init=kernel_initializer(m.kernel_init, m.init_std),
       bias_init=nn.initializers.constant(m.bias_init),
+      class_bias_init=nn.initializers.constant(m.class_bias_init),
   )

@@ -6,6 +6,7 @@ checkpointer and the metric writers. Nothing here reads flags.
 """
 
 import contextlib
+import dataclasses
 import functools
 import json
 import math
@@ -214,6 +215,57 @@ def _save_config(config: ml_collections.ConfigDict, workdir: str,
     f.write(text)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+  """Step counts derived from the config and the dataset size."""
+  local_batch: int  # This process's share of the global batch.
+  steps_per_epoch: int
+  num_steps: int
+  eval_every: int
+  checkpoint_every: int
+
+  @classmethod
+  def make(cls, config: ml_collections.ConfigDict, num_local_train: int,
+           process_count: int) -> '_Plan':
+    local_batch = config.batch_size // process_count
+    steps_per_epoch = num_local_train // local_batch
+    if steps_per_epoch == 0:
+      raise errors.ConfigError(
+          f'config.batch_size={config.batch_size} is larger than the '
+          f'{num_local_train * process_count} training examples; lower it.')
+    num_steps = (config.num_train_steps if config.num_train_steps > 0
+                 else int(config.num_epochs * steps_per_epoch))
+    return cls(
+        local_batch=local_batch,
+        steps_per_epoch=steps_per_epoch,
+        num_steps=num_steps,
+        eval_every=(config.eval_every_steps if config.eval_every_steps > 0
+                    else steps_per_epoch),
+        checkpoint_every=(config.checkpoint_every_steps
+                          if config.checkpoint_every_steps > 0
+                          else steps_per_epoch))
+
+
+class _DeadReluMonitor:
+  """Warns once the class maps have been all zero for `patience` windows."""
+
+  def __init__(self, patience: int, num_classes: int):
+    self._patience = patience
+    self._num_classes = num_classes
+    self._dead_windows = 0
+
+  def update(self, dead_fraction: float) -> None:
+    self._dead_windows = self._dead_windows + 1 if dead_fraction == 1.0 else 0
+    if self._dead_windows == self._patience:
+      logging.warning(
+          'Every logit of every example has been exactly 0 for %d log windows '
+          '(loss stuck at ln(%d) = %.4f): the ReLU after the last 1x1 layer has '
+          'died and training cannot recover. Restart in a new workdir with a '
+          'lower --config.learning_rate, a longer --config.warmup_epochs, or '
+          '--config.model.kernel_init=he_normal.', self._dead_windows,
+          self._num_classes, math.log(self._num_classes))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, float]:
   """Trains (or resumes) to the configured length; returns final eval metrics."""
@@ -230,22 +282,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         f'Dataset {info.name!r} has {info.num_classes} classes but '
         f'config.num_classes={config.num_classes}; pass '
         f'--config.num_classes={info.num_classes}.')
-  local_batch = config.batch_size // process_count
-  steps_per_epoch = info.num_train // local_batch
-  if steps_per_epoch == 0:
-    raise errors.ConfigError(
-        f'config.batch_size={config.batch_size} is larger than the '
-        f'{info.num_train * process_count} training examples; lower it.')
-  num_steps = (config.num_train_steps if config.num_train_steps > 0
-               else int(config.num_epochs * steps_per_epoch))
-  eval_every = (config.eval_every_steps if config.eval_every_steps > 0
-                else steps_per_epoch)
-  checkpoint_every = (config.checkpoint_every_steps
-                      if config.checkpoint_every_steps > 0 else steps_per_epoch)
-
+  plan = _Plan.make(config, info.num_train, process_count)
   model = models.create_model(config)
   learning_rate_fn = optimizer.create_learning_rate_fn(
-      config, steps_per_epoch, num_steps)
+      config, plan.steps_per_epoch, plan.num_steps)
   init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
   mesh = Mesh()
   state = create_train_state(config, model, info.image_shape, init_key,
@@ -266,7 +306,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       os.makedirs(workdir, exist_ok=True)
       _save_config(config, workdir, start_step)
       with open(os.path.join(workdir, 'dataset.json'), 'w', encoding='utf-8') as f:
-        json.dump(info.__dict__, f, indent=2)
+        json.dump(dataclasses.asdict(info), f, indent=2)
 
     p_train_step = jax.jit(
         train_step, in_shardings=(mesh.replicated, mesh.batch, mesh.replicated),
@@ -281,29 +321,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                       input_pipeline.eval_batches(dataset, info, config,
                                                   eval_local_batch), mesh)
 
-    if start_step >= num_steps:
+    if start_step >= plan.num_steps:
       result = run_eval()
       logging.info('Training already finished at step %d (of %d); %s accuracy '
                    '%.2f%%, loss %.4f over %d examples. Nothing to do.',
-                   start_step, num_steps, config.eval_split,
+                   start_step, plan.num_steps, config.eval_split,
                    100 * result['accuracy'], result['loss'],
                    result['num_examples'])
       return result
 
     writer = metric_writers.MetricWriter(workdir, enabled=is_writer)
     cleanup.callback(writer.close)
-    progress = metric_writers.ProgressLogger(num_steps, steps_per_epoch)
+    progress = metric_writers.ProgressLogger(plan.num_steps,
+                                             plan.steps_per_epoch)
     logging.info('Training %d steps (%d per epoch, global batch %d) on %d '
-                 'devices; %d training and %d evaluation examples.', num_steps,
-                 steps_per_epoch, config.batch_size, jax.device_count(),
+                 'devices; %d training and %d evaluation examples.',
+                 plan.num_steps, plan.steps_per_epoch, config.batch_size, jax.device_count(),
                  info.num_train * process_count, info.num_eval * process_count)
 
-    batches = input_pipeline.train_batches(dataset, info, config, local_batch,
-                                           start_step)
+    batches = input_pipeline.train_batches(dataset, info, config,
+                                           plan.local_batch, start_step)
     window = _Window()
-    dead_windows = 0
+    dead_relu = _DeadReluMonitor(config.dead_relu_patience, config.num_classes)
     result = {}
-    for step in range(start_step + 1, num_steps + 1):
+    for step in range(start_step + 1, plan.num_steps + 1):
       batch = mesh.global_batch(next(batches))
       state, metrics = p_train_step(state, batch, dropout_key)
       window.add(metrics)
@@ -313,7 +354,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                      window.seconds())
         window.restart_clock()
 
-      if step % config.log_every_steps == 0 or step == num_steps:
+      last_step = step == plan.num_steps
+      if step % config.log_every_steps == 0 or last_step:
         summary = summarize(window.sums)
         summary['learning_rate'] = float(learning_rate_fn(step - 1))
         summary['images_per_sec'] = window.steps_per_second() * config.batch_size
@@ -325,20 +367,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
               'lower --config.learning_rate or --config.grad_clip_norm=1.')
         writer.write(step, 'train', summary)
         progress.log(step, summary, 1 / max(window.steps_per_second(), 1e-9))
-        dead_windows = dead_windows + 1 if summary['dead_fraction'] == 1.0 else 0
-        if dead_windows == config.dead_relu_patience:
-          logging.warning(
-              'Every logit of every example has been exactly 0 for %d log '
-              'windows (loss stuck at ln(%d) = %.4f): the ReLU after the last '
-              '1x1 layer has died and training cannot recover. Restart with a '
-              'lower --config.learning_rate, a longer --config.warmup_epochs, '
-              'or --config.model.kernel_init=he_normal.', dead_windows,
-              config.num_classes, math.log(config.num_classes))
+        dead_relu.update(summary['dead_fraction'])
         window = _Window()
 
-      if step % checkpoint_every == 0 or step == num_steps:
+      if step % plan.checkpoint_every == 0 or last_step:
         checkpointer.save(step, state)
-      if step % eval_every == 0 or step == num_steps:
+      if step % plan.eval_every == 0 or last_step:
         window.stop_clock()  # Evaluation time is not training time.
         result = run_eval()
         writer.write(step, config.eval_split,

@@ -106,6 +106,7 @@ def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(
 
 def test_dead_relu_warning(tiny_config, tmp_path, caplog):
   tiny_config.model.bias_init = -100.0  # Every ReLU starts (and stays) off.
+  tiny_config.model.class_bias_init = -100.0
   tiny_config.log_every_steps = 1
   tiny_config.dead_relu_patience = 2
   train.train_and_evaluate(tiny_config, str(tmp_path))

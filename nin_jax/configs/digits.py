@@ -14,8 +14,9 @@ third of its widths, so that it trains in about a minute on 2 CPU cores. On
 dataset it trains reliably, where SGD without BatchNorm often stalls or lets
 the last ReLU die (see DESIGN.md).
 
-Expect about 98% test accuracy (98.6% measured at seed 0) in about 1-2 minutes
-on 2 CPU cores, compilation included.
+Expect about 98% test accuracy in about 1-2 minutes on 2 CPU cores,
+compilation included. Measured on 2 CPU cores: 98.61% (seed 0, 79 s),
+97.78% (seed 1, 72 s), 99.17% (seed 2, 69 s).
 """
 
 from nin_jax.configs import default
@@ -36,6 +37,7 @@ def get_config():
   config.learning_rate = 2e-3
   config.weight_decay = 0.05  # Decoupled (AdamW), kernels only.
   config.lr_multipliers = ()
+  config.model.class_bias_init = 0.0
   config.warmup_epochs = 2.0
   config.batch_size = 64
   config.eval_batch_size = 120
