@@ -1,0 +1,60 @@
+"""The seed's own PyTorch network, when PyTorch is installed (it is optional).
+
+The seed builds NiN as one `nn.Sequential`; given its weights, the Flax model
+must produce the same logits.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nin_jax import models
+from nin_jax.configs import default
+import seed_reference
+
+torch = pytest.importorskip('torch', reason='PyTorch is an optional extra')
+nn = torch.nn
+
+
+def seed_network(num_classes=10):
+  """The seed document's CIFAR-10 NiN, layer for layer."""
+  return nn.Sequential(
+      nn.Conv2d(3, 192, kernel_size=5, padding=2), nn.ReLU(),
+      nn.Conv2d(192, 160, kernel_size=1), nn.ReLU(),
+      nn.Conv2d(160, 96, kernel_size=1), nn.ReLU(),
+      nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+      nn.Dropout(0.5),
+      nn.Conv2d(96, 192, kernel_size=5, padding=2), nn.ReLU(),
+      nn.Conv2d(192, 192, kernel_size=1), nn.ReLU(),
+      nn.Conv2d(192, 192, kernel_size=1), nn.ReLU(),
+      nn.AvgPool2d(kernel_size=3, stride=2, padding=1),
+      nn.Dropout(0.5),
+      nn.Conv2d(192, 192, kernel_size=3, padding=1), nn.ReLU(),
+      nn.Conv2d(192, 192, kernel_size=1), nn.ReLU(),
+      nn.Conv2d(192, num_classes, kernel_size=1), nn.ReLU(),
+      nn.AvgPool2d(kernel_size=8, stride=1),
+      nn.Flatten(),
+  )
+
+
+def test_flax_nin_equals_the_seed_pytorch_network():
+  torch.manual_seed(0)
+  net = seed_network().eval()
+  with torch.no_grad():  # Positive biases so that no class map is all zero.
+    for module in net:
+      if isinstance(module, nn.Conv2d):
+        module.bias.uniform_(0.0, 0.1)
+  convs = [m for m in net if isinstance(m, nn.Conv2d)]
+  assert sum(p.numel() for p in net.parameters()) == 966_986
+  weights = [(c.weight.detach().numpy(), c.bias.detach().numpy())
+             for c in convs]
+  images = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype(
+      np.float32)
+  with torch.no_grad():
+    expected = net(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
+  model = models.create_model(default.get_config())
+  params = jax.tree.map(jnp.asarray, seed_reference.to_flax_params(weights))
+  logits = np.asarray(model.apply({'params': params}, images, train=False))
+  assert np.abs(expected).max() > 0.01
+  np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
