@@ -58,8 +58,7 @@ def main(argv):
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except errors.UserError as e:
-    logging.error('%s', e)
-    print(f'error: {e}', file=sys.stderr)
+    print(f'error: {e}', file=sys.stderr)  # The message is the whole story.
     sys.exit(2)
 
 

@@ -266,6 +266,15 @@ class _DeadReluMonitor:
           self._num_classes, math.log(self._num_classes))
 
 
+def _check_finite(loss: float, step: int,
+                  checkpointer: checkpointing.Checkpointer) -> None:
+  if not math.isfinite(loss):
+    raise FloatingPointError(
+        f'Training loss became {loss} by step {step}. The last checkpoint is '
+        f'step {checkpointer.latest_step()} in {checkpointer.directory}; try a '
+        'lower --config.learning_rate or --config.grad_clip_norm=1.')
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, float]:
   """Trains (or resumes) to the configured length; returns final eval metrics."""
@@ -336,8 +345,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                              plan.steps_per_epoch)
     logging.info('Training %d steps (%d per epoch, global batch %d) on %d '
                  'devices; %d training and %d evaluation examples.',
-                 plan.num_steps, plan.steps_per_epoch, config.batch_size, jax.device_count(),
-                 info.num_train * process_count, info.num_eval * process_count)
+                 plan.num_steps, plan.steps_per_epoch, config.batch_size,
+                 jax.device_count(), info.num_train * process_count,
+                 info.num_eval * process_count)
 
     batches = input_pipeline.train_batches(dataset, info, config,
                                            plan.local_batch, start_step)
@@ -357,20 +367,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       last_step = step == plan.num_steps
       if step % config.log_every_steps == 0 or last_step:
         summary = summarize(window.sums)
+        _check_finite(summary['loss'], step, checkpointer)
+        steps_per_second = window.steps_per_second()
         summary['learning_rate'] = float(learning_rate_fn(step - 1))
-        summary['images_per_sec'] = window.steps_per_second() * config.batch_size
-        if not math.isfinite(summary['loss']):
-          last = checkpointer.latest_step()
-          raise FloatingPointError(
-              f'Training loss became {summary["loss"]} by step {step}. The last '
-              f'checkpoint is step {last} in {checkpointer.directory}; try a '
-              'lower --config.learning_rate or --config.grad_clip_norm=1.')
+        summary['images_per_sec'] = steps_per_second * config.batch_size
         writer.write(step, 'train', summary)
-        progress.log(step, summary, 1 / max(window.steps_per_second(), 1e-9))
+        progress.log(step, summary, 1 / max(steps_per_second, 1e-9))
         dead_relu.update(summary['dead_fraction'])
         window = _Window()
 
       if step % plan.checkpoint_every == 0 or last_step:
+        if window.sums is not None:  # Never save parameters gone bad.
+          _check_finite(summarize(window.sums)['loss'], step, checkpointer)
         checkpointer.save(step, state)
       if step % plan.eval_every == 0 or last_step:
         window.stop_clock()  # Evaluation time is not training time.
