@@ -10,16 +10,19 @@ import orbax.checkpoint as ocp
 class Checkpointer:
   """Saves the train state every so often, keeps the newest few, restores.
 
-  Saves are asynchronous (training continues while files are written); Orbax
-  writes each step to a temporary directory and renames it when complete, so
-  a half-written checkpoint is never taken for the latest one.
+  Orbax writes each step to a temporary directory and renames it when
+  complete, so a half-written checkpoint is never taken for the latest one.
+  Saves are synchronous: a NiN's state is a few MB (a fraction of a second to
+  write), and Orbax's background save thread was seen to lose its array
+  metadata when a TFDS generator pipeline ran beside it.
   """
 
   def __init__(self, workdir: str, keep: int):
     self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
     self._manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=False))
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()

@@ -11,6 +11,7 @@ batch is padded and a `mask` marks the real examples.
 """
 
 import dataclasses
+import functools
 import itertools
 import os
 import socket
@@ -42,8 +43,8 @@ class DatasetInfo:
   num_classes: int
   class_names: tuple[str, ...]
   image_shape: tuple[int, int, int]
-  num_train: int
-  num_eval: int
+  num_train: int  # Examples in the whole training split (all processes).
+  num_eval: int  # Examples in the whole evaluation split.
   mean: tuple[float, ...]  # Per-channel mean of the training split.
   std: tuple[float, ...]  # Per-channel standard deviation of the same.
 
@@ -51,6 +52,7 @@ class DatasetInfo:
 # --- Sources -----------------------------------------------------------------
 
 
+@functools.cache
 def _digits_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
   """scikit-learn's 8x8 digits as uint8 (N, 8, 8, 1) images in [0, 16].
 
@@ -128,23 +130,28 @@ def _prepare_tfds(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
   return builder
 
 
-def _tfds_split(builder: tfds.core.DatasetBuilder, split: str,
-                process_index: int, process_count: int) -> tf.data.Dataset:
-  if process_count > 1:
-    split = tfds.even_splits(split, n=process_count,
-                             drop_remainder=True)[process_index]
-  ds = builder.as_dataset(split=split, shuffle_files=False)
-  return ds.map(lambda x: {'image': x['image'], 'label': x['label']})
+def even_shard(num_examples: int, index: int, count: int,
+               drop_remainder: bool) -> tuple[int, int]:
+  """[start, stop) of contiguous shard `index` of `count`, as tfds.even_splits.
+
+  Without drop_remainder the first num_examples % count shards get one more.
+  """
+  size, extra = divmod(num_examples, count)
+  if drop_remainder:
+    return index * size, (index + 1) * size
+  start = index * size + min(index, extra)
+  return start, start + size + (index < extra)
 
 
 class Dataset:
-  """One dataset's splits as tf.data sources of {'image': uint8, 'label'}."""
+  """One dataset's splits as tf.data sources of {'image': uint8, 'label'}.
 
-  def __init__(self, config: ml_collections.ConfigDict,
-               process_index: int = 0, process_count: int = 1):
+  Sources are contiguous, deterministic shards of a split, so a process reads
+  only the examples it trains or evaluates on.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict):
     self.name = config.dataset
-    self._process_index = process_index
-    self._process_count = process_count
     self._sources = {}
     if self.name == DIGITS:
       self._builder = None
@@ -154,29 +161,36 @@ class Dataset:
       label = self._builder.info.features['label']
       self.class_names = tuple(label.names)
 
-  def source(self, split: str) -> tf.data.Dataset:
-    """This process's share of `split`, unshuffled, decoded, cached in memory."""
-    if split not in self._sources:
-      self._sources[split] = self._load(split).cache()
-    return self._sources[split]
+  def num_examples(self, split: str) -> int:
+    """Size of the whole split (known without reading it)."""
+    if self._builder is None:
+      return len(_digits_arrays(split)[1])
+    n = int(self._builder.as_dataset(split=split).cardinality())
+    if n < 0:
+      raise errors.DatasetUnavailableError(
+          f'TFDS cannot tell the size of split {split!r} of {self.name!r}.')
+    return n
 
-  def _load(self, split: str) -> tf.data.Dataset:
+  def source(self, split: str, shard: int = 0, num_shards: int = 1,
+             drop_remainder: bool = False) -> tf.data.Dataset:
+    """Shard `shard` of `num_shards` of `split`, decoded and cached in memory."""
+    key = (split, shard, num_shards, drop_remainder)
+    if key not in self._sources:
+      self._sources[key] = self._load(*key).cache()
+    return self._sources[key]
+
+  def _load(self, split: str, shard: int, num_shards: int,
+            drop_remainder: bool) -> tf.data.Dataset:
     if self._builder is None:
       images, labels = _digits_arrays(split)
-      shard = slice(self._process_index, None, self._process_count)
-      ds = tf.data.Dataset.from_tensor_slices(
-          {'image': images[shard], 'label': labels[shard]})
-    else:
-      ds = _tfds_split(self._builder, split, self._process_index,
-                       self._process_count)
-    return ds
-
-
-def _num_examples(ds: tf.data.Dataset) -> int:
-  n = int(ds.cardinality())
-  if n < 0:  # Unknown cardinality: count once (the source is cached).
-    n = int(ds.reduce(np.int64(0), lambda count, _: count + 1))
-  return n
+      start, stop = even_shard(len(labels), shard, num_shards, drop_remainder)
+      return tf.data.Dataset.from_tensor_slices(
+          {'image': images[start:stop], 'label': labels[start:stop]})
+    if num_shards > 1:
+      split = tfds.even_splits(split, n=num_shards,
+                               drop_remainder=drop_remainder)[shard]
+    ds = self._builder.as_dataset(split=split, shuffle_files=False)
+    return ds.map(lambda x: {'image': x['image'], 'label': x['label']})
 
 
 def _channel_stats(ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -184,7 +198,8 @@ def _channel_stats(ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
   total = total_sq = None
   count = 0
   for batch in ds.batch(1024).as_numpy_iterator():
-    pixels = batch['image'].astype(np.float64).reshape(-1, batch['image'].shape[-1])
+    pixels = batch['image'].astype(np.float64)
+    pixels = pixels.reshape(-1, pixels.shape[-1])
     total = pixels.sum(0) if total is None else total + pixels.sum(0)
     total_sq = ((pixels ** 2).sum(0) if total_sq is None
                 else total_sq + (pixels ** 2).sum(0))
@@ -194,21 +209,52 @@ def _channel_stats(ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
   return mean, np.maximum(std, 1e-6)
 
 
-def get_info(dataset: Dataset, config: ml_collections.ConfigDict) -> DatasetInfo:
-  """Sizes, shapes, class names and standardization statistics."""
+def get_info(dataset: Dataset, config: ml_collections.ConfigDict,
+             stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+             ) -> DatasetInfo:
+  """Sizes, shapes, class names and standardization statistics.
+
+  The statistics are those of the whole training split (the same on every
+  process, whatever the topology), or `stats` if given (e.g. a resumed run's).
+  """
   train = dataset.source(config.train_split)
-  evaluation = dataset.source(config.eval_split)
-  mean, std = _channel_stats(train)
+  if stats is None:
+    mean, std = _channel_stats(train)
+    stats = (tuple(float(m) for m in mean), tuple(float(s) for s in std))
   image_shape = tuple(int(d) for d in train.element_spec['image'].shape)
   return DatasetInfo(
       name=dataset.name,
       num_classes=len(dataset.class_names),
       class_names=dataset.class_names,
       image_shape=image_shape,
-      num_train=_num_examples(train),
-      num_eval=_num_examples(evaluation),
-      mean=tuple(float(m) for m in mean),
-      std=tuple(float(s) for s in std))
+      num_train=dataset.num_examples(config.train_split),
+      num_eval=dataset.num_examples(config.eval_split),
+      mean=tuple(stats[0]),
+      std=tuple(stats[1]))
+
+
+def num_data_shards(config: ml_collections.ConfigDict,
+                    process_count: int) -> int:
+  """How many shards the training split is cut into (config.data_shards).
+
+  The order of training examples depends on this number, not on the number
+  of processes, so runs on different topologies with the same data_shards
+  see the same global batches.
+  """
+  shards = config.data_shards if config.data_shards > 0 else process_count
+  if shards % process_count or config.batch_size % shards:
+    raise errors.ConfigError(
+        f'config.data_shards={shards} must be a multiple of the '
+        f'{process_count} processes and divide config.batch_size='
+        f'{config.batch_size}; pass e.g. --config.data_shards={process_count}.')
+  return shards
+
+
+def steps_per_epoch(info: DatasetInfo, config: ml_collections.ConfigDict,
+                    process_count: int) -> int:
+  """Global steps per epoch: every data shard yields that many full batches."""
+  shards = num_data_shards(config, process_count)
+  return (info.num_train // shards) // (config.batch_size // shards)
 
 
 # --- Preprocessing -------------------------------------------------------------
@@ -238,55 +284,89 @@ def _augment(image: tf.Tensor, seed: tf.Tensor, pad: int,
 
 
 def train_batches(dataset: Dataset, info: DatasetInfo,
-                  config: ml_collections.ConfigDict, local_batch_size: int,
-                  start_step: int = 0) -> Iterator[Batch]:
-  """Endless training batches of this process, starting at global step `start_step`.
+                  config: ml_collections.ConfigDict, start_step: int = 0,
+                  process_index: int = 0,
+                  process_count: int = 1) -> Iterator[Batch]:
+  """Endless training batches of this process, from global step `start_step`.
 
-  Each epoch is a fresh permutation seeded by (seed, epoch); incomplete last
-  batches are dropped, so every epoch has exactly num_train // batch steps.
+  The split is cut into `num_data_shards` contiguous shards; a global batch is
+  the concatenation of one sub-batch per shard, and each process reads and
+  yields only its own consecutive shards' sub-batches. Each shard's epoch is
+  a permutation seeded by (seed, epoch, shard); incomplete last batches are
+  dropped.
   """
-  source = dataset.source(config.train_split).enumerate()
-  num_local = _num_examples(source)
-  steps_per_epoch = num_local // local_batch_size
-  if steps_per_epoch == 0:
+  shards = num_data_shards(config, process_count)
+  per_process = shards // process_count
+  shard_batch = config.batch_size // shards
+  shard_size = info.num_train // shards
+  epoch_steps = steps_per_epoch(info, config, process_count)
+  if epoch_steps == 0:
     raise errors.ConfigError(
-        f'The training split has {num_local} examples per process, fewer than '
-        f'one batch of {local_batch_size}; lower config.batch_size.')
-  start_epoch, start_offset = divmod(start_step, steps_per_epoch)
+        f'config.batch_size={config.batch_size} is larger than the '
+        f'{info.num_train} training examples allow; lower it.')
+  start_epoch, start_offset = divmod(start_step, epoch_steps)
   pad, flip = config.augment_pad, config.augment_flip
+  own = range(process_index * per_process, (process_index + 1) * per_process)
+  sources = {j: dataset.source(config.train_split, j, shards,
+                               drop_remainder=True).enumerate() for j in own}
 
-  def preprocess(epoch, index, example):
-    seed = tf.stack([tf.cast(config.seed, tf.int64),
-                     epoch * num_local + index])
-    image = _augment(_standardize(example['image'], info), seed, pad, flip)
-    return {'image': image, 'label': tf.cast(example['label'], tf.int32)}
+  def shard_epoch(j: int, epoch: int) -> tf.data.Dataset:
+    first = tf.constant(epoch * info.num_train + j * shard_size, tf.int64)
+
+    def preprocess(index, example):
+      seed = tf.stack([tf.constant(config.seed, tf.int64), first + index])
+      image = _augment(_standardize(example['image'], info), seed, pad, flip)
+      return {'image': image, 'label': tf.cast(example['label'], tf.int32)}
+
+    ds = sources[j].shuffle(
+        min(config.shuffle_buffer, shard_size),
+        seed=(config.seed * 1_000_003 + epoch) * 4099 + j,
+        reshuffle_each_iteration=False)
+    if epoch == start_epoch and start_offset:
+      ds = ds.skip(start_offset * shard_batch)
+    ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
+    return ds.batch(shard_batch, drop_remainder=True).take(epoch_steps)
 
   for epoch in itertools.count(start_epoch):
-    ds = source.shuffle(min(config.shuffle_buffer, num_local),
-                        seed=config.seed * 1_000_003 + epoch,
-                        reshuffle_each_iteration=False)
-    if epoch == start_epoch and start_offset:
-      ds = ds.skip(start_offset * local_batch_size)
-    ds = ds.map(lambda i, x, e=epoch: preprocess(tf.constant(e, tf.int64), i, x),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(local_batch_size, drop_remainder=True)
+    ds = tf.data.Dataset.zip(tuple(shard_epoch(j, epoch) for j in own))
+    ds = ds.map(lambda *parts: {k: tf.concat([p[k] for p in parts], 0)
+                                for k in parts[0]})
     yield from ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
 
-def eval_batches(dataset: Dataset, info: DatasetInfo,
-                 config: ml_collections.ConfigDict,
-                 local_batch_size: int) -> Iterator[Batch]:
-  """Every example of the evaluation split once, in batches of one fixed shape.
+def num_eval_batches(info: DatasetInfo, local_batch_size: int,
+                     process_count: int) -> int:
+  """Batches per process for one pass; the same on every process."""
+  largest_shard = -(-info.num_eval // process_count)
+  return -(-largest_shard // local_batch_size)
 
-  The last batch is padded with zeros; `mask` is 1 for real examples only.
+
+def eval_batches(dataset: Dataset, info: DatasetInfo,
+                 config: ml_collections.ConfigDict, local_batch_size: int,
+                 process_index: int = 0,
+                 process_count: int = 1) -> Iterator[Batch]:
+  """This process's share of every evaluation example, exactly once.
+
+  Batches have one fixed shape and every process yields the same number of
+  them (collectives need that): short or missing batches are zero-padded,
+  and `mask` is 1 for real examples only.
   """
-  ds = dataset.source(config.eval_split).map(
-      lambda x: {'image': _standardize(x['image'], info),
-                 'label': tf.cast(x['label'], tf.int32),
-                 'mask': tf.constant(1.0, tf.float32)},
-      num_parallel_calls=tf.data.AUTOTUNE)
+  ds = dataset.source(config.eval_split, process_index, process_count)
+  ds = ds.map(lambda x: {'image': _standardize(x['image'], info),
+                         'label': tf.cast(x['label'], tf.int32),
+                         'mask': tf.constant(1.0, tf.float32)},
+              num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(local_batch_size).prefetch(tf.data.AUTOTUNE)
-  for batch in ds.as_numpy_iterator():
+  count = num_eval_batches(info, local_batch_size, process_count)
+  shapes = {'image': (local_batch_size,) + info.image_shape,
+            'label': (local_batch_size,), 'mask': (local_batch_size,)}
+  dtypes = {'image': np.float32, 'label': np.int32, 'mask': np.float32}
+  batches = ds.as_numpy_iterator()
+  for _ in range(count):
+    batch = next(batches, None)
+    if batch is None:
+      batch = {k: np.zeros((0,) + shapes[k][1:], dtypes[k]) for k in shapes}
     short = local_batch_size - batch['label'].shape[0]
     if short:
       batch = {k: np.concatenate([v, np.zeros((short,) + v.shape[1:], v.dtype)])

@@ -51,6 +51,9 @@ class MlpConv(nn.Module):
   features: Sequence[int]  # features[0]: the kxk conv; the rest: 1x1 layers.
   kernel_size: int = 3
   use_batchnorm: bool = False
+  # Axis to average BatchNorm statistics over under pmap (None under jit,
+  # where the batch is global anyway).
+  bn_axis_name: str | None = None
   dtype: Any = jnp.float32
   kernel_init: Initializer = nn.initializers.he_normal()
   bias_init: Initializer = nn.initializers.zeros
@@ -76,7 +79,8 @@ class MlpConv(nn.Module):
                      name=f'mlp{i}')(x)
       if self.use_batchnorm:
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                         dtype=self.dtype, name=f'bn{i}')(x)
+                         axis_name=self.bn_axis_name, dtype=self.dtype,
+                         name=f'bn{i}')(x)
       x = nn.relu(x)
     return x
 
@@ -97,6 +101,7 @@ class NiN(nn.Module):
   pool_stride: int = 2
   dropout_rate: float = 0.5
   use_batchnorm: bool = False
+  bn_axis_name: str | None = None
   dtype: Any = jnp.float32
   kernel_init: Initializer = nn.initializers.he_normal()
   bias_init: Initializer = nn.initializers.zeros
@@ -115,7 +120,8 @@ class NiN(nn.Module):
       if last:
         features += (self.num_classes,)
       x = MlpConv(features, self.kernel_sizes[b],
-                  use_batchnorm=self.use_batchnorm, dtype=self.dtype,
+                  use_batchnorm=self.use_batchnorm,
+                  bn_axis_name=self.bn_axis_name, dtype=self.dtype,
                   kernel_init=self.kernel_init, bias_init=self.bias_init,
                   last_bias_init=self.class_bias_init if last else None,
                   name=f'mlpconv{b + 1}')(x, train)
@@ -131,8 +137,12 @@ class NiN(nn.Module):
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
 
-def create_model(config: ml_collections.ConfigDict) -> NiN:
-  """Builds the NiN that `config.model` and `config.num_classes` describe."""
+def create_model(config: ml_collections.ConfigDict,
+                 axis_name: str | None = None) -> NiN:
+  """Builds the NiN that `config.model` and `config.num_classes` describe.
+
+  `axis_name`: the pmap axis over which BatchNorm averages its statistics.
+  """
   m = config.model
   num_blocks = len(m.block_features)
   if len(m.kernel_sizes) != num_blocks:
@@ -163,6 +173,7 @@ def create_model(config: ml_collections.ConfigDict) -> NiN:
       pool_stride=m.pool_stride,
       dropout_rate=m.dropout_rate,
       use_batchnorm=m.use_batchnorm,
+      bn_axis_name=axis_name,
       dtype=jnp.dtype(m.dtype),
       kernel_init=kernel_initializer(m.kernel_init, m.init_std),
       bias_init=nn.initializers.constant(m.bias_init),

@@ -8,15 +8,17 @@ checkpointer and the metric writers. Nothing here reads flags.
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
 import time
-from typing import Any, Callable
+from typing import Any
 
 from absl import logging
 from flax.training import train_state
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -28,6 +30,7 @@ from nin_jax import input_pipeline
 from nin_jax import metric_writers
 from nin_jax import models
 from nin_jax import optimizer
+from nin_jax import parallel
 
 Metrics = dict[str, jax.Array]
 
@@ -89,9 +92,17 @@ def _variables(state: TrainState, params: Any) -> dict[str, Any]:
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array],
-               dropout_key: jax.Array) -> tuple[TrainState, Metrics]:
-  """One SGD step on a global batch; the dropout key is folded with the step."""
+               dropout_key: jax.Array,
+               axis_name: str | None = None) -> tuple[TrainState, Metrics]:
+  """One SGD step; the dropout key is folded with the step.
+
+  Under jit the batch is the global batch and XLA derives the cross-device
+  reductions. Under pmap (`axis_name` set) each device sees its shard, and
+  gradients are averaged and metrics summed over `axis_name` here.
+  """
   key = jax.random.fold_in(dropout_key, state.step)
+  if axis_name is not None:  # Different masks on different devices.
+    key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
   mutable = ['batch_stats'] if state.batch_stats else False
 
   def loss_fn(params):
@@ -104,48 +115,23 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   (_, (logits, updates)), grads = grad_fn(state.params)
+  metrics = compute_metrics(logits, batch['label'])
+  if axis_name is not None:
+    grads = jax.lax.pmean(grads, axis_name)
+    metrics = jax.lax.psum(metrics, axis_name)
   state = state.apply_gradients(
       grads=grads, batch_stats=updates.get('batch_stats', state.batch_stats))
-  return state, compute_metrics(logits, batch['label'])
+  return state, metrics
 
 
-def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> Metrics:
+def eval_step(state: TrainState, batch: dict[str, jax.Array],
+              axis_name: str | None = None) -> Metrics:
   logits = state.apply_fn(_variables(state, state.params), batch['image'],
                           train=False)
-  return compute_metrics(logits, batch['label'], batch['mask'])
-
-
-# --- Devices -------------------------------------------------------------------
-
-
-class Mesh:
-  """A 1-D `data` mesh over every device: batches sharded, state replicated."""
-
-  def __init__(self):
-    # Auto axes: XLA propagates the shardings (jax.make_mesh defaults to
-    # Explicit axes, which would put shardings into every array's type).
-    self.mesh = jax.make_mesh((jax.device_count(),), ('data',),
-                              axis_types=(jax.sharding.AxisType.Auto,))
-    self.batch = jax.sharding.NamedSharding(
-        self.mesh, jax.sharding.PartitionSpec('data'))
-    self.replicated = jax.sharding.NamedSharding(
-        self.mesh, jax.sharding.PartitionSpec())
-
-  def global_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    """Assembles each process's local rows into one global, sharded array."""
-    return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(self.batch, x),
-        local_batch)
-
-
-def _check_batch_sizes(config: ml_collections.ConfigDict) -> None:
-  for name in ('batch_size', 'eval_batch_size'):
-    size = config[name]
-    if size <= 0 or size % jax.device_count():
-      raise errors.ConfigError(
-          f'config.{name}={size} must be a positive multiple of the '
-          f'{jax.device_count()} devices; pass e.g. '
-          f'--config.{name}={max(1, size // jax.device_count()) * jax.device_count()}.')
+  metrics = compute_metrics(logits, batch['label'], batch['mask'])
+  if axis_name is not None:
+    metrics = jax.lax.psum(metrics, axis_name)
+  return metrics
 
 
 # --- The loop ------------------------------------------------------------------
@@ -188,13 +174,14 @@ class _Window:
     return self._steps / seconds if self._steps and seconds > 0 else 0.0
 
 
-def evaluate(eval_fn: Callable[..., Metrics], state: TrainState,
-             batches, mesh: Mesh) -> dict[str, float]:
-  """Runs `eval_fn` over every batch and returns mean metrics and the count."""
+def evaluate(strategy: parallel.Jit | parallel.Pmap, state: TrainState,
+             batches) -> dict[str, float]:
+  """Mean metrics over every batch, and the number of examples seen."""
   total = None
   for batch in batches:
-    metrics = eval_fn(state, mesh.global_batch(batch))
+    metrics = strategy.eval_step(state, strategy.put_batch(batch))
     total = metrics if total is None else jax.tree.map(jnp.add, total, metrics)
+  total = strategy.metrics(total)
   summary = summarize(total)
   summary['num_examples'] = float(jax.device_get(total['count']))
   return summary
@@ -218,25 +205,23 @@ def _save_config(config: ml_collections.ConfigDict, workdir: str,
 @dataclasses.dataclass(frozen=True)
 class _Plan:
   """Step counts derived from the config and the dataset size."""
-  local_batch: int  # This process's share of the global batch.
   steps_per_epoch: int
   num_steps: int
   eval_every: int
   checkpoint_every: int
 
   @classmethod
-  def make(cls, config: ml_collections.ConfigDict, num_local_train: int,
-           process_count: int) -> '_Plan':
-    local_batch = config.batch_size // process_count
-    steps_per_epoch = num_local_train // local_batch
+  def make(cls, config: ml_collections.ConfigDict,
+           info: input_pipeline.DatasetInfo, process_count: int) -> '_Plan':
+    steps_per_epoch = input_pipeline.steps_per_epoch(info, config,
+                                                     process_count)
     if steps_per_epoch == 0:
       raise errors.ConfigError(
           f'config.batch_size={config.batch_size} is larger than the '
-          f'{num_local_train * process_count} training examples; lower it.')
+          f'{info.num_train} training examples allow; lower it.')
     num_steps = (config.num_train_steps if config.num_train_steps > 0
                  else int(config.num_epochs * steps_per_epoch))
     return cls(
-        local_batch=local_batch,
         steps_per_epoch=steps_per_epoch,
         num_steps=num_steps,
         eval_every=(config.eval_every_steps if config.eval_every_steps > 0
@@ -275,40 +260,67 @@ def _check_finite(loss: float, step: int,
         'lower --config.learning_rate or --config.grad_clip_norm=1.')
 
 
+def _recorded_stats(workdir: str):
+  """The standardization statistics a previous run in `workdir` used."""
+  path = os.path.join(workdir, 'dataset.json')
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding='utf-8') as f:
+    recorded = json.load(f)
+  return recorded['mean'], recorded['std']
+
+
+def _check_same_config_everywhere(config: ml_collections.ConfigDict) -> None:
+  """Stops every process if any was launched with a different config."""
+  if jax.process_count() == 1:
+    return
+  text = config.to_json_best_effort(sort_keys=True).encode()
+  digest = np.frombuffer(hashlib.sha256(text).digest(), np.uint8)
+  digests = multihost_utils.process_allgather(digest)
+  differ = [i for i, d in enumerate(digests) if not np.array_equal(d, digests[0])]
+  if differ:
+    raise errors.ConfigError(
+        f'Processes {differ} were started with a config that differs from '
+        'process 0\'s; launch every process with the same --config and '
+        '--config.* flags.')
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, float]:
   """Trains (or resumes) to the configured length; returns final eval metrics."""
   workdir = os.path.abspath(workdir)
-  _check_batch_sizes(config)
+  parallel.check_batch_size('batch_size', config.batch_size)
+  parallel.check_batch_size('eval_batch_size', config.eval_batch_size)
+  _check_same_config_everywhere(config)
   process_index, process_count = jax.process_index(), jax.process_count()
   is_writer = process_index == 0
 
   # Data first: a missing dataset must fail before anything is compiled.
-  dataset = input_pipeline.Dataset(config, process_index, process_count)
-  info = input_pipeline.get_info(dataset, config)
+  dataset = input_pipeline.Dataset(config)
+  info = input_pipeline.get_info(dataset, config, _recorded_stats(workdir))
   if info.num_classes != config.num_classes:
     raise errors.ConfigError(
         f'Dataset {info.name!r} has {info.num_classes} classes but '
         f'config.num_classes={config.num_classes}; pass '
         f'--config.num_classes={info.num_classes}.')
-  plan = _Plan.make(config, info.num_train, process_count)
-  model = models.create_model(config)
+  plan = _Plan.make(config, info, process_count)
+  strategy = parallel.create(config.parallelism, train_step, eval_step)
+  model = models.create_model(config, axis_name=strategy.axis_name)
   learning_rate_fn = optimizer.create_learning_rate_fn(
       config, plan.steps_per_epoch, plan.num_steps)
   init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
-  mesh = Mesh()
-  state = create_train_state(config, model, info.image_shape, init_key,
-                             learning_rate_fn)
-  state = jax.device_put(state, mesh.replicated)
-  dropout_key = jax.device_put(dropout_key, mesh.replicated)
+  state = strategy.put_state(create_train_state(
+      config, model, info.image_shape, init_key, learning_rate_fn))
+  dropout_key = strategy.put_key(dropout_key)
 
   checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
   with contextlib.ExitStack() as cleanup:
     # Pending checkpoint writes finish even when training stops with an error.
     cleanup.callback(checkpointer.close)
     start_step = checkpointer.latest_step() or 0
-    if start_step:
-      state = checkpointer.restore(state, start_step)
+    if start_step:  # Any device count or strategy: state is resharded.
+      state = strategy.put_state(
+          checkpointer.restore(strategy.host_state(state), start_step))
       logging.info('Resumed from checkpoint at step %d in %s', start_step,
                    checkpointer.directory)
     if is_writer:
@@ -317,18 +329,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       with open(os.path.join(workdir, 'dataset.json'), 'w', encoding='utf-8') as f:
         json.dump(dataclasses.asdict(info), f, indent=2)
 
-    p_train_step = jax.jit(
-        train_step, in_shardings=(mesh.replicated, mesh.batch, mesh.replicated),
-        out_shardings=(mesh.replicated, mesh.replicated), donate_argnums=0)
-    p_eval_step = jax.jit(eval_step,
-                          in_shardings=(mesh.replicated, mesh.batch),
-                          out_shardings=mesh.replicated)
     eval_local_batch = config.eval_batch_size // process_count
 
     def run_eval() -> dict[str, float]:
-      return evaluate(p_eval_step, state,
-                      input_pipeline.eval_batches(dataset, info, config,
-                                                  eval_local_batch), mesh)
+      return evaluate(strategy, state, input_pipeline.eval_batches(
+          dataset, info, config, eval_local_batch, process_index,
+          process_count))
 
     if start_step >= plan.num_steps:
       result = run_eval()
@@ -346,18 +352,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     logging.info('Training %d steps (%d per epoch, global batch %d) on %d '
                  'devices; %d training and %d evaluation examples.',
                  plan.num_steps, plan.steps_per_epoch, config.batch_size,
-                 jax.device_count(), info.num_train * process_count,
-                 info.num_eval * process_count)
+                 jax.device_count(), info.num_train, info.num_eval)
 
-    batches = input_pipeline.train_batches(dataset, info, config,
-                                           plan.local_batch, start_step)
+    batches = input_pipeline.train_batches(dataset, info, config, start_step,
+                                           process_index, process_count)
     window = _Window()
     dead_relu = _DeadReluMonitor(config.dead_relu_patience, config.num_classes)
     result = {}
     for step in range(start_step + 1, plan.num_steps + 1):
-      batch = mesh.global_batch(next(batches))
-      state, metrics = p_train_step(state, batch, dropout_key)
-      window.add(metrics)
+      batch = strategy.put_batch(next(batches))
+      state, metrics = strategy.train_step(state, batch, dropout_key)
+      window.add(strategy.metrics(metrics))
       if step == start_step + 1:
         jax.block_until_ready(metrics)
         logging.info('First step (compilation included) took %.1f s.',
@@ -376,18 +381,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         dead_relu.update(summary['dead_fraction'])
         window = _Window()
 
-      if step % plan.checkpoint_every == 0 or last_step:
+      save = step % plan.checkpoint_every == 0 or last_step
+      run_evaluation = step % plan.eval_every == 0 or last_step
+      if save or run_evaluation:
+        window.stop_clock()  # Saving and evaluating is not training time.
+      if save:
         if window.sums is not None:  # Never save parameters gone bad.
           _check_finite(summarize(window.sums)['loss'], step, checkpointer)
-        checkpointer.save(step, state)
-      if step % plan.eval_every == 0 or last_step:
-        window.stop_clock()  # Evaluation time is not training time.
+        checkpointer.save(step, strategy.host_state(state))
+      if run_evaluation:
         result = run_eval()
-        writer.write(step, config.eval_split,
-                     {k: v for k, v in result.items() if k != 'num_examples'})
+        writer.write(step, config.eval_split, result)
         logging.info('%s at step %d: accuracy %.2f%%, loss %.4f (%d examples)',
                      config.eval_split, step, 100 * result['accuracy'],
                      result['loss'], result['num_examples'])
+      if save or run_evaluation:
         window.start_clock()
 
     return result

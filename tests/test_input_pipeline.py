@@ -29,7 +29,8 @@ def test_digits_info_is_the_documented_fixed_split(digits):
 def test_train_batches_have_shapes_dtypes_and_standardized_values(digits):
   config, dataset, info = digits
   config.augment_pad = 0
-  batches = input_pipeline.train_batches(dataset, info, config, 32)
+  config.batch_size = 32
+  batches = input_pipeline.train_batches(dataset, info, config)
   images = np.concatenate([next(batches)['image'] for _ in range(20)])
   batch = next(batches)
   assert batch['image'].shape == (32, 8, 8, 1)
@@ -47,8 +48,9 @@ def test_augmentation_keeps_labels_and_changes_images(digits):
   plain.augment_pad, plain.augment_flip = 0, False
   augmented = config.copy_and_resolve_references()
   augmented.augment_pad, augmented.augment_flip = 2, True
-  a = next(input_pipeline.train_batches(dataset, info, plain, 64))
-  b = next(input_pipeline.train_batches(dataset, info, augmented, 64))
+  plain.batch_size = augmented.batch_size = 64
+  a = next(input_pipeline.train_batches(dataset, info, plain))
+  b = next(input_pipeline.train_batches(dataset, info, augmented))
   # Same seed -> same shuffle order, so labels line up one to one.
   np.testing.assert_array_equal(a['label'], b['label'])
   assert a['image'].shape == b['image'].shape
@@ -60,15 +62,16 @@ def test_augmentation_keeps_labels_and_changes_images(digits):
 
 def test_epochs_are_reshuffled_and_resume_reproduces_the_stream(digits):
   config, dataset, info = digits
+  config.batch_size = 64
   steps_per_epoch = info.num_train // 64
   full = list(itertools.islice(
-      input_pipeline.train_batches(dataset, info, config, 64),
+      input_pipeline.train_batches(dataset, info, config),
       steps_per_epoch + 3))
   first_epoch = np.concatenate([b['label'] for b in full[:steps_per_epoch]])
   assert len(first_epoch) == steps_per_epoch * 64  # Remainder dropped.
   assert not np.array_equal(full[0]['label'], full[steps_per_epoch]['label'])
   for start in (2, steps_per_epoch + 1):
-    resumed = next(input_pipeline.train_batches(dataset, info, config, 64,
+    resumed = next(input_pipeline.train_batches(dataset, info, config,
                                                 start_step=start))
     np.testing.assert_array_equal(resumed['image'], full[start]['image'])
     np.testing.assert_array_equal(resumed['label'], full[start]['label'])
@@ -88,6 +91,54 @@ def test_eval_covers_every_example_exactly_once(digits):
   np.testing.assert_array_equal(labels, expected)
 
 
+def test_even_shard_matches_tfds_even_splits():
+  for n, count in ((10, 3), (360, 2), (7, 7), (1437, 4)):
+    for drop in (True, False):
+      bounds = [input_pipeline.even_shard(n, i, count, drop)
+                for i in range(count)]
+      sizes = [stop - start for start, stop in bounds]
+      assert all(a[1] <= b[0] for a, b in zip(bounds, bounds[1:]))  # Disjoint.
+      if drop:
+        assert sizes == [n // count] * count
+      else:
+        assert sum(sizes) == n and max(sizes) - min(sizes) <= 1
+        assert bounds[-1][1] == n
+
+
+def test_two_processes_read_disjoint_halves_of_the_same_global_batches(digits):
+  config, dataset, info = digits
+  config.batch_size, config.data_shards = 32, 2
+  one_process = list(itertools.islice(
+      input_pipeline.train_batches(dataset, info, config), 30))
+  halves = [list(itertools.islice(input_pipeline.train_batches(
+      dataset, info, config, process_index=i, process_count=2), 30))
+            for i in range(2)]
+  for whole, first, second in zip(one_process, *halves):
+    assert first['image'].shape[0] == second['image'].shape[0] == 16
+    for key in ('image', 'label'):
+      np.testing.assert_array_equal(
+          whole[key], np.concatenate([first[key], second[key]]))
+  sources = [dataset.source('train', i, 2, drop_remainder=True)
+             for i in range(2)]
+  images = [np.stack([x['image'] for x in s.as_numpy_iterator()])
+            for s in sources]
+  assert len(images[0]) == len(images[1]) == info.num_train // 2
+  flat = [set(map(bytes, x.reshape(len(x), -1))) for x in images]
+  assert len(flat[0] & flat[1]) <= 5  # Only true duplicate digits overlap.
+
+
+def test_eval_over_three_processes_covers_every_example_once(digits):
+  config, dataset, info = digits
+  per_process = [list(input_pipeline.eval_batches(
+      dataset, info, config, 100, process_index=i, process_count=3))
+                 for i in range(3)]
+  assert len({len(batches) for batches in per_process}) == 1  # Same count.
+  labels = np.concatenate([b['label'][b['mask'] == 1]
+                           for batches in per_process for b in batches])
+  _, expected = input_pipeline._digits_arrays('test')
+  np.testing.assert_array_equal(labels, expected)
+
+
 def test_tfds_path_under_mock_data(tiny_config, monkeypatch):
   monkeypatch.setattr(input_pipeline, '_host_reachable', lambda url: True)
   tiny_config.dataset = 'cifar10'
@@ -97,7 +148,7 @@ def test_tfds_path_under_mock_data(tiny_config, monkeypatch):
     assert info.image_shape == (32, 32, 3)
     assert len(info.class_names) == 10
     assert info.num_train == 50
-    batch = next(input_pipeline.train_batches(dataset, info, tiny_config, 16))
+    batch = next(input_pipeline.train_batches(dataset, info, tiny_config))
     assert batch['image'].shape == (16, 32, 32, 3)
     evals = list(input_pipeline.eval_batches(dataset, info, tiny_config, 16))
     assert sum(b['mask'].sum() for b in evals) == 50

@@ -55,6 +55,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment_pad = 4
   # Random horizontal flips during training (wrong for digits).
   config.augment_flip = True
+  # The training split is cut into this many contiguous shards, each process
+  # reading its own; the global batch takes batch_size / data_shards examples
+  # from each. 0 means one shard per process. Runs with the same value see
+  # the same batches on any number of processes and devices.
+  config.data_shards = 0
   # Elements held in the shuffle buffer; >= the training set size gives a
   # full shuffle each epoch.
   config.shuffle_buffer = 50_000
@@ -136,6 +141,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Warn when every logit of every example in a logged window is exactly 0
   # (the dead-ReLU failure) for this many consecutive log windows.
   config.dead_relu_patience = 3
+
+  # --- Devices ------------------------------------------------------------
+  # 'jit': one program over a mesh of all devices (batch sharded, state
+  # replicated). 'pmap': the same step under jax.pmap over local devices.
+  config.parallelism = 'jit'
 
   # Seed for parameter init, dropout, shuffling and augmentation.
   config.seed = 0

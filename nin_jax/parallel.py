@@ -1,0 +1,130 @@
+"""Data parallelism: where state and batches live, and the compiled steps.
+
+Two strategies run the same `train_step` and `eval_step`:
+  * 'jit' (default): one program over a `jax.make_mesh` of every device of
+    every process; the global batch is sharded on the `data` axis, the state
+    replicated, and XLA inserts the gradient all-reduce.
+  * 'pmap': `jax.pmap` over each process's local devices with the cross-device
+    reductions written out (`axis_name='batch'`), for users who know that
+    model. pmap is in maintenance mode in JAX; prefer 'jit'.
+Both keep checkpoints in the same layout (one unreplicated copy of the state),
+so a run can change strategy or device count when it resumes.
+"""
+
+import functools
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from nin_jax import errors
+
+STRATEGIES = ('jit', 'pmap')
+PMAP_AXIS = 'batch'
+
+Batch = dict[str, np.ndarray]
+
+
+def check_batch_size(name: str, size: int) -> None:
+  devices = jax.device_count()
+  if size <= 0 or size % devices:
+    raise errors.ConfigError(
+        f'config.{name}={size} must be a positive multiple of the {devices} '
+        f'devices; pass e.g. --config.{name}={max(1, size // devices) * devices}.')
+
+
+class Jit:
+  """One jitted program over a 1-D `data` mesh of all devices."""
+  axis_name = None  # XLA derives the reductions from the shardings.
+
+  def __init__(self, train_step: Callable[..., Any],
+               eval_step: Callable[..., Any]):
+    # Auto axes: XLA propagates the shardings (jax.make_mesh defaults to
+    # Explicit axes, which would put shardings into every array's type).
+    self.mesh = jax.make_mesh((jax.device_count(),), ('data',),
+                              axis_types=(jax.sharding.AxisType.Auto,))
+    self._batch = jax.sharding.NamedSharding(
+        self.mesh, jax.sharding.PartitionSpec('data'))
+    self._replicated = jax.sharding.NamedSharding(
+        self.mesh, jax.sharding.PartitionSpec())
+    self.train_step = jax.jit(
+        train_step,
+        in_shardings=(self._replicated, self._batch, self._replicated),
+        out_shardings=(self._replicated, self._replicated), donate_argnums=0)
+    self.eval_step = jax.jit(eval_step,
+                             in_shardings=(self._replicated, self._batch),
+                             out_shardings=self._replicated)
+
+  def put_state(self, state: Any) -> Any:
+    return jax.device_put(state, self._replicated)
+
+  def put_key(self, key: jax.Array) -> jax.Array:
+    return jax.device_put(key, self._replicated)
+
+  def put_batch(self, local_batch: Batch) -> Any:
+    """Assembles each process's local rows into one global, sharded array."""
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(self._batch, x),
+        local_batch)
+
+  def host_state(self, state: Any) -> Any:
+    """The state as checkpoints store it."""
+    return state
+
+  def metrics(self, metrics: Any) -> Any:
+    return metrics
+
+
+class Pmap:
+  """`jax.pmap` over local devices; reductions over the 'batch' axis."""
+  axis_name = PMAP_AXIS
+
+  def __init__(self, train_step: Callable[..., Any],
+               eval_step: Callable[..., Any]):
+    self._devices = jax.local_devices()
+    self.train_step = jax.pmap(
+        functools.partial(train_step, axis_name=PMAP_AXIS),
+        axis_name=PMAP_AXIS, in_axes=(0, 0, None), donate_argnums=(0,))
+    self.eval_step = jax.pmap(
+        functools.partial(eval_step, axis_name=PMAP_AXIS),
+        axis_name=PMAP_AXIS)
+
+  def put_state(self, state: Any) -> Any:
+    """One copy per local device, stacked on a new leading axis."""
+    n = len(self._devices)
+
+    # The sharding pmap gives its outputs: so the first step, which gets this
+    # state, and later ones, which get pmap's output, share one compilation.
+    sharding = jax.sharding.NamedSharding(
+        jax.sharding.Mesh(np.array(self._devices), (PMAP_AXIS,)),
+        jax.sharding.PartitionSpec(PMAP_AXIS))
+
+    def replicate(x):
+      stacked = np.broadcast_to(np.asarray(x), (n,) + np.shape(x))
+      return jax.device_put(stacked, sharding)
+
+    return jax.tree.map(replicate, state)
+
+  def put_key(self, key: jax.Array) -> jax.Array:
+    return key
+
+  def put_batch(self, local_batch: Batch) -> Any:
+    n = len(self._devices)
+    return jax.tree.map(lambda x: x.reshape((n, -1) + x.shape[1:]),
+                        local_batch)
+
+  def host_state(self, state: Any) -> Any:
+    return jax.tree.map(lambda x: x[0], state)
+
+  def metrics(self, metrics: Any) -> Any:
+    return jax.tree.map(lambda x: x[0], metrics)  # Already summed over devices.
+
+
+def create(strategy: str, train_step: Callable[..., Any],
+           eval_step: Callable[..., Any]) -> Jit | Pmap:
+  if strategy == 'jit':
+    return Jit(train_step, eval_step)
+  if strategy == 'pmap':
+    return Pmap(train_step, eval_step)
+  raise errors.ConfigError(f'Unknown config.parallelism {strategy!r}; use one '
+                           f'of {STRATEGIES}.')
