@@ -30,6 +30,38 @@ _WORKDIR = flags.DEFINE_string(
 _CONFIG = config_flags.DEFINE_config_file(
     'config', _DEFAULT_CONFIG, 'Training configuration file.',
     lock_config=True)
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None,
+    'host:port of process 0 for a multi-process run outside TPU pods, SLURM '
+    'and MPI (which JAX detects by itself).')
+_NUM_PROCESSES = flags.DEFINE_integer(
+    'num_processes', None, 'Number of processes, with --coordinator_address.')
+_PROCESS_ID = flags.DEFINE_integer(
+    'process_id', None, 'This process, 0..num_processes-1, with '
+    '--coordinator_address.')
+
+
+def _cluster_detected() -> bool:
+  """Whether JAX can find its peers by itself (TPU pod, SLURM, Open MPI)."""
+  env = os.environ
+  return (',' in env.get('TPU_WORKER_HOSTNAMES', '')
+          or int(env.get('SLURM_NTASKS', '1')) > 1
+          or int(env.get('OMPI_COMM_WORLD_SIZE', '1')) > 1)
+
+
+def initialize_distributed() -> None:
+  """Connects the processes of a multi-process run; a no-op for one process."""
+  if _COORDINATOR.value is None:
+    if _cluster_detected():
+      jax.distributed.initialize()
+    return
+  if _NUM_PROCESSES.value is None or _PROCESS_ID.value is None:
+    raise app.UsageError('--coordinator_address needs --num_processes and '
+                         '--process_id.')
+  # CPU processes exchange gradients over gloo; GPUs and TPUs ignore this.
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
+                             _PROCESS_ID.value)
 
 
 class _QuietLibraries:
@@ -51,6 +83,9 @@ def main(argv):
   # TensorFlow only feeds data; keep it off the accelerators JAX uses.
   tf.config.set_visible_devices([], 'GPU')
   tf.config.set_visible_devices([], 'TPU')
+  initialize_distributed()
+  if jax.process_index() != 0:  # Process 0 speaks for the run.
+    logging.set_verbosity(logging.WARNING)
   logging.info('JAX %s on %s: process %d of %d, %d local / %d global devices.',
                jax.__version__, jax.default_backend(), jax.process_index(),
                jax.process_count(), jax.local_device_count(),

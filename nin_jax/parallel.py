@@ -55,11 +55,22 @@ class Jit:
                              in_shardings=(self._replicated, self._batch),
                              out_shardings=self._replicated)
 
+  def _replicate(self, x: Any) -> jax.Array:
+    """The same value on every device of every process."""
+    if getattr(x, 'sharding', None) == self._replicated:
+      return x  # Already placed (e.g. restored into this sharding).
+    # Each process holds the whole value; device_put cannot address the
+    # devices of other processes, this can.
+    return jax.make_array_from_process_local_data(self._replicated,
+                                                  np.asarray(x))
+
   def put_state(self, state: Any) -> Any:
-    return jax.device_put(state, self._replicated)
+    return jax.tree.map(self._replicate, state)
 
   def put_key(self, key: jax.Array) -> jax.Array:
-    return jax.device_put(key, self._replicated)
+    return jax.random.wrap_key_data(
+        self._replicate(jax.random.key_data(key)),
+        impl=jax.random.key_impl(key))
 
   def put_batch(self, local_batch: Batch) -> Any:
     """Assembles each process's local rows into one global, sharded array."""

@@ -1,0 +1,115 @@
+"""Same numbers on 1 device, 8 devices (jit and pmap) and 2 processes.
+
+Each run is `python -m nin_jax.main` in its own process, since the number of
+(simulated CPU) devices is fixed when JAX starts. Runs that do not depend on
+each other go two at a time.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Constant learning rate, so that a run cut short at step 4 and resumed to 6
+# follows the same schedule as a run of 6; eval only at the end.
+COMMON = ['--config=nin_jax/configs/test.py', '--config.num_train_steps=6',
+          '--config.lr_schedule=step', '--config.warmup_epochs=0',
+          '--config.log_every_steps=1', '--config.eval_every_steps=6',
+          '--config.checkpoint_every_steps=2', '--config.data_shards=2']
+# BatchNorm on: its statistics must be those of the global batch under pmap
+# too, or the runs would differ.
+NO_DROPOUT_BN = ['--config.model.dropout_rate=0',
+                 '--config.model.use_batchnorm=True']
+
+
+def _start(workdir, devices=1, extra=(), distributed=None):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2',
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  command = [sys.executable, '-m', 'nin_jax.main', f'--workdir={workdir}',
+             *COMMON, *extra, *(distributed or ())]
+  return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(*processes):
+  for process in processes:
+    out, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, out[-3000:]
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def _metrics(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
+    rows = [json.loads(line) for line in f]
+  train = {r['step']: r['loss'] for r in rows if r['split'] == 'train'}
+  test = [r for r in rows if r['split'] == 'test'][-1]
+  return train, test
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+  root = tmp_path_factory.mktemp('parallel')
+  d = {name: str(root / name) for name in (
+      'one', 'eight', 'one_bn', 'pmap_bn', 'eight_then_one', 'two')}
+  _finish(_start(d['one']), _start(d['eight'], devices=8))
+  _finish(_start(d['one_bn'], extra=NO_DROPOUT_BN),
+          _start(d['pmap_bn'], devices=8,
+                 extra=NO_DROPOUT_BN + ['--config.parallelism=pmap']))
+  address = f'localhost:{_free_port()}'
+  _finish(*[_start(d['two'], distributed=[
+      f'--coordinator_address={address}', '--num_processes=2',
+      f'--process_id={i}']) for i in range(2)])
+  _finish(_start(d['eight_then_one'], devices=8,
+                 extra=['--config.num_train_steps=4']))
+  _finish(_start(d['eight_then_one']))  # Resumes at step 4 on 1 device.
+  return {name: _metrics(workdir) for name, workdir in d.items()}
+
+
+def _assert_same(a, b):
+  (train_a, test_a), (train_b, test_b) = a, b
+  assert sorted(train_a) == sorted(train_b) == list(range(1, 7))
+  np.testing.assert_allclose([train_a[s] for s in range(1, 7)],
+                             [train_b[s] for s in range(1, 7)], rtol=2e-5)
+  np.testing.assert_allclose(test_a['loss'], test_b['loss'], rtol=2e-5)
+  assert test_a['accuracy'] == test_b['accuracy']
+  assert test_a['num_examples'] == test_b['num_examples'] == 360
+
+
+def test_eight_devices_jit_equals_one_device(runs):
+  _assert_same(runs['eight'], runs['one'])
+
+
+def test_pmap_with_batchnorm_on_eight_devices_equals_jit_on_one(runs):
+  # Dropout off: pmap draws each device's masks from its own key.
+  _assert_same(runs['pmap_bn'], runs['one_bn'])
+
+
+def test_two_processes_equal_one_process(runs):
+  _assert_same(runs['two'], runs['one'])
+
+
+def test_checkpoint_from_eight_devices_resumes_on_one(runs):
+  train, test = runs['eight_then_one']
+  _assert_same((train, test), runs['one'])
+
+
+def test_processes_with_different_configs_stop_before_compiling(tmp_path):
+  address = f'localhost:{_free_port()}'
+  processes = [_start(str(tmp_path), extra=[f'--config.seed={i}'], distributed=[
+      f'--coordinator_address={address}', '--num_processes=2',
+      f'--process_id={i}']) for i in range(2)]
+  for process in processes:
+    out, _ = process.communicate(timeout=300)
+    assert process.returncode == 2, out[-3000:]
+    assert 'differs from process 0' in out
+  assert not os.path.exists(tmp_path / 'checkpoints')
