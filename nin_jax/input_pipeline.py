@@ -254,7 +254,12 @@ def steps_per_epoch(info: DatasetInfo, config: ml_collections.ConfigDict,
                     process_count: int) -> int:
   """Global steps per epoch: every data shard yields that many full batches."""
   shards = num_data_shards(config, process_count)
-  return (info.num_train // shards) // (config.batch_size // shards)
+  steps = (info.num_train // shards) // (config.batch_size // shards)
+  if steps == 0:
+    raise errors.ConfigError(
+        f'config.batch_size={config.batch_size} is larger than the '
+        f'{info.num_train} training examples allow; lower it.')
+  return steps
 
 
 # --- Preprocessing -------------------------------------------------------------
@@ -300,10 +305,6 @@ def train_batches(dataset: Dataset, info: DatasetInfo,
   shard_batch = config.batch_size // shards
   shard_size = info.num_train // shards
   epoch_steps = steps_per_epoch(info, config, process_count)
-  if epoch_steps == 0:
-    raise errors.ConfigError(
-        f'config.batch_size={config.batch_size} is larger than the '
-        f'{info.num_train} training examples allow; lower it.')
   start_epoch, start_offset = divmod(start_step, epoch_steps)
   pad, flip = config.augment_pad, config.augment_flip
   own = range(process_index * per_process, (process_index + 1) * per_process)

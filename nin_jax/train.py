@@ -215,10 +215,6 @@ class _Plan:
            info: input_pipeline.DatasetInfo, process_count: int) -> '_Plan':
     steps_per_epoch = input_pipeline.steps_per_epoch(info, config,
                                                      process_count)
-    if steps_per_epoch == 0:
-      raise errors.ConfigError(
-          f'config.batch_size={config.batch_size} is larger than the '
-          f'{info.num_train} training examples allow; lower it.')
     num_steps = (config.num_train_steps if config.num_train_steps > 0
                  else int(config.num_epochs * steps_per_epoch))
     return cls(
@@ -315,7 +311,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
   with contextlib.ExitStack() as cleanup:
-    # Pending checkpoint writes finish even when training stops with an error.
+    # Checkpointer and metric files are closed even if training fails.
     cleanup.callback(checkpointer.close)
     start_step = checkpointer.latest_step() or 0
     if start_step:  # Any device count or strategy: state is resharded.

@@ -180,3 +180,13 @@ def test_manual_file_with_wrong_checksum_is_reported(tmp_path, monkeypatch):
 def test_unknown_dataset_name():
   with pytest.raises(errors.DatasetUnavailableError, match='--config.dataset'):
     input_pipeline._prepare_tfds('cifar11', None)
+
+
+def test_batch_larger_than_the_split_is_a_config_error(digits):
+  config, _, info = digits
+  config.batch_size = 2048
+  with pytest.raises(errors.ConfigError, match='larger than'):
+    input_pipeline.steps_per_epoch(info, config, process_count=1)
+  config.batch_size, config.data_shards = 30, 4
+  with pytest.raises(errors.ConfigError, match='data_shards=4'):
+    input_pipeline.steps_per_epoch(info, config, process_count=1)
