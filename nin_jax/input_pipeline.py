@@ -43,8 +43,9 @@ class DatasetInfo:
   num_classes: int
   class_names: tuple[str, ...]
   image_shape: tuple[int, int, int]
-  num_train: int  # Examples in the whole training split (all processes).
-  num_eval: int  # Examples in the whole evaluation split.
+  num_train: int  # Training examples (all processes), validation excluded.
+  num_validation: int  # Held-out tail of the training split.
+  num_eval: int  # Examples in the whole evaluation (test) split.
   mean: tuple[float, ...]  # Per-channel mean of the training split.
   std: tuple[float, ...]  # Per-channel standard deviation of the same.
 
@@ -143,11 +144,17 @@ def even_shard(num_examples: int, index: int, count: int,
   return start, start + size + (index < extra)
 
 
-class Dataset:
-  """One dataset's splits as tf.data sources of {'image': uint8, 'label'}.
+# Logical splits: training (less any held-out validation tail), validation
+# (the last config.validation_size training examples) and test.
+TRAIN, VALIDATION, TEST = 'train', 'validation', 'test'
 
-  Sources are contiguous, deterministic shards of a split, so a process reads
-  only the examples it trains or evaluates on.
+
+class Dataset:
+  """One dataset's logical splits as tf.data sources of {'image', 'label'}.
+
+  Every source is a contiguous, deterministic range of examples, so a process
+  reads only the examples it trains or evaluates on, and the validation
+  examples are never trained on.
   """
 
   def __init__(self, config: ml_collections.ConfigDict):
@@ -160,20 +167,39 @@ class Dataset:
       self._builder = _prepare_tfds(self.name, config.data_dir)
       label = self._builder.info.features['label']
       self.class_names = tuple(label.names)
+    # Each TFDS split name ('train+extra' too) as (component, size) pairs.
+    self._parts = {name: [(part, self._size(part)) for part in name.split('+')]
+                   for name in {config.train_split, config.eval_split}}
+    num_train = sum(size for _, size in self._parts[config.train_split])
+    held_out = config.validation_size
+    if not 0 <= held_out < num_train:
+      raise errors.ConfigError(
+          f'config.validation_size={held_out} must be at least 0 and less than '
+          f'the {num_train} examples of {config.train_split!r}.')
+    num_test = sum(size for _, size in self._parts[config.eval_split])
+    self._ranges = {
+        TRAIN: (config.train_split, 0, num_train - held_out),
+        VALIDATION: (config.train_split, num_train - held_out, num_train),
+        TEST: (config.eval_split, 0, num_test),
+    }
 
-  def num_examples(self, split: str) -> int:
-    """Size of the whole split (known without reading it)."""
+  def _size(self, part: str) -> int:
     if self._builder is None:
-      return len(_digits_arrays(split)[1])
-    n = int(self._builder.as_dataset(split=split).cardinality())
+      return len(_digits_arrays(part)[1])
+    n = int(self._builder.as_dataset(split=part).cardinality())
     if n < 0:
       raise errors.DatasetUnavailableError(
-          f'TFDS cannot tell the size of split {split!r} of {self.name!r}.')
+          f'TFDS cannot tell the size of split {part!r} of {self.name!r}.')
     return n
+
+  def num_examples(self, split: str) -> int:
+    """Size of a logical split (known without reading it)."""
+    _, start, stop = self._ranges[split]
+    return stop - start
 
   def source(self, split: str, shard: int = 0, num_shards: int = 1,
              drop_remainder: bool = False) -> tf.data.Dataset:
-    """Shard `shard` of `num_shards` of `split`, decoded and cached in memory."""
+    """Shard `shard` of `num_shards` of a logical split, cached in memory."""
     key = (split, shard, num_shards, drop_remainder)
     if key not in self._sources:
       self._sources[key] = self._load(*key).cache()
@@ -181,15 +207,21 @@ class Dataset:
 
   def _load(self, split: str, shard: int, num_shards: int,
             drop_remainder: bool) -> tf.data.Dataset:
+    name, first, last = self._ranges[split]
+    start, stop = even_shard(last - first, shard, num_shards, drop_remainder)
+    start, stop = first + start, first + stop
     if self._builder is None:
-      images, labels = _digits_arrays(split)
-      start, stop = even_shard(len(labels), shard, num_shards, drop_remainder)
+      images, labels = _digits_arrays(name)
       return tf.data.Dataset.from_tensor_slices(
           {'image': images[start:stop], 'label': labels[start:stop]})
-    if num_shards > 1:
-      split = tfds.even_splits(split, n=num_shards,
-                               drop_remainder=drop_remainder)[shard]
-    ds = self._builder.as_dataset(split=split, shuffle_files=False)
+    # [start, stop) of the concatenated parts, as a TFDS slicing string.
+    pieces, offset = [], 0
+    for part, size in self._parts[name]:
+      lo, hi = max(start - offset, 0), min(stop - offset, size)
+      if lo < hi:
+        pieces.append(f'{part}[{lo}:{hi}]')
+      offset += size
+    ds = self._builder.as_dataset(split='+'.join(pieces), shuffle_files=False)
     return ds.map(lambda x: {'image': x['image'], 'label': x['label']})
 
 
@@ -217,7 +249,7 @@ def get_info(dataset: Dataset, config: ml_collections.ConfigDict,
   The statistics are those of the whole training split (the same on every
   process, whatever the topology), or `stats` if given (e.g. a resumed run's).
   """
-  train = dataset.source(config.train_split)
+  train = dataset.source(TRAIN)
   if stats is None:
     mean, std = _channel_stats(train)
     stats = (tuple(float(m) for m in mean), tuple(float(s) for s in std))
@@ -227,8 +259,9 @@ def get_info(dataset: Dataset, config: ml_collections.ConfigDict,
       num_classes=len(dataset.class_names),
       class_names=dataset.class_names,
       image_shape=image_shape,
-      num_train=dataset.num_examples(config.train_split),
-      num_eval=dataset.num_examples(config.eval_split),
+      num_train=dataset.num_examples(TRAIN),
+      num_validation=dataset.num_examples(VALIDATION),
+      num_eval=dataset.num_examples(TEST),
       mean=tuple(stats[0]),
       std=tuple(stats[1]))
 
@@ -308,7 +341,7 @@ def train_batches(dataset: Dataset, info: DatasetInfo,
   start_epoch, start_offset = divmod(start_step, epoch_steps)
   pad, flip = config.augment_pad, config.augment_flip
   own = range(process_index * per_process, (process_index + 1) * per_process)
-  sources = {j: dataset.source(config.train_split, j, shards,
+  sources = {j: dataset.source(TRAIN, j, shards,
                                drop_remainder=True).enumerate() for j in own}
 
   def shard_epoch(j: int, epoch: int) -> tf.data.Dataset:
@@ -336,30 +369,23 @@ def train_batches(dataset: Dataset, info: DatasetInfo,
     yield from ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
 
-def num_eval_batches(info: DatasetInfo, local_batch_size: int,
-                     process_count: int) -> int:
-  """Batches per process for one pass; the same on every process."""
-  largest_shard = -(-info.num_eval // process_count)
-  return -(-largest_shard // local_batch_size)
-
-
-def eval_batches(dataset: Dataset, info: DatasetInfo,
-                 config: ml_collections.ConfigDict, local_batch_size: int,
-                 process_index: int = 0,
-                 process_count: int = 1) -> Iterator[Batch]:
-  """This process's share of every evaluation example, exactly once.
+def eval_batches(dataset: Dataset, info: DatasetInfo, local_batch_size: int,
+                 process_index: int = 0, process_count: int = 1,
+                 split: str = TEST) -> Iterator[Batch]:
+  """This process's share of every example of `split`, exactly once.
 
   Batches have one fixed shape and every process yields the same number of
   them (collectives need that): short or missing batches are zero-padded,
   and `mask` is 1 for real examples only.
   """
-  ds = dataset.source(config.eval_split, process_index, process_count)
+  ds = dataset.source(split, process_index, process_count)
   ds = ds.map(lambda x: {'image': _standardize(x['image'], info),
                          'label': tf.cast(x['label'], tf.int32),
                          'mask': tf.constant(1.0, tf.float32)},
               num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(local_batch_size).prefetch(tf.data.AUTOTUNE)
-  count = num_eval_batches(info, local_batch_size, process_count)
+  largest_shard = -(-dataset.num_examples(split) // process_count)
+  count = -(-largest_shard // local_batch_size)  # The same on every process.
   shapes = {'image': (local_batch_size,) + info.image_shape,
             'label': (local_batch_size,), 'mask': (local_batch_size,)}
   dtypes = {'image': np.float32, 'label': np.int32, 'mask': np.float32}

@@ -326,20 +326,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         json.dump(dataclasses.asdict(info), f, indent=2)
 
     eval_local_batch = config.eval_batch_size // process_count
+    # Model selection looks at the validation split when there is one; the
+    # test split is evaluated at the end only, then.
+    periodic_split = (input_pipeline.VALIDATION if info.num_validation
+                      else input_pipeline.TEST)
+    final_splits = [periodic_split, input_pipeline.TEST][
+        periodic_split == input_pipeline.TEST:]  # Test last: it is returned.
 
-    def run_eval() -> dict[str, float]:
-      return evaluate(strategy, state, input_pipeline.eval_batches(
-          dataset, info, config, eval_local_batch, process_index,
-          process_count))
-
-    if start_step >= plan.num_steps:
-      result = run_eval()
-      logging.info('Training already finished at step %d (of %d); %s accuracy '
-                   '%.2f%%, loss %.4f over %d examples. Nothing to do.',
-                   start_step, plan.num_steps, config.eval_split,
-                   100 * result['accuracy'], result['loss'],
+    def run_eval(split: str, step: int) -> dict[str, float]:
+      result = evaluate(strategy, state, input_pipeline.eval_batches(
+          dataset, info, eval_local_batch, process_index, process_count,
+          split))
+      logging.info('%s at step %d: accuracy %.2f%%, loss %.4f (%d examples)',
+                   split, step, 100 * result['accuracy'], result['loss'],
                    result['num_examples'])
       return result
+
+    if start_step >= plan.num_steps:
+      logging.info('Training already finished at step %d (of %d); nothing '
+                   'to do. Final evaluation:', start_step, plan.num_steps)
+      return run_eval(input_pipeline.TEST, start_step)
 
     writer = metric_writers.MetricWriter(workdir, enabled=is_writer)
     cleanup.callback(writer.close)
@@ -386,11 +392,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           _check_finite(summarize(window.sums)['loss'], step, checkpointer)
         checkpointer.save(step, strategy.host_state(state))
       if run_evaluation:
-        result = run_eval()
-        writer.write(step, config.eval_split, result)
-        logging.info('%s at step %d: accuracy %.2f%%, loss %.4f (%d examples)',
-                     config.eval_split, step, 100 * result['accuracy'],
-                     result['loss'], result['num_examples'])
+        for split in final_splits if last_step else [periodic_split]:
+          result = run_eval(split, step)
+          writer.write(step, split, result)
       if save or run_evaluation:
         window.start_clock()
 

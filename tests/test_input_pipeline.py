@@ -79,7 +79,7 @@ def test_epochs_are_reshuffled_and_resume_reproduces_the_stream(digits):
 
 def test_eval_covers_every_example_exactly_once(digits):
   config, dataset, info = digits
-  batches = list(input_pipeline.eval_batches(dataset, info, config, 100))
+  batches = list(input_pipeline.eval_batches(dataset, info, 100))
   assert len(batches) == 4  # 360 examples -> 3 full batches + 1 padded.
   assert all(b['image'].shape == (100, 8, 8, 1) for b in batches)
   mask = np.concatenate([b['mask'] for b in batches])
@@ -118,7 +118,7 @@ def test_two_processes_read_disjoint_halves_of_the_same_global_batches(digits):
     for key in ('image', 'label'):
       np.testing.assert_array_equal(
           whole[key], np.concatenate([first[key], second[key]]))
-  sources = [dataset.source('train', i, 2, drop_remainder=True)
+  sources = [dataset.source(input_pipeline.TRAIN, i, 2, drop_remainder=True)
              for i in range(2)]
   images = [np.stack([x['image'] for x in s.as_numpy_iterator()])
             for s in sources]
@@ -130,7 +130,7 @@ def test_two_processes_read_disjoint_halves_of_the_same_global_batches(digits):
 def test_eval_over_three_processes_covers_every_example_once(digits):
   config, dataset, info = digits
   per_process = [list(input_pipeline.eval_batches(
-      dataset, info, config, 100, process_index=i, process_count=3))
+      dataset, info, 100, process_index=i, process_count=3))
                  for i in range(3)]
   assert len({len(batches) for batches in per_process}) == 1  # Same count.
   labels = np.concatenate([b['label'][b['mask'] == 1]
@@ -150,7 +150,7 @@ def test_tfds_path_under_mock_data(tiny_config, monkeypatch):
     assert info.num_train == 50
     batch = next(input_pipeline.train_batches(dataset, info, tiny_config))
     assert batch['image'].shape == (16, 32, 32, 3)
-    evals = list(input_pipeline.eval_batches(dataset, info, tiny_config, 16))
+    evals = list(input_pipeline.eval_batches(dataset, info, 16))
     assert sum(b['mask'].sum() for b in evals) == 50
 
 
@@ -190,3 +190,24 @@ def test_batch_larger_than_the_split_is_a_config_error(digits):
   config.batch_size, config.data_shards = 30, 4
   with pytest.raises(errors.ConfigError, match='data_shards=4'):
     input_pipeline.steps_per_epoch(info, config, process_count=1)
+
+
+def test_validation_is_the_held_out_tail_of_the_training_split():
+  from nin_jax.configs import test as test_config
+  config = test_config.get_config()
+  config.validation_size = 200
+  dataset = input_pipeline.Dataset(config)
+  info = input_pipeline.get_info(dataset, config)
+  assert (info.num_train, info.num_validation) == (1237, 200)
+  images, labels = input_pipeline._digits_arrays('train')
+  validation = list(input_pipeline.eval_batches(
+      dataset, info, 100, split=input_pipeline.VALIDATION))
+  np.testing.assert_array_equal(
+      np.concatenate([b['label'] for b in validation]), labels[1237:])
+  train = [x for x in dataset.source(input_pipeline.TRAIN).as_numpy_iterator()]
+  assert len(train) == 1237
+  np.testing.assert_array_equal(np.stack([x['image'] for x in train]),
+                                images[:1237])
+  config.validation_size = 1437
+  with pytest.raises(errors.ConfigError, match='validation_size'):
+    input_pipeline.Dataset(config)

@@ -141,3 +141,13 @@ def test_batch_size_must_divide_over_devices(tiny_config, tmp_path, monkeypatch)
   monkeypatch.setattr(jax, 'device_count', lambda: 3)
   with pytest.raises(train.errors.ConfigError, match='multiple of the 3'):
     train.train_and_evaluate(tiny_config, str(tmp_path))
+
+
+def test_validation_split_is_used_until_the_final_test(tiny_config, tmp_path):
+  tiny_config.validation_size = 100
+  result = train.train_and_evaluate(tiny_config, str(tmp_path))
+  evals = [(r['step'], r['split'], r['num_examples'])
+           for r in read_metrics(str(tmp_path)) if r['split'] != 'train']
+  assert evals == [(2, 'validation', 100), (4, 'validation', 100),
+                   (4, 'test', 360)]
+  assert result['num_examples'] == 360

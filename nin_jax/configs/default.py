@@ -50,6 +50,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Split names used for training and for evaluation.
   config.train_split = 'train'
   config.eval_split = 'test'
+  # Hold out the last this many training examples as a validation split
+  # (the paper used 10,000 for CIFAR): periodic evaluations use it, and the
+  # test split is evaluated only at the end. 0: evaluate on test throughout.
+  config.validation_size = 0
   # Random translation: pad by this many pixels (edge reflection off, zero
   # padding after standardization), then crop back. 0 disables it.
   config.augment_pad = 4
