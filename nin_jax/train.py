@@ -243,7 +243,7 @@ class _DeadReluMonitor:
           '(loss stuck at ln(%d) = %.4f): the ReLU after the last 1x1 layer has '
           'died and training cannot recover. Restart in a new workdir with a '
           'lower --config.learning_rate, a longer --config.warmup_epochs, or '
-          '--config.model.kernel_init=he_normal.', self._dead_windows,
+          '--config.model.use_batchnorm=True.', self._dead_windows,
           self._num_classes, math.log(self._num_classes))
 
 
@@ -330,8 +330,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     # test split is evaluated at the end only, then.
     periodic_split = (input_pipeline.VALIDATION if info.num_validation
                       else input_pipeline.TEST)
-    final_splits = [periodic_split, input_pipeline.TEST][
-        periodic_split == input_pipeline.TEST:]  # Test last: it is returned.
+    # At the end: validation (if any), then test, whose result is returned.
+    final_splits = ([input_pipeline.TEST] if periodic_split == input_pipeline.TEST
+                    else [periodic_split, input_pipeline.TEST])
 
     def run_eval(split: str, step: int) -> dict[str, float]:
       result = evaluate(strategy, state, input_pipeline.eval_batches(
