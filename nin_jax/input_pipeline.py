@@ -1,23 +1,28 @@
-"""Input pipeline: TFDS (or scikit-learn digits) -> standardized, augmented batches.
+"""Input pipeline: TFDS (or scikit-learn digits) -> preprocessed, augmented batches.
+
+This is the streaming path: tf.data on the host, for any dataset size. (The
+device-resident path for small datasets is in device_input.py.)
 
 Every random choice (shuffle order, crop offset, flip) is a pure function of
 (seed, epoch, example index), so a run resumed at step s sees exactly the
 batches an uninterrupted run would have seen from step s on.
 
-Images are standardized per channel with the training split's mean and
-standard deviation, then (training only) zero-padded, randomly cropped back to
+Images are preprocessed with a transform fitted on the training split
+(preprocessing.py), then (training only) zero-padded, randomly cropped back to
 size and randomly flipped. Evaluation batches cover the whole split: the last
 batch is padded and a `mask` marks the real examples.
 """
 
 import dataclasses
 import functools
+import hashlib
 import itertools
 import os
 import socket
 import urllib.parse
 from typing import Iterator
 
+import jax
 import ml_collections
 import numpy as np
 import tensorflow as tf
@@ -25,6 +30,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core.download import download_manager
 
 from nin_jax import errors
+from nin_jax import preprocessing
 
 Batch = dict[str, np.ndarray]
 
@@ -34,6 +40,8 @@ DIGITS_TEST_SIZE = 360
 # The digits split is fixed (it does not follow config.seed), so results of
 # different runs are comparable.
 DIGITS_SPLIT_SEED = 0
+# Largest pixel value of the digits images (TFDS images are uint8, 0-255).
+DIGITS_PIXEL_MAX = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +54,6 @@ class DatasetInfo:
   num_train: int  # Training examples (all processes), validation excluded.
   num_validation: int  # Held-out tail of the training split.
   num_eval: int  # Examples in the whole evaluation (test) split.
-  mean: tuple[float, ...]  # Per-channel mean of the training split.
-  std: tuple[float, ...]  # Per-channel standard deviation of the same.
 
 
 # --- Sources -----------------------------------------------------------------
@@ -144,6 +150,9 @@ def even_shard(num_examples: int, index: int, count: int,
   return start, start + size + (index < extra)
 
 
+# config.input_pipeline: host tf.data, or the whole split on the devices.
+INPUT_PIPELINES = ('streaming', 'device')
+
 # Logical splits: training (less any held-out validation tail), validation
 # (the last config.validation_size training examples) and test.
 TRAIN, VALIDATION, TEST = 'train', 'validation', 'test'
@@ -163,10 +172,14 @@ class Dataset:
     if self.name == DIGITS:
       self._builder = None
       self.class_names = tuple(str(d) for d in range(10))
+      self.pixel_max = DIGITS_PIXEL_MAX
+      self.version = 'sklearn'
     else:
       self._builder = _prepare_tfds(self.name, config.data_dir)
       label = self._builder.info.features['label']
       self.class_names = tuple(label.names)
+      self.pixel_max = 255
+      self.version = str(self._builder.version)
     # Each TFDS split name ('train+extra' too) as (component, size) pairs.
     self._parts = {name: [(part, self._size(part)) for part in name.split('+')]
                    for name in {config.train_split, config.eval_split}}
@@ -197,6 +210,18 @@ class Dataset:
     _, start, stop = self._ranges[split]
     return stop - start
 
+  def fingerprint(self, split: str) -> str:
+    """Identifies a logical split's examples: name, range and some bytes."""
+    name, start, stop = self._ranges[split]
+    digest = hashlib.sha256()
+    ends = ((start, min(start + 8, stop)), (max(stop - 8, start), stop))
+    for lo, hi in ends:
+      for example in self._read(name, lo, hi).as_numpy_iterator():
+        digest.update(example['image'].tobytes())
+        digest.update(example['label'].tobytes())
+    return (f'{self.name}:{self.version}:{name}[{start}:{stop}]:'
+            f'{digest.hexdigest()[:16]}')
+
   def source(self, split: str, shard: int = 0, num_shards: int = 1,
              drop_remainder: bool = False) -> tf.data.Dataset:
     """Shard `shard` of `num_shards` of a logical split, cached in memory."""
@@ -209,7 +234,10 @@ class Dataset:
             drop_remainder: bool) -> tf.data.Dataset:
     name, first, last = self._ranges[split]
     start, stop = even_shard(last - first, shard, num_shards, drop_remainder)
-    start, stop = first + start, first + stop
+    return self._read(name, first + start, first + stop)
+
+  def _read(self, name: str, start: int, stop: int) -> tf.data.Dataset:
+    """Examples [start, stop) of a TFDS split name such as 'train+extra'."""
     if self._builder is None:
       images, labels = _digits_arrays(name)
       return tf.data.Dataset.from_tensor_slices(
@@ -225,34 +253,9 @@ class Dataset:
     return ds.map(lambda x: {'image': x['image'], 'label': x['label']})
 
 
-def _channel_stats(ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
-  """Per-channel mean and standard deviation of a source's images."""
-  total = total_sq = None
-  count = 0
-  for batch in ds.batch(1024).as_numpy_iterator():
-    pixels = batch['image'].astype(np.float64)
-    pixels = pixels.reshape(-1, pixels.shape[-1])
-    total = pixels.sum(0) if total is None else total + pixels.sum(0)
-    total_sq = ((pixels ** 2).sum(0) if total_sq is None
-                else total_sq + (pixels ** 2).sum(0))
-    count += pixels.shape[0]
-  mean = total / count
-  std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 0.0))
-  return mean, np.maximum(std, 1e-6)
-
-
-def get_info(dataset: Dataset, config: ml_collections.ConfigDict,
-             stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
-             ) -> DatasetInfo:
-  """Sizes, shapes, class names and standardization statistics.
-
-  The statistics are those of the whole training split (the same on every
-  process, whatever the topology), or `stats` if given (e.g. a resumed run's).
-  """
+def get_info(dataset: Dataset) -> DatasetInfo:
+  """Sizes, shapes and class names (the same on every process)."""
   train = dataset.source(TRAIN)
-  if stats is None:
-    mean, std = _channel_stats(train)
-    stats = (tuple(float(m) for m in mean), tuple(float(s) for s in std))
   image_shape = tuple(int(d) for d in train.element_spec['image'].shape)
   return DatasetInfo(
       name=dataset.name,
@@ -261,9 +264,21 @@ def get_info(dataset: Dataset, config: ml_collections.ConfigDict,
       image_shape=image_shape,
       num_train=dataset.num_examples(TRAIN),
       num_validation=dataset.num_examples(VALIDATION),
-      num_eval=dataset.num_examples(TEST),
-      mean=tuple(stats[0]),
-      std=tuple(stats[1]))
+      num_eval=dataset.num_examples(TEST))
+
+
+def fit_preprocessing(dataset: Dataset, info: DatasetInfo,
+                      config: ml_collections.ConfigDict
+                      ) -> preprocessing.Preprocessing:
+  """config.preprocessing fitted on the whole training split (or its cache).
+
+  Every process fits on the same examples, so all get the same transform
+  whatever the topology.
+  """
+  batches = (b['image'] for b in
+             dataset.source(TRAIN).batch(1024).as_numpy_iterator())
+  return preprocessing.fit_cached(config, dataset.fingerprint(TRAIN), batches,
+                                  info.image_shape[-1], dataset.pixel_max)
 
 
 def num_data_shards(config: ml_collections.ConfigDict,
@@ -272,8 +287,11 @@ def num_data_shards(config: ml_collections.ConfigDict,
 
   The order of training examples depends on this number, not on the number
   of processes, so runs on different topologies with the same data_shards
-  see the same global batches.
+  see the same global batches. The device-resident path (device_input.py)
+  keeps one shard per device instead.
   """
+  if config.input_pipeline == 'device':
+    return jax.device_count()
   shards = config.data_shards if config.data_shards > 0 else process_count
   if shards % process_count or config.batch_size % shards:
     raise errors.ConfigError(
@@ -298,17 +316,12 @@ def steps_per_epoch(info: DatasetInfo, config: ml_collections.ConfigDict,
 # --- Preprocessing -------------------------------------------------------------
 
 
-def _standardize(image: tf.Tensor, info: DatasetInfo) -> tf.Tensor:
-  image = tf.cast(image, tf.float32)
-  return (image - tf.constant(info.mean, tf.float32)) / tf.constant(
-      info.std, tf.float32)
-
-
 def _augment(image: tf.Tensor, seed: tf.Tensor, pad: int,
              flip: bool) -> tf.Tensor:
   """Random translation by zero-pad + crop, and random horizontal flip.
 
-  Runs after standardization, so the padding is the mean colour.
+  Runs after preprocessing, so after standardization the padding is the mean
+  colour (as in the paper, which translated whitened images).
   """
   crop_seed, flip_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, num=2))
@@ -322,6 +335,7 @@ def _augment(image: tf.Tensor, seed: tf.Tensor, pad: int,
 
 
 def train_batches(dataset: Dataset, info: DatasetInfo,
+                  prep: preprocessing.Preprocessing,
                   config: ml_collections.ConfigDict, start_step: int = 0,
                   process_index: int = 0,
                   process_count: int = 1) -> Iterator[Batch]:
@@ -349,7 +363,7 @@ def train_batches(dataset: Dataset, info: DatasetInfo,
 
     def preprocess(index, example):
       seed = tf.stack([tf.constant(config.seed, tf.int64), first + index])
-      image = _augment(_standardize(example['image'], info), seed, pad, flip)
+      image = _augment(prep.apply_tf(example['image']), seed, pad, flip)
       return {'image': image, 'label': tf.cast(example['label'], tf.int32)}
 
     ds = sources[j].shuffle(
@@ -369,7 +383,8 @@ def train_batches(dataset: Dataset, info: DatasetInfo,
     yield from ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
 
-def eval_batches(dataset: Dataset, info: DatasetInfo, local_batch_size: int,
+def eval_batches(dataset: Dataset, info: DatasetInfo,
+                 prep: preprocessing.Preprocessing, local_batch_size: int,
                  process_index: int = 0, process_count: int = 1,
                  split: str = TEST) -> Iterator[Batch]:
   """This process's share of every example of `split`, exactly once.
@@ -379,11 +394,11 @@ def eval_batches(dataset: Dataset, info: DatasetInfo, local_batch_size: int,
   and `mask` is 1 for real examples only.
   """
   ds = dataset.source(split, process_index, process_count)
-  ds = ds.map(lambda x: {'image': _standardize(x['image'], info),
-                         'label': tf.cast(x['label'], tf.int32),
-                         'mask': tf.constant(1.0, tf.float32)},
-              num_parallel_calls=tf.data.AUTOTUNE)
-  ds = ds.batch(local_batch_size).prefetch(tf.data.AUTOTUNE)
+  ds = ds.batch(local_batch_size).map(
+      lambda x: {'image': prep.apply_tf(x['image']),
+                 'label': tf.cast(x['label'], tf.int32),
+                 'mask': tf.ones_like(x['label'], tf.float32)},
+      num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
   largest_shard = -(-dataset.num_examples(split) // process_count)
   count = -(-largest_shard // local_batch_size)  # The same on every process.
   shapes = {'image': (local_batch_size,) + info.image_shape,

@@ -36,6 +36,10 @@ def check_batch_size(name: str, size: int) -> None:
 class Jit:
   """One jitted program over a 1-D `data` mesh of all devices."""
   axis_name = None  # XLA derives the reductions from the shardings.
+  # For the device-resident input: the mesh covers every device, so its
+  # first position holds data shard 0, and batches are flat (batch, ...).
+  first_shard = 0
+  stacked_batches = False
 
   def __init__(self, train_step: Callable[..., Any],
                eval_step: Callable[..., Any]):
@@ -67,6 +71,8 @@ class Jit:
   def put_state(self, state: Any) -> Any:
     return jax.tree.map(self._replicate, state)
 
+  replicate = put_state
+
   def put_key(self, key: jax.Array) -> jax.Array:
     return jax.random.wrap_key_data(
         self._replicate(jax.random.key_data(key)),
@@ -90,9 +96,14 @@ class Pmap:
   """`jax.pmap` over local devices; reductions over the 'batch' axis."""
   axis_name = PMAP_AXIS
 
+  stacked_batches = True  # Batches are (local devices, per device, ...).
+
   def __init__(self, train_step: Callable[..., Any],
                eval_step: Callable[..., Any]):
     self._devices = jax.local_devices()
+    self.mesh = jax.sharding.Mesh(np.array(self._devices), (PMAP_AXIS,))
+    # Data shards are numbered over all devices of all processes.
+    self.first_shard = jax.process_index() * len(self._devices)
     self.train_step = jax.pmap(
         functools.partial(train_step, axis_name=PMAP_AXIS),
         axis_name=PMAP_AXIS, in_axes=(0, 0, None), donate_argnums=(0,))
@@ -107,14 +118,18 @@ class Pmap:
     # The sharding pmap gives its outputs: so the first step, which gets this
     # state, and later ones, which get pmap's output, share one compilation.
     sharding = jax.sharding.NamedSharding(
-        jax.sharding.Mesh(np.array(self._devices), (PMAP_AXIS,)),
-        jax.sharding.PartitionSpec(PMAP_AXIS))
+        self.mesh, jax.sharding.PartitionSpec(PMAP_AXIS))
 
     def replicate(x):
       stacked = np.broadcast_to(np.asarray(x), (n,) + np.shape(x))
       return jax.device_put(stacked, sharding)
 
     return jax.tree.map(replicate, state)
+
+  def replicate(self, tree: Any) -> Any:
+    """The same value on every local device (not stacked)."""
+    return jax.device_put(tree, jax.sharding.NamedSharding(
+        self.mesh, jax.sharding.PartitionSpec()))
 
   def put_key(self, key: jax.Array) -> jax.Array:
     return key

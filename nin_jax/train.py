@@ -25,12 +25,14 @@ import numpy as np
 import optax
 
 from nin_jax import checkpointing
+from nin_jax import device_input
 from nin_jax import errors
 from nin_jax import input_pipeline
 from nin_jax import metric_writers
 from nin_jax import models
 from nin_jax import optimizer
 from nin_jax import parallel
+from nin_jax import preprocessing
 
 Metrics = dict[str, jax.Array]
 
@@ -256,16 +258,6 @@ def _check_finite(loss: float, step: int,
         'lower --config.learning_rate or --config.grad_clip_norm=1.')
 
 
-def _recorded_stats(workdir: str):
-  """The standardization statistics a previous run in `workdir` used."""
-  path = os.path.join(workdir, 'dataset.json')
-  if not os.path.exists(path):
-    return None
-  with open(path, encoding='utf-8') as f:
-    recorded = json.load(f)
-  return recorded['mean'], recorded['std']
-
-
 def _check_same_config_everywhere(config: ml_collections.ConfigDict) -> None:
   """Stops every process if any was launched with a different config."""
   if jax.process_count() == 1:
@@ -291,9 +283,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   process_index, process_count = jax.process_index(), jax.process_count()
   is_writer = process_index == 0
 
+  preprocessing.check_config(config)
+  if config.input_pipeline not in input_pipeline.INPUT_PIPELINES:
+    raise errors.ConfigError(
+        f'Unknown config.input_pipeline {config.input_pipeline!r}; use one of '
+        f'{input_pipeline.INPUT_PIPELINES}.')
+
   # Data first: a missing dataset must fail before anything is compiled.
   dataset = input_pipeline.Dataset(config)
-  info = input_pipeline.get_info(dataset, config, _recorded_stats(workdir))
+  info = input_pipeline.get_info(dataset)
+  # A resumed run keeps the transform it trained with.
+  prep = preprocessing.recorded(workdir)
+  if prep is None:
+    prep = input_pipeline.fit_preprocessing(dataset, info, config)
+  else:
+    preprocessing.check_matches(prep, config)
   if info.num_classes != config.num_classes:
     raise errors.ConfigError(
         f'Dataset {info.name!r} has {info.num_classes} classes but '
@@ -324,6 +328,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       _save_config(config, workdir, start_step)
       with open(os.path.join(workdir, 'dataset.json'), 'w', encoding='utf-8') as f:
         json.dump(dataclasses.asdict(info), f, indent=2)
+      if preprocessing.recorded(workdir) is None:
+        preprocessing.record(prep, workdir)
 
     eval_local_batch = config.eval_batch_size // process_count
     # Model selection looks at the validation split when there is one; the
@@ -336,8 +342,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
     def run_eval(split: str, step: int) -> dict[str, float]:
       result = evaluate(strategy, state, input_pipeline.eval_batches(
-          dataset, info, eval_local_batch, process_index, process_count,
-          split))
+          dataset, info, prep, eval_local_batch, process_index,
+          process_count, split))
       logging.info('%s at step %d: accuracy %.2f%%, loss %.4f (%d examples)',
                    split, step, 100 * result['accuracy'], result['loss'],
                    result['num_examples'])
@@ -357,13 +363,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                  plan.num_steps, plan.steps_per_epoch, config.batch_size,
                  jax.device_count(), info.num_train, info.num_eval)
 
-    batches = input_pipeline.train_batches(dataset, info, config, start_step,
-                                           process_index, process_count)
+    if config.input_pipeline == 'device':
+      next_batch = device_input.DeviceTrainBatches(
+          dataset, info, prep, config, strategy).batch
+    else:
+      stream = input_pipeline.train_batches(
+          dataset, info, prep, config, start_step, process_index,
+          process_count)
+      next_batch = lambda index: strategy.put_batch(next(stream))
     window = _Window()
     dead_relu = _DeadReluMonitor(config.dead_relu_patience, config.num_classes)
     result = {}
     for step in range(start_step + 1, plan.num_steps + 1):
-      batch = strategy.put_batch(next(batches))
+      batch = next_batch(step - 1)
       state, metrics = strategy.train_step(state, batch, dropout_key)
       window.add(strategy.metrics(metrics))
       if step == start_step + 1:

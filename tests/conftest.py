@@ -1,9 +1,13 @@
 """Shared fixtures: tiny configs so every compile stays small."""
 
 import os
+import tempfile
 
 # Hide TensorFlow's C++ banners; must be set before TensorFlow is imported.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# Fitted preprocessing is cached beside the TFDS data: keep the tests' fits
+# (some on mock data) out of the user's ~/tensorflow_datasets.
+os.environ['TFDS_DATA_DIR'] = tempfile.mkdtemp(prefix='nin_jax_tests_tfds_')
 
 import pytest  # pylint: disable=g-import-not-at-top
 

@@ -16,21 +16,23 @@ def digits():
   from nin_jax.configs import test as test_config
   config = test_config.get_config()
   dataset = input_pipeline.Dataset(config)
-  return config, dataset, input_pipeline.get_info(dataset, config)
+  info = input_pipeline.get_info(dataset)
+  return config, dataset, info, input_pipeline.fit_preprocessing(
+      dataset, info, config)
 
 
 def test_digits_info_is_the_documented_fixed_split(digits):
-  _, _, info = digits
+  _, _, info, _ = digits
   assert (info.num_train, info.num_eval) == (1437, 360)
   assert info.image_shape == (8, 8, 1)
   assert info.num_classes == 10
 
 
 def test_train_batches_have_shapes_dtypes_and_standardized_values(digits):
-  config, dataset, info = digits
+  config, dataset, info, prep = digits
   config.augment_pad = 0
   config.batch_size = 32
-  batches = input_pipeline.train_batches(dataset, info, config)
+  batches = input_pipeline.train_batches(dataset, info, prep, config)
   images = np.concatenate([next(batches)['image'] for _ in range(20)])
   batch = next(batches)
   assert batch['image'].shape == (32, 8, 8, 1)
@@ -43,14 +45,14 @@ def test_train_batches_have_shapes_dtypes_and_standardized_values(digits):
 
 
 def test_augmentation_keeps_labels_and_changes_images(digits):
-  config, dataset, info = digits
+  config, dataset, info, prep = digits
   plain = config.copy_and_resolve_references()
   plain.augment_pad, plain.augment_flip = 0, False
   augmented = config.copy_and_resolve_references()
   augmented.augment_pad, augmented.augment_flip = 2, True
   plain.batch_size = augmented.batch_size = 64
-  a = next(input_pipeline.train_batches(dataset, info, plain))
-  b = next(input_pipeline.train_batches(dataset, info, augmented))
+  a = next(input_pipeline.train_batches(dataset, info, prep, plain))
+  b = next(input_pipeline.train_batches(dataset, info, prep, augmented))
   # Same seed -> same shuffle order, so labels line up one to one.
   np.testing.assert_array_equal(a['label'], b['label'])
   assert a['image'].shape == b['image'].shape
@@ -61,25 +63,25 @@ def test_augmentation_keeps_labels_and_changes_images(digits):
 
 
 def test_epochs_are_reshuffled_and_resume_reproduces_the_stream(digits):
-  config, dataset, info = digits
+  config, dataset, info, prep = digits
   config.batch_size = 64
   steps_per_epoch = info.num_train // 64
   full = list(itertools.islice(
-      input_pipeline.train_batches(dataset, info, config),
+      input_pipeline.train_batches(dataset, info, prep, config),
       steps_per_epoch + 3))
   first_epoch = np.concatenate([b['label'] for b in full[:steps_per_epoch]])
   assert len(first_epoch) == steps_per_epoch * 64  # Remainder dropped.
   assert not np.array_equal(full[0]['label'], full[steps_per_epoch]['label'])
   for start in (2, steps_per_epoch + 1):
-    resumed = next(input_pipeline.train_batches(dataset, info, config,
+    resumed = next(input_pipeline.train_batches(dataset, info, prep, config,
                                                 start_step=start))
     np.testing.assert_array_equal(resumed['image'], full[start]['image'])
     np.testing.assert_array_equal(resumed['label'], full[start]['label'])
 
 
 def test_eval_covers_every_example_exactly_once(digits):
-  config, dataset, info = digits
-  batches = list(input_pipeline.eval_batches(dataset, info, 100))
+  config, dataset, info, prep = digits
+  batches = list(input_pipeline.eval_batches(dataset, info, prep, 100))
   assert len(batches) == 4  # 360 examples -> 3 full batches + 1 padded.
   assert all(b['image'].shape == (100, 8, 8, 1) for b in batches)
   mask = np.concatenate([b['mask'] for b in batches])
@@ -106,12 +108,12 @@ def test_even_shard_matches_tfds_even_splits():
 
 
 def test_two_processes_read_disjoint_halves_of_the_same_global_batches(digits):
-  config, dataset, info = digits
+  config, dataset, info, prep = digits
   config.batch_size, config.data_shards = 32, 2
   one_process = list(itertools.islice(
-      input_pipeline.train_batches(dataset, info, config), 30))
+      input_pipeline.train_batches(dataset, info, prep, config), 30))
   halves = [list(itertools.islice(input_pipeline.train_batches(
-      dataset, info, config, process_index=i, process_count=2), 30))
+      dataset, info, prep, config, process_index=i, process_count=2), 30))
             for i in range(2)]
   for whole, first, second in zip(one_process, *halves):
     assert first['image'].shape[0] == second['image'].shape[0] == 16
@@ -128,9 +130,9 @@ def test_two_processes_read_disjoint_halves_of_the_same_global_batches(digits):
 
 
 def test_eval_over_three_processes_covers_every_example_once(digits):
-  config, dataset, info = digits
+  config, dataset, info, prep = digits
   per_process = [list(input_pipeline.eval_batches(
-      dataset, info, 100, process_index=i, process_count=3))
+      dataset, info, prep, 100, process_index=i, process_count=3))
                  for i in range(3)]
   assert len({len(batches) for batches in per_process}) == 1  # Same count.
   labels = np.concatenate([b['label'][b['mask'] == 1]
@@ -144,13 +146,14 @@ def test_tfds_path_under_mock_data(tiny_config, monkeypatch):
   tiny_config.dataset = 'cifar10'
   with tfds.testing.mock_data(num_examples=50):
     dataset = input_pipeline.Dataset(tiny_config)
-    info = input_pipeline.get_info(dataset, tiny_config)
+    info = input_pipeline.get_info(dataset)
+    prep = input_pipeline.fit_preprocessing(dataset, info, tiny_config)
     assert info.image_shape == (32, 32, 3)
     assert len(info.class_names) == 10
     assert info.num_train == 50
-    batch = next(input_pipeline.train_batches(dataset, info, tiny_config))
+    batch = next(input_pipeline.train_batches(dataset, info, prep, tiny_config))
     assert batch['image'].shape == (16, 32, 32, 3)
-    evals = list(input_pipeline.eval_batches(dataset, info, 16))
+    evals = list(input_pipeline.eval_batches(dataset, info, prep, 16))
     assert sum(b['mask'].sum() for b in evals) == 50
 
 
@@ -183,7 +186,7 @@ def test_unknown_dataset_name():
 
 
 def test_batch_larger_than_the_split_is_a_config_error(digits):
-  config, _, info = digits
+  config, _, info, _ = digits
   config.batch_size = 2048
   with pytest.raises(errors.ConfigError, match='larger than'):
     input_pipeline.steps_per_epoch(info, config, process_count=1)
@@ -197,11 +200,12 @@ def test_validation_is_the_held_out_tail_of_the_training_split():
   config = test_config.get_config()
   config.validation_size = 200
   dataset = input_pipeline.Dataset(config)
-  info = input_pipeline.get_info(dataset, config)
+  info = input_pipeline.get_info(dataset)
   assert (info.num_train, info.num_validation) == (1237, 200)
   images, labels = input_pipeline._digits_arrays('train')
+  prep = input_pipeline.fit_preprocessing(dataset, info, config)
   validation = list(input_pipeline.eval_batches(
-      dataset, info, 100, split=input_pipeline.VALIDATION))
+      dataset, info, prep, 100, split=input_pipeline.VALIDATION))
   np.testing.assert_array_equal(
       np.concatenate([b['label'] for b in validation]), labels[1237:])
   train = [x for x in dataset.source(input_pipeline.TRAIN).as_numpy_iterator()]

@@ -54,6 +54,22 @@ def get_config() -> ml_collections.ConfigDict:
   # (the paper used 10,000 for CIFAR): periodic evaluations use it, and the
   # test split is evaluated only at the end. 0: evaluate on test throughout.
   config.validation_size = 0
+  # Pixel preprocessing, fitted on the training split (validation excluded),
+  # cached beside the data and recorded in the workdir: 'standardize'
+  # (per-channel mean and standard deviation), 'gcn_zca' (the paper's global
+  # contrast normalization, then ZCA whitening) or 'none' (pixels / 255).
+  config.preprocessing = 'standardize'
+  # GCN: each image minus its own mean, rescaled to this L2 norm (the paper's
+  # pylearn2 recipe: 55).
+  config.gcn_scale = 55.0
+  # ZCA: added to the covariance eigenvalues before their inverse square
+  # root, so near-constant directions are not blown up (pylearn2: 0.1).
+  config.zca_filter_bias = 0.1
+  # 'streaming': tf.data on the host, any dataset size. 'device': the whole
+  # training split kept on the devices as uint8, and each batch drawn,
+  # preprocessed and augmented in compiled code (for datasets that fit in
+  # device memory; batch order then depends on the device count).
+  config.input_pipeline = 'streaming'
   # Random translation: pad by this many pixels (edge reflection off, zero
   # padding after standardization), then crop back. 0 disables it.
   config.augment_pad = 4
