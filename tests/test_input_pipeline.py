@@ -15,6 +15,7 @@ from nin_jax import input_pipeline
 def digits():
   from nin_jax.configs import test as test_config
   config = test_config.get_config()
+  config.input_pipeline = 'streaming'
   dataset = input_pipeline.Dataset(config)
   info = input_pipeline.get_info(dataset)
   return config, dataset, info, input_pipeline.fit_preprocessing(
@@ -144,6 +145,7 @@ def test_eval_over_three_processes_covers_every_example_once(digits):
 def test_tfds_path_under_mock_data(tiny_config, monkeypatch):
   monkeypatch.setattr(input_pipeline, '_host_reachable', lambda url: True)
   tiny_config.dataset = 'cifar10'
+  tiny_config.input_pipeline = 'streaming'
   with tfds.testing.mock_data(num_examples=50):
     dataset = input_pipeline.Dataset(tiny_config)
     info = input_pipeline.get_info(dataset)

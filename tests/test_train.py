@@ -77,6 +77,7 @@ class _Interrupt(Exception):
 def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(
     tiny_config, tmp_path, monkeypatch):
   tiny_config.num_train_steps = 6
+  tiny_config.input_pipeline = 'streaming'  # Interrupted through its batches.
   straight = str(tmp_path / 'straight')
   train.train_and_evaluate(tiny_config, straight)
 
