@@ -217,3 +217,53 @@ def test_validation_is_the_held_out_tail_of_the_training_split():
   config.validation_size = 1437
   with pytest.raises(errors.ConfigError, match='validation_size'):
     input_pipeline.Dataset(config)
+
+
+class NinJaxSlicingProbe(tfds.core.GeneratorBasedBuilder):
+  """A real (prepared on disk) TFDS dataset whose pixels number the examples.
+
+  tfds.testing.mock_data ignores split slicing; this checks the slicing
+  strings the pipeline builds ('train[a:b]+extra[c:d]') against TFDS itself.
+  """
+  VERSION = tfds.core.Version('1.0.0')
+  SIZES = {'train': 30, 'extra': 20, 'test': 10}
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        'image': tfds.features.Image(shape=(4, 4, 1)),
+        'label': tfds.features.ClassLabel(num_classes=10)}))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {name: self._generate_examples(name, 100 * i)
+            for i, name in enumerate(self.SIZES)}
+
+  def _generate_examples(self, name, offset):
+    for i in range(self.SIZES[name]):
+      yield i, {'image': np.full((4, 4, 1), offset + i, np.uint8),
+                'label': i % 10}
+
+
+def test_slices_of_a_real_prepared_tfds_dataset(tmp_path, tiny_config):
+  tiny_config.dataset = 'nin_jax_slicing_probe'
+  tiny_config.data_dir = str(tmp_path)
+  tiny_config.train_split, tiny_config.eval_split = 'train+extra', 'test'
+  tiny_config.validation_size = 15
+  dataset = input_pipeline.Dataset(tiny_config)
+  builder = tfds.builder('nin_jax_slicing_probe', data_dir=str(tmp_path))
+
+  def ids(ds):  # The number each example's pixels carry.
+    return [int(x['image'][0, 0, 0]) for x in tfds.as_numpy(ds)]
+
+  whole = ids(builder.as_dataset('train')) + ids(builder.as_dataset('extra'))
+  assert len(whole) == 50
+  assert ids(dataset.source(input_pipeline.TRAIN)) == whole[:35]
+  assert ids(dataset.source(input_pipeline.VALIDATION)) == whole[35:]
+  for shard in range(4):  # Streaming shards straddle the train/extra seam.
+    start, stop = input_pipeline.even_shard(35, shard, 4, True)
+    assert ids(dataset.source(input_pipeline.TRAIN, shard, 4, True)) == \
+        whole[start:stop]
+  assert ids(dataset.source(input_pipeline.TEST)) == ids(
+      builder.as_dataset('test'))
+  assert dataset.fingerprint(input_pipeline.TRAIN).startswith(
+      'nin_jax_slicing_probe:1.0.0:train+extra[0:35]:')
