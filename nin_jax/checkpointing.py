@@ -1,42 +1,149 @@
-"""Orbax checkpoints of the train state in `<workdir>/checkpoints`."""
+"""Orbax checkpoints in `<workdir>/checkpoints`: everything a resume needs.
+
+A checkpoint holds the train state (parameters, optimizer state, step,
+BatchNorm statistics), the dropout key and a small JSON `progress` record
+(input position, the partly summed metrics of the current log window, the
+dead-ReLU counter), so a resumed run continues bit for bit where it stopped.
+
+Orbax writes each step into a temporary directory and renames it when
+complete, so a save cut short by a crash is never taken for a checkpoint. A
+checkpoint whose files were damaged afterwards is moved aside to
+`<workdir>/checkpoints_unreadable/` (never deleted) and the next older one is
+used. Saves are synchronous: a NiN's state is a few MB (a fraction of a
+second to write), and Orbax's background save thread was seen to lose its
+array metadata when a TFDS generator pipeline ran beside it.
+"""
 
 import os
+import shutil
+import time
 from typing import Any
 
+from absl import logging
 import jax
+from jax.experimental import multihost_utils
+import numpy as np
 import orbax.checkpoint as ocp
+
+from nin_jax import errors
+
+UNREADABLE_DIR = 'checkpoints_unreadable'
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  """'/'-joined path -> shape, for comparing a checkpoint with a config."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {'/'.join(str(getattr(k, 'key', getattr(k, 'name', k))) for k in path):
+          tuple(getattr(leaf, 'shape', ())) for path, leaf in leaves}
 
 
 class Checkpointer:
-  """Saves the train state every so often, keeps the newest few, restores.
-
-  Orbax writes each step to a temporary directory and renames it when
-  complete, so a half-written checkpoint is never taken for the latest one.
-  Saves are synchronous: a NiN's state is a few MB (a fraction of a second to
-  write), and Orbax's background save thread was seen to lose its array
-  metadata when a TFDS generator pipeline ran beside it.
-  """
+  """Saves every so often, keeps the newest few, restores the newest good one."""
 
   def __init__(self, workdir: str, keep: int):
-    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    self.workdir = os.path.abspath(workdir)
+    self.directory = os.path.join(self.workdir, 'checkpoints')
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=False))
+            max_to_keep=keep, create=True, enable_async_checkpointing=False,
+            # Leftovers of saves cut short (never complete checkpoints).
+            cleanup_tmp_directories=True),
+        item_names=('state', 'progress'))
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def save(self, step: int, state: Any) -> None:
-    self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+  def reached_preemption(self, step: int) -> bool:
+    """Whether all processes agreed to stop at `step` (multi-process SIGTERM)."""
+    return self._manager.reached_preemption(step)
 
-  def restore(self, state: Any, step: int | None = None) -> Any:
-    """Restores `step` (default: latest) into the structure and sharding of `state`."""
-    step = self.latest_step() if step is None else step
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  def save(self, step: int, state: Any, dropout_key: jax.Array,
+           progress: dict[str, Any]) -> None:
+    """Writes step `step`; a full or unwritable disk gives a clear error."""
+    items = {'train_state': state, 'dropout_key': jax.random.key_data(dropout_key)}
+    try:
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(items),
+          progress=ocp.args.JsonSave(progress)), force=True)
+    except OSError as e:
+      raise errors.WorkdirError(
+          f'Could not write the checkpoint of step {step} to {self.directory} '
+          f'({e.strerror or e}). The previous checkpoint (step '
+          f'{self.latest_step()}) is intact; free some space or fix the '
+          'permissions, then rerun the same command to resume.') from None
+
+  def restore_latest(self, state: Any, dropout_key: jax.Array
+                     ) -> tuple[int, Any, jax.Array, dict[str, Any]] | None:
+    """(step, state, dropout key, progress) of the newest readable checkpoint.
+
+    `state` gives the structure, shapes and shardings to restore into. A
+    checkpoint whose shapes differ from it was made with another config: that
+    stops with a ConfigError and touches nothing. One that cannot be read is
+    moved aside and the next older one tried.
+    """
+    items = {'train_state': state,
+             'dropout_key': jax.random.key_data(dropout_key)}
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, items)
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        saved = self._manager.item_metadata(step)['state']
+      except Exception as e:  # pylint: disable=broad-except
+        self._set_aside(step, e)
+        continue
+      self._check_compatible(step, saved, abstract)
+      try:
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract),
+            progress=ocp.args.JsonRestore()))
+      except Exception as e:  # pylint: disable=broad-except
+        self._set_aside(step, e)  # Damaged files raise many kinds of errors.
+        continue
+      key = jax.random.wrap_key_data(restored['state']['dropout_key'],
+                                     impl=jax.random.key_impl(dropout_key))
+      return (step, restored['state']['train_state'], key,
+              dict(restored['progress']))
+    return None
+
+  def _check_compatible(self, step: int, saved: Any, abstract: Any) -> None:
+    if saved is None:
+      return
+    saved_shapes, wanted = _shapes(saved), _shapes(abstract)
+    differ = sorted(k for k in saved_shapes.keys() | wanted.keys()
+                    if saved_shapes.get(k) != wanted.get(k))
+    if differ:
+      examples = '; '.join(f'{k}: checkpoint {saved_shapes.get(k)} vs config '
+                           f'{wanted.get(k)}' for k in differ[:3])
+      raise errors.ConfigError(
+          f'The checkpoint at step {step} in {self.directory} was made with a '
+          f'different model or optimizer ({len(differ)} arrays differ, e.g. '
+          f'{examples}). Run with the config saved in the workdir '
+          '(config.json), or start a new --workdir.')
+
+  def _set_aside(self, step: int, error: Exception) -> None:
+    """Moves an unreadable checkpoint out of Orbax's way, keeping its files."""
+    target = os.path.join(self.workdir, UNREADABLE_DIR,
+                          f'{step}-{time.strftime("%Y%m%dT%H%M%S")}')
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      shutil.move(os.path.join(self.directory, str(step)), target)
+    if jax.process_count() > 1:  # Others wait until it has moved.
+      multihost_utils.sync_global_devices(f'set_aside_{step}')
+    logging.warning('Checkpoint at step %d cannot be read (%s: %s); moved it '
+                    'to %s and trying the next older one.', step,
+                    type(error).__name__, str(error).splitlines()[0][:200]
+                    if str(error) else '', target)
+    self._manager.reload()
 
   def close(self) -> None:
     """Blocks until pending saves are on disk."""
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def state_is_finite(state: Any) -> bool:
+  """Whether every floating-point array of the state is finite."""
+  leaves = [x for x in jax.tree.leaves(state)
+            if jax.numpy.issubdtype(getattr(x, 'dtype', np.int32),
+                                    jax.numpy.floating)]
+  return all(bool(jax.numpy.isfinite(x).all()) for x in leaves)

@@ -11,3 +11,26 @@ class ConfigError(UserError, ValueError):
 
 class DatasetUnavailableError(UserError, RuntimeError):
   """The dataset is neither prepared nor downloadable."""
+
+
+class WorkdirError(UserError, OSError):
+  """The workdir cannot be written (permissions, read-only, disk full)."""
+
+
+class TrainingDiverged(FloatingPointError):
+  """The loss or the parameters stopped being finite; nothing bad was saved."""
+
+
+class Preempted(Exception):
+  """SIGTERM or SIGINT arrived; a checkpoint of `step` was written."""
+
+  def __init__(self, step: int, signal_name: str):
+    super().__init__(f'{signal_name} received: saved a checkpoint at step '
+                     f'{step}; rerun the same command to resume.')
+    self.step = step
+
+
+# Exit statuses of `python -m nin_jax.main`, for scripts and schedulers.
+EXIT_USER_ERROR = 2  # Bad config, data, workdir: the message names the fix.
+EXIT_DIVERGED = 3  # Non-finite loss: lower the learning rate (message).
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpoint saved, rerun to resume.

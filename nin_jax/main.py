@@ -10,6 +10,7 @@ checkpoint. Everything below this file reads the config, never flags.
 import logging as std_logging
 import os
 import sys
+import traceback
 
 # Before TensorFlow is imported anywhere: hide its C++ start-up banners.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
@@ -92,10 +93,43 @@ def main(argv):
                jax.device_count())
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except errors.UserError as e:
+  except errors.Preempted as e:
+    logging.warning('%s', e)
+    sys.exit(errors.EXIT_PREEMPTED)
+  except (errors.UserError, errors.TrainingDiverged) as e:
+    if logging.get_verbosity() >= logging.DEBUG:  # --verbosity=1 or more.
+      traceback.print_exc()
     print(f'error: {e}', file=sys.stderr)  # The message is the whole story.
-    sys.exit(2)
+    sys.exit(errors.EXIT_USER_ERROR if isinstance(e, errors.UserError)
+             else errors.EXIT_DIVERGED)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing, with a one-line error and exit status 2 on failure.
+
+  Bad --config.* values (unknown field, wrong type, unreadable config file)
+  otherwise end in a traceback or an absl FATAL message.
+  """
+  try:
+    remaining = flags.FLAGS(argv)
+    # An unloadable file gives a placeholder that raises on first use.
+    _CONFIG.value.get('dataset')
+    return remaining
+  except flags.Error as e:
+    message = str(e)
+  except (AttributeError, KeyError) as e:  # config_flags: unknown field.
+    names = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
+    message = (f'unknown config field {str(e).strip(chr(34) + chr(39))!r} in '
+               f'{" ".join(names)}; every field is listed, with a comment, '
+               'in nin_jax/configs/default.py')
+  except (OSError, SyntaxError, ImportError) as e:  # The --config file.
+    while e.__cause__ is not None:  # The innermost error says why.
+      e = e.__cause__
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[-1].strip()
+    message = f'cannot load the --config file: {reason}'
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(errors.EXIT_USER_ERROR)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

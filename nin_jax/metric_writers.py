@@ -25,18 +25,59 @@ class MetricWriter:
   """Appends one JSON object per event and mirrors scalars to TensorBoard.
 
   Only the process that should write (process 0) opens files; on the others
-  every call is a no-op, so callers need no `if`.
+  every call is a no-op, so callers need no `if`. A run resumed from the
+  checkpoint of `resumed_step` recomputes every later event, so rows logged
+  after that step by the interrupted run (and a line cut off mid-write) are
+  moved to `metrics.superseded.jsonl`: metrics.jsonl then reads exactly as if
+  the run had never stopped.
   """
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  def __init__(self, workdir: str, enabled: bool = True,
+               resumed_step: int = 0):
     self._enabled = enabled
+    self._logged = set()  # (step, split) pairs in metrics.jsonl.
     if not enabled:
       return
     os.makedirs(workdir, exist_ok=True)
     self.path = os.path.join(workdir, 'metrics.jsonl')
+    self._keep_rows_up_to(resumed_step)
     self._jsonl = open(self.path, 'a', encoding='utf-8')
     self._tb = {}
     self._tb_dir = os.path.join(workdir, 'tensorboard')
+
+  def _keep_rows_up_to(self, step: int) -> None:
+    if not os.path.exists(self.path):
+      return
+    with open(self.path, encoding='utf-8') as f:
+      lines = f.read().splitlines(keepends=True)
+    kept, superseded = [], []
+    for line in lines:
+      try:
+        row = json.loads(line)
+        complete = line.endswith('\n')
+      except json.JSONDecodeError:
+        row, complete = None, False
+      if complete and row['step'] <= step:
+        kept.append(line)
+        self._logged.add((row['step'], row['split']))
+      else:
+        superseded.append(line if line.endswith('\n') else line + '\n')
+    if not superseded:
+      return
+    # Kept first, then removed from metrics.jsonl (atomically).
+    with open(os.path.join(os.path.dirname(self.path),
+                           'metrics.superseded.jsonl'), 'a',
+              encoding='utf-8') as f:
+      f.writelines(superseded)
+    with open(self.path + '.tmp', 'w', encoding='utf-8') as f:
+      f.writelines(kept)
+    os.replace(self.path + '.tmp', self.path)
+    logging.info('Moved %d metric rows logged after step %d (which the '
+                 'resumed run logs again) to metrics.superseded.jsonl.',
+                 len(superseded), step)
+
+  def logged(self, step: int, split: str) -> bool:
+    return (int(step), split) in self._logged
 
   def write(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
     if not self._enabled:
@@ -48,6 +89,7 @@ class MetricWriter:
               for k, v in record.items()}
     self._jsonl.write(json.dumps(record) + '\n')
     self._jsonl.flush()
+    self._logged.add((int(step), split))
     if split not in self._tb:
       self._tb[split] = tf.summary.create_file_writer(
           os.path.join(self._tb_dir, split))

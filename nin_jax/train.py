@@ -12,6 +12,8 @@ import hashlib
 import json
 import math
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -25,6 +27,7 @@ import numpy as np
 import optax
 
 from nin_jax import checkpointing
+from nin_jax import config_checks
 from nin_jax import device_input
 from nin_jax import errors
 from nin_jax import input_pipeline
@@ -169,6 +172,16 @@ class _Window:
     self._steps, self._seconds = 0, 0.0
     self.start_clock()
 
+  def progress(self) -> dict[str, Any]:
+    """The sums so far, exactly, for a checkpoint (float32 is exact in JSON)."""
+    if self.sums is None:
+      return {}
+    return {k: float(v) for k, v in jax.device_get(self.sums).items()}
+
+  def restore(self, sums: dict[str, float]) -> None:
+    if sums:
+      self.sums = {k: np.float32(v) for k, v in sums.items()}
+
   def steps_per_second(self) -> float:
     # Blocks until the window's steps have run, so the clock is honest.
     jax.block_until_ready(self.sums)
@@ -230,32 +243,90 @@ class _Plan:
 
 
 class _DeadReluMonitor:
-  """Warns once the class maps have been all zero for `patience` windows."""
+  """Warns once the class maps have been all zero for `patience` steps."""
 
-  def __init__(self, patience: int, num_classes: int):
+  def __init__(self, patience: int, num_classes: int, dead_steps: int = 0):
     self._patience = patience
     self._num_classes = num_classes
-    self._dead_windows = 0
+    self.dead_steps = dead_steps  # Consecutive steps, kept in checkpoints.
 
-  def update(self, dead_fraction: float) -> None:
-    self._dead_windows = self._dead_windows + 1 if dead_fraction == 1.0 else 0
-    if self._dead_windows == self._patience:
+  def update(self, dead_fraction: float, steps: int) -> None:
+    before = self.dead_steps
+    self.dead_steps = self.dead_steps + steps if dead_fraction == 1.0 else 0
+    if before < self._patience <= self.dead_steps:
       logging.warning(
-          'Every logit of every example has been exactly 0 for %d log windows '
+          'Every logit of every example has been exactly 0 for %d steps '
           '(loss stuck at ln(%d) = %.4f): the ReLU after the last 1x1 layer has '
           'died and training cannot recover. Restart in a new workdir with a '
           'lower --config.learning_rate, a longer --config.warmup_epochs, or '
-          '--config.model.use_batchnorm=True.', self._dead_windows,
+          '--config.model.use_batchnorm=True.', self.dead_steps,
           self._num_classes, math.log(self._num_classes))
+
+
+def _diverged(what: str, step: int,
+              checkpointer: checkpointing.Checkpointer) -> errors.TrainingDiverged:
+  last = checkpointer.latest_step()
+  saved = (f'The last good checkpoint is step {last} in '
+           f'{checkpointer.directory}' if last is not None
+           else 'No checkpoint had been saved yet')
+  return errors.TrainingDiverged(
+      f'{what} by step {step}; nothing from this point was saved. {saved}. '
+      'Try a lower --config.learning_rate, a longer --config.warmup_epochs '
+      'or --config.grad_clip_norm=1 in a new --workdir.')
 
 
 def _check_finite(loss: float, step: int,
                   checkpointer: checkpointing.Checkpointer) -> None:
   if not math.isfinite(loss):
-    raise FloatingPointError(
-        f'Training loss became {loss} by step {step}. The last checkpoint is '
-        f'step {checkpointer.latest_step()} in {checkpointer.directory}; try a '
-        'lower --config.learning_rate or --config.grad_clip_norm=1.')
+    raise _diverged(f'Training loss became {loss}', step, checkpointer)
+
+
+class _StopSignals:
+  """Turns SIGTERM and SIGINT into "save a checkpoint and exit".
+
+  One process: Python handlers note the signal and the loop stops after the
+  current step. Several processes: JAX's preemption service (which Orbax's
+  `reached_preemption` asks) hears SIGTERM on any process and makes all of
+  them agree on the step to stop at; SIGINT is forwarded to it as SIGTERM.
+  A second SIGINT interrupts at once.
+  """
+
+  def __init__(self, checkpointer: checkpointing.Checkpointer):
+    self._checkpointer = checkpointer
+    self._distributed = jax.process_count() > 1
+    self.received = None
+    self._previous = {}
+
+  def __enter__(self) -> '_StopSignals':
+    if threading.current_thread() is not threading.main_thread():
+      return self  # Handlers can only be set from the main thread.
+    wanted = [signal.SIGINT] + ([] if self._distributed else [signal.SIGTERM])
+    for signum in wanted:
+      self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+
+  def _handle(self, signum, frame) -> None:
+    del frame
+    name = signal.Signals(signum).name
+    logging.warning('%s received: stopping after this step to save a '
+                    'checkpoint (send SIGINT again to stop at once).', name)
+    if signum == signal.SIGINT:
+      signal.signal(signal.SIGINT, signal.default_int_handler)
+    if self._distributed:
+      os.kill(os.getpid(), signal.SIGTERM)  # JAX's preemption service.
+    self.received = name
+
+  def should_stop(self, step: int) -> bool:
+    if self._distributed:
+      if self._checkpointer.reached_preemption(step):
+        self.received = self.received or 'SIGTERM'
+        return True
+      return False
+    return self.received is not None
 
 
 def _check_same_config_everywhere(config: ml_collections.ConfigDict) -> None:
@@ -273,36 +344,61 @@ def _check_same_config_everywhere(config: ml_collections.ConfigDict) -> None:
         '--config.* flags.')
 
 
+def _check_workdir_writable(workdir: str) -> None:
+  """Fails early, with the reason, if the workdir cannot be written."""
+  probe = os.path.join(workdir, f'.write_test.{os.getpid()}')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with open(probe, 'w', encoding='utf-8') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise errors.WorkdirError(
+        f'Cannot write to the workdir {workdir}: {e.strerror or e}. Pick a '
+        'writable --workdir (or free some disk space).') from None
+
+
+def _write_json(path: str, content: Any) -> None:
+  """Replaces a file atomically: a crash leaves the old or the new one."""
+  with open(path + '.tmp', 'w', encoding='utf-8') as f:
+    json.dump(content, f, indent=2)
+  os.replace(path + '.tmp', path)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, float]:
-  """Trains (or resumes) to the configured length; returns final eval metrics."""
+  """Trains (or resumes) to the configured length; returns final eval metrics.
+
+  Raises errors.UserError (bad config, data or workdir; nothing changed),
+  errors.TrainingDiverged (non-finite loss; nothing bad saved) or
+  errors.Preempted (SIGTERM/SIGINT; a checkpoint of the current step saved).
+  """
   workdir = os.path.abspath(workdir)
+  # Everything a user can get wrong is checked before data is read.
+  config_checks.validate(config)
   parallel.check_batch_size('batch_size', config.batch_size)
   parallel.check_batch_size('eval_batch_size', config.eval_batch_size)
   _check_same_config_everywhere(config)
+  changed = config_checks.check_resumable(config, workdir)
   process_index, process_count = jax.process_index(), jax.process_count()
   is_writer = process_index == 0
-
-  preprocessing.check_config(config)
-  if config.input_pipeline not in input_pipeline.INPUT_PIPELINES:
-    raise errors.ConfigError(
-        f'Unknown config.input_pipeline {config.input_pipeline!r}; use one of '
-        f'{input_pipeline.INPUT_PIPELINES}.')
+  if is_writer:
+    _check_workdir_writable(workdir)
 
   # Data first: a missing dataset must fail before anything is compiled.
   dataset = input_pipeline.Dataset(config)
   info = input_pipeline.get_info(dataset)
+  if info.num_classes != config.num_classes:
+    raise errors.ConfigError(
+        f'Dataset {info.name!r} has {info.num_classes} classes but '
+        f'config.num_classes={config.num_classes}; pass '
+        f'--config.num_classes={info.num_classes}.')
   # A resumed run keeps the transform it trained with.
   prep = preprocessing.recorded(workdir)
   if prep is None:
     prep = input_pipeline.fit_preprocessing(dataset, info, config)
   else:
     preprocessing.check_matches(prep, config)
-  if info.num_classes != config.num_classes:
-    raise errors.ConfigError(
-        f'Dataset {info.name!r} has {info.num_classes} classes but '
-        f'config.num_classes={config.num_classes}; pass '
-        f'--config.num_classes={info.num_classes}.')
   plan = _Plan.make(config, info, process_count)
   strategy = parallel.create(config.parallelism, train_step, eval_step)
   model = models.create_model(config, axis_name=strategy.axis_name)
@@ -311,23 +407,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
   state = strategy.put_state(create_train_state(
       config, model, info.image_shape, init_key, learning_rate_fn))
-  dropout_key = strategy.put_key(dropout_key)
 
   checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
   with contextlib.ExitStack() as cleanup:
     # Checkpointer and metric files are closed even if training fails.
     cleanup.callback(checkpointer.close)
-    start_step = checkpointer.latest_step() or 0
-    if start_step:  # Any device count or strategy: state is resharded.
-      state = strategy.put_state(
-          checkpointer.restore(strategy.host_state(state), start_step))
+    progress = {}
+    restored = checkpointer.restore_latest(strategy.host_state(state),
+                                           dropout_key)
+    start_step = 0
+    if restored:  # Any device count or strategy: state is resharded.
+      start_step, host_state, dropout_key, progress = restored
+      state = strategy.put_state(host_state)
       logging.info('Resumed from checkpoint at step %d in %s', start_step,
                    checkpointer.directory)
+      if changed:
+        logging.info('Config fields changed since the last run: %s',
+                     ', '.join(changed))
+    dropout_key = strategy.put_key(dropout_key)
     if is_writer:
-      os.makedirs(workdir, exist_ok=True)
       _save_config(config, workdir, start_step)
-      with open(os.path.join(workdir, 'dataset.json'), 'w', encoding='utf-8') as f:
-        json.dump(dataclasses.asdict(info), f, indent=2)
+      _write_json(os.path.join(workdir, 'dataset.json'),
+                  dataclasses.asdict(info))
       if preprocessing.recorded(workdir) is None:
         preprocessing.record(prep, workdir)
 
@@ -349,15 +450,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                    result['num_examples'])
       return result
 
+    writer = metric_writers.MetricWriter(workdir, enabled=is_writer,
+                                         resumed_step=start_step)
+    cleanup.callback(writer.close)
     if start_step >= plan.num_steps:
       logging.info('Training already finished at step %d (of %d); nothing '
                    'to do. Final evaluation:', start_step, plan.num_steps)
-      return run_eval(input_pipeline.TEST, start_step)
+      result = {}
+      for split in final_splits:  # Logged unless a previous run did.
+        result = run_eval(split, start_step)
+        if not writer.logged(start_step, split):
+          writer.write(start_step, split, result)
+      return result
+    if start_step and start_step % plan.eval_every == 0 and not writer.logged(
+        start_step, periodic_split):
+      # Killed between the checkpoint and the evaluation of that step.
+      writer.write(start_step, periodic_split,
+                   run_eval(periodic_split, start_step))
 
-    writer = metric_writers.MetricWriter(workdir, enabled=is_writer)
-    cleanup.callback(writer.close)
-    progress = metric_writers.ProgressLogger(plan.num_steps,
-                                             plan.steps_per_epoch)
+    progress_log = metric_writers.ProgressLogger(plan.num_steps,
+                                                 plan.steps_per_epoch)
     logging.info('Training %d steps (%d per epoch, global batch %d) on %d '
                  'devices; %d training and %d evaluation examples.',
                  plan.num_steps, plan.steps_per_epoch, config.batch_size,
@@ -372,7 +484,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           process_count)
       next_batch = lambda index: strategy.put_batch(next(stream))
     window = _Window()
-    dead_relu = _DeadReluMonitor(config.dead_relu_patience, config.num_classes)
+    window.restore(progress.get('window', {}))
+    dead_relu = _DeadReluMonitor(config.dead_relu_patience, config.num_classes,
+                                 progress.get('dead_relu_steps', 0))
+    stop = cleanup.enter_context(_StopSignals(checkpointer))
+
+    def save(step: int) -> None:
+      """Checkpoints `step` unless it holds non-finite values."""
+      if window.sums is not None:
+        _check_finite(summarize(window.sums)['loss'], step, checkpointer)
+      host_state = strategy.host_state(state)
+      if not checkpointing.state_is_finite(host_state.params):
+        raise _diverged('Parameters became non-finite', step, checkpointer)
+      checkpointer.save(step, host_state, dropout_key, {
+          'step': step,
+          # Where the input resumes: batch `step` of the stream.
+          'epoch': step // plan.steps_per_epoch,
+          'batch_in_epoch': step % plan.steps_per_epoch,
+          'input_pipeline': config.input_pipeline,
+          'window': window.progress(),
+          'dead_relu_steps': dead_relu.dead_steps,
+      })
+
     result = {}
     for step in range(start_step + 1, plan.num_steps + 1):
       batch = next_batch(step - 1)
@@ -392,23 +525,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         summary['learning_rate'] = float(learning_rate_fn(step - 1))
         summary['images_per_sec'] = steps_per_second * config.batch_size
         writer.write(step, 'train', summary)
-        progress.log(step, summary, 1 / max(steps_per_second, 1e-9))
-        dead_relu.update(summary['dead_fraction'])
+        progress_log.log(step, summary, 1 / max(steps_per_second, 1e-9))
+        dead_relu.update(summary['dead_fraction'],
+                         int(jax.device_get(window.sums['count']))
+                         // config.batch_size)
         window = _Window()
 
-      save = step % plan.checkpoint_every == 0 or last_step
-      run_evaluation = step % plan.eval_every == 0 or last_step
-      if save or run_evaluation:
+      stopping = stop.should_stop(step)
+      periodic_save = step % plan.checkpoint_every == 0 or last_step
+      run_evaluation = (step % plan.eval_every == 0 or last_step) and not stopping
+      if periodic_save or stopping or run_evaluation:
         window.stop_clock()  # Saving and evaluating is not training time.
-      if save:
-        if window.sums is not None:  # Never save parameters gone bad.
-          _check_finite(summarize(window.sums)['loss'], step, checkpointer)
-        checkpointer.save(step, strategy.host_state(state))
+      if periodic_save or stopping:
+        save(step)
+      if stopping:
+        logging.warning('Saved a checkpoint at step %d in %s after %s; rerun '
+                        'the same command to resume.', step,
+                        checkpointer.directory, stop.received)
+        raise errors.Preempted(step, stop.received)
       if run_evaluation:
         for split in final_splits if last_step else [periodic_split]:
           result = run_eval(split, step)
           writer.write(step, split, result)
-      if save or run_evaluation:
+      if periodic_save or run_evaluation:
         window.start_clock()
 
     return result

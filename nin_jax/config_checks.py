@@ -1,0 +1,168 @@
+"""Config validation: one clear message before any data is read or compiled.
+
+`validate` checks a config against the default's fields and types and each
+value's allowed range; `check_resumable` compares it with the config a
+workdir was trained with and refuses changes a checkpoint cannot survive
+(another architecture, class count, optimizer or data), while allowing the
+rest (more epochs, another learning rate) and saying what changed.
+"""
+
+import json
+import math
+import os
+from typing import Any, Callable
+
+from absl import logging
+import ml_collections
+
+from nin_jax import errors
+from nin_jax import input_pipeline
+from nin_jax import models
+from nin_jax import optimizer
+from nin_jax import parallel
+from nin_jax import preprocessing
+from nin_jax.configs import default
+
+_positive = (lambda v: v > 0, 'a positive number')
+_non_negative = (lambda v: v >= 0, 'at least 0')
+_at_least_one = (lambda v: v >= 1, 'at least 1')
+_steps = (lambda v: v == -1 or v >= 1, '-1 (once per epoch) or at least 1')
+_fraction = (lambda v: 0 <= v < 1, 'in [0, 1)')
+
+_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    'batch_size': _at_least_one,
+    'eval_batch_size': _at_least_one,
+    'learning_rate': _positive,
+    'momentum': _fraction,
+    'weight_decay': _non_negative,
+    'warmup_epochs': _non_negative,
+    'grad_clip_norm': _non_negative,
+    'lr_decay_factor': (lambda v: 0 < v <= 1, 'in (0, 1]'),
+    'num_epochs': _non_negative,
+    'log_every_steps': _at_least_one,
+    'eval_every_steps': _steps,
+    'checkpoint_every_steps': _steps,
+    'keep_checkpoints': _at_least_one,
+    'dead_relu_patience': _at_least_one,
+    'validation_size': _non_negative,
+    'augment_pad': _non_negative,
+    'data_shards': _non_negative,
+    'shuffle_buffer': _at_least_one,
+    'seed': _non_negative,
+    'gcn_scale': _positive,
+    'zca_filter_bias': _positive,
+    'model.init_std': _positive,
+}
+_CHOICES = {
+    'input_pipeline': input_pipeline.INPUT_PIPELINES,
+    'parallelism': parallel.STRATEGIES,
+    'preprocessing': preprocessing.KINDS,
+    'optimizer': optimizer.OPTIMIZERS,
+    'lr_schedule': optimizer.SCHEDULES,
+    'model.dtype': ('float32', 'bfloat16'),
+}
+# Changing these would make the checkpoint meaningless or unloadable.
+_FIXED_FOR_A_RUN = ('dataset', 'num_classes', 'train_split', 'validation_size',
+                    'optimizer', 'lr_multipliers', 'preprocessing', 'gcn_scale',
+                    'zca_filter_bias', 'model.')
+# Free to change on resume, although the trajectory then differs.
+_MODEL_FIELDS_FREE = ('model.dtype',)
+
+
+def _flatten(config: Any, prefix: str = '') -> dict[str, Any]:
+  flat = {}
+  for key, value in config.items():
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def _type_name(value: Any) -> str:
+  return type(value).__name__
+
+
+def _same_type(value: Any, reference: Any) -> bool:
+  if reference is None or value is None:
+    return True  # Placeholders (e.g. data_dir) may be None.
+  if isinstance(reference, bool) or isinstance(value, bool):
+    return isinstance(value, bool) and isinstance(reference, bool)
+  if isinstance(reference, float):
+    return isinstance(value, (int, float))
+  if isinstance(reference, (tuple, list)):
+    return isinstance(value, (tuple, list))
+  return isinstance(value, type(reference))
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises a ConfigError naming the first bad field and how to fix it."""
+  reference = _flatten(default.get_config())
+  values = _flatten(config)
+  unknown = sorted(set(values) - set(reference))
+  if unknown:
+    raise errors.ConfigError(
+        f'Unknown config field(s) {", ".join(unknown)}: not in '
+        'nin_jax/configs/default.py, which lists every field with a comment.')
+  for name, value in values.items():
+    if not _same_type(value, reference[name]):
+      raise errors.ConfigError(
+          f'config.{name}={value!r} is a {_type_name(value)}; it must be a '
+          f'{_type_name(reference[name])} like the default '
+          f'{reference[name]!r}.')
+  for name, (ok, wanted) in _RANGES.items():
+    value = values[name]
+    if isinstance(value, float) and not math.isfinite(value) or not ok(value):
+      raise errors.ConfigError(f'config.{name}={value!r} must be {wanted}.')
+  for name, choices in _CHOICES.items():
+    if values[name] not in choices:
+      raise errors.ConfigError(
+          f'config.{name}={values[name]!r} is not one of {choices}.')
+  if not config.dataset:
+    raise errors.ConfigError('config.dataset is empty; name a TFDS dataset '
+                             "or 'digits'.")
+  if config.num_train_steps <= 0 and config.num_epochs <= 0:
+    raise errors.ConfigError('Set config.num_epochs or config.num_train_steps '
+                             'to a positive value.')
+  preprocessing.check_config(config)
+  models.create_model(config)  # Checks the model fields.
+
+
+def _saved_config(workdir: str) -> dict[str, Any] | None:
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding='utf-8') as f:
+    try:
+      return json.load(f)
+    except json.JSONDecodeError:
+      logging.warning('Ignoring unreadable %s.', path)
+      return None
+
+
+def _normalize(value: Any) -> Any:
+  """JSON turns tuples into lists; compare them alike."""
+  if isinstance(value, (tuple, list)):
+    return [_normalize(v) for v in value]
+  return value
+
+
+def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+  """Refuses changes a resumed run cannot take; returns the allowed ones."""
+  saved = _saved_config(workdir)
+  if saved is None:
+    return []
+  before, now = _flatten(saved), _flatten(config.to_dict())
+  changed = sorted(name for name in before.keys() | now.keys()
+                   if _normalize(before.get(name)) != _normalize(now.get(name)))
+  fixed = [name for name in changed
+           if name.startswith(_FIXED_FOR_A_RUN)
+           and name not in _MODEL_FIELDS_FREE]
+  if fixed:
+    details = '; '.join(f'{name}: {before.get(name)!r} -> {now.get(name)!r}'
+                        for name in fixed)
+    raise errors.ConfigError(
+        f'{workdir} holds a run with a different {", ".join(fixed)} ({details}).'
+        ' Its checkpoints cannot continue under this config: pass the '
+        'original values, or start a new --workdir.')
+  return changed
