@@ -37,6 +37,12 @@ def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
           tuple(getattr(leaf, 'shape', ())) for path, leaf in leaves}
 
 
+def _item_handlers() -> dict[str, Any]:
+  """So that a fresh process can read a checkpoint's metadata."""
+  return {'state': ocp.StandardCheckpointHandler(),
+          'progress': ocp.JsonCheckpointHandler()}
+
+
 class Checkpointer:
   """Saves every so often, keeps the newest few, restores the newest good one."""
 
@@ -49,7 +55,7 @@ class Checkpointer:
             max_to_keep=keep, create=True, enable_async_checkpointing=False,
             # Leftovers of saves cut short (never complete checkpoints).
             cleanup_tmp_directories=True),
-        item_names=('state', 'progress'))
+        item_handlers=_item_handlers())
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -147,3 +153,29 @@ def state_is_finite(state: Any) -> bool:
             if jax.numpy.issubdtype(getattr(x, 'dtype', np.int32),
                                     jax.numpy.floating)]
   return all(bool(jax.numpy.isfinite(x).all()) for x in leaves)
+
+
+def read_latest(workdir: str) -> tuple[int, dict[str, Any], dict[str, Any]]:
+  """(step, arrays, progress) of a workdir's newest checkpoint, as saved.
+
+  No config or model is needed: arrays come back as numpy, nested as the
+  train state was ({'train_state': {'params': ...}, 'dropout_key': ...}).
+  """
+  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  with ocp.CheckpointManager(directory, item_handlers=_item_handlers(),
+                             options=ocp.CheckpointManagerOptions(
+                                 create=False)) as manager:
+    step = manager.latest_step()
+    if step is None:
+      raise errors.WorkdirError(f'No checkpoint in {directory}.')
+    metadata = manager.item_metadata(step)['state']
+    abstract = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype,
+                                       sharding=jax.sharding.SingleDeviceSharding(
+                                           jax.devices('cpu')[0])),
+        metadata)
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract),
+        progress=ocp.args.JsonRestore()))
+  arrays = jax.tree.map(np.asarray, restored['state'])
+  return step, arrays, dict(restored['progress'])

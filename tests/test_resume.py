@@ -1,0 +1,132 @@
+"""A run killed at any moment and restarted ends bit for bit as an
+uninterrupted one; SIGTERM saves and exits 75; divergence saves nothing bad.
+
+The interrupted run is killed four times, at moments chosen through
+tests/faulty_main.py: after logging a step (before its checkpoint), after a
+checkpoint (before its evaluation), in the middle of a checkpoint save, and
+by SIGTERM. Each time the same command is simply run again.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from nin_jax import checkpointing
+from nin_jax import errors
+from nin_jax import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARGS = ['--config=nin_jax/configs/test.py', '--config.num_train_steps=8',
+        '--config.log_every_steps=1', '--config.checkpoint_every_steps=2',
+        '--config.eval_every_steps=4', '--config.validation_size=100']
+# Logged values that depend on the wall clock, not on the computation.
+TIMING = ('time', 'images_per_sec')
+
+
+def _start(workdir, fault=None):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  if fault:
+    env['NIN_JAX_FAULT'] = fault
+  program = ([os.path.join(REPO, 'tests', 'faulty_main.py')] if fault
+             else ['-m', 'nin_jax.main'])
+  return subprocess.Popen([sys.executable, *program, f'--workdir={workdir}',
+                           *ARGS], cwd=REPO, env=dict(env, PYTHONPATH=REPO),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+
+
+def _rows(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
+            for line in f]
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+  root = tmp_path_factory.mktemp('resume')
+  straight, broken = str(root / 'straight'), str(root / 'broken')
+  reference = _start(straight)
+  exits = []
+  for fault in ('kill_after_log:3', 'kill_after_save:4', 'kill_in_save:6',
+                'sigterm_after_log:7', None):
+    process = _start(broken, fault)
+    out, _ = process.communicate(timeout=300)
+    exits.append((fault, process.returncode, out))
+  out, _ = reference.communicate(timeout=300)
+  assert reference.returncode == 0, out[-3000:]
+  return straight, broken, exits
+
+
+def test_each_interruption_ended_as_intended(runs):
+  _, broken, exits = runs
+  codes = [code for _, code, _ in exits]
+  assert codes == [-signal.SIGKILL, -signal.SIGKILL, -signal.SIGKILL,
+                   errors.EXIT_PREEMPTED, 0], [out[-2000:] for *_, out in exits]
+  sigterm_out = exits[3][2]
+  assert 'SIGTERM received' in sigterm_out
+  assert 'Saved a checkpoint at step 7' in sigterm_out
+  # Rows logged after the checkpoint a run resumed from were set aside.
+  assert os.path.exists(os.path.join(broken, 'metrics.superseded.jsonl'))
+
+
+def test_killed_and_resumed_run_equals_the_uninterrupted_one(runs):
+  straight, broken, _ = runs
+  assert _rows(broken) == _rows(straight)  # Every step, split and value.
+  step_a, arrays_a, _ = checkpointing.read_latest(straight)
+  step_b, arrays_b, _ = checkpointing.read_latest(broken)
+  assert step_a == step_b == 8
+  leaves_a, tree_a = jax.tree.flatten(arrays_a)
+  leaves_b, tree_b = jax.tree.flatten(arrays_b)
+  assert tree_a == tree_b
+  for a, b in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(a, b)  # Bit for bit.
+
+
+def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(
+    tiny_config, tmp_path, caplog):
+  tiny_config.num_train_steps = 4
+  workdir = str(tmp_path)
+  train.train_and_evaluate(tiny_config, workdir)
+  damaged = 0
+  for folder, _, files in os.walk(os.path.join(workdir, 'checkpoints', '4')):
+    for name in files:
+      with open(os.path.join(folder, name), 'r+b') as f:
+        f.truncate(0)
+      damaged += 1
+  assert damaged
+  tiny_config.num_train_steps = 6  # Allowed change: train longer.
+  result = train.train_and_evaluate(tiny_config, workdir)
+  assert result['num_examples'] == 360
+  assert any('Checkpoint at step 4 cannot be read' in r.getMessage()
+             for r in caplog.records)
+  kept = os.listdir(os.path.join(workdir, checkpointing.UNREADABLE_DIR))
+  assert len(kept) == 1 and kept[0].startswith('4-')  # Moved, not deleted.
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == [
+      '2', '4', '6']
+
+
+def test_nan_stops_training_and_keeps_the_good_checkpoints(
+    tiny_config, tmp_path, monkeypatch):
+  tiny_config.num_train_steps = 8
+  tiny_config.log_every_steps = 1
+  real_step = train.train_step
+
+  def poisoned_step(state, batch, key, axis_name=None):
+    state, metrics = real_step(state, batch, key, axis_name)
+    poison = jax.numpy.where(state.step >= 5, jax.numpy.nan, 0.0)
+    params = jax.tree.map(lambda p: p + poison, state.params)
+    return state.replace(params=params), metrics
+  monkeypatch.setattr(train, 'train_step', poisoned_step)
+  with pytest.raises(errors.TrainingDiverged) as raised:
+    train.train_and_evaluate(tiny_config, str(tmp_path))
+  message = str(raised.value)
+  assert 'by step 6' in message and 'checkpoint is step 4' in message
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2', '4']
+  _, arrays, _ = checkpointing.read_latest(str(tmp_path))
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(arrays))
