@@ -116,7 +116,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     _CONFIG.value.get('dataset')
     return remaining
   except flags.Error as e:
-    message = str(e)
+    message = ' '.join(str(e).split())  # One line.
   except (AttributeError, KeyError) as e:  # config_flags: unknown field.
     names = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
     message = (f'unknown config field {str(e).strip(chr(34) + chr(39))!r} in '

@@ -3,32 +3,15 @@
 import json
 import math
 import os
-import sys
 
-from absl import flags
 import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 from nin_jax import input_pipeline
-from nin_jax import main
 from nin_jax import train
-
-TEST_CONFIG = os.path.join(os.path.dirname(main.__file__), 'configs', 'test.py')
-
-
-def run_main(monkeypatch, workdir, *overrides):
-  """Runs `python -m nin_jax.main` in this process (so mock_data applies)."""
-  argv = ['nin_jax.main', f'--workdir={workdir}', f'--config={TEST_CONFIG}',
-          *overrides]
-  monkeypatch.setattr(sys, 'argv', argv)  # config_flags reads overrides here.
-  for name in list(flags.FLAGS):  # Forget the previous run's override flags.
-    if name.startswith('config.'):
-      delattr(flags.FLAGS, name)
-  flags.FLAGS.unparse_flags()
-  flags.FLAGS(argv)
-  main.main(argv[:1])
+from tests import main_runner
 
 
 def read_metrics(workdir):
@@ -47,7 +30,7 @@ def test_main_trains_cifar10_under_mock_data_then_resume_is_a_no_op(
   workdir = str(tmp_path / 'run')
   cifar = ['--config.dataset=cifar10', '--config.eval_batch_size=16']
   with tfds.testing.mock_data(num_examples=40):
-    run_main(monkeypatch, workdir, *cifar)
+    assert main_runner.run_main(monkeypatch, workdir, *cifar) == 0
   rows = read_metrics(workdir)
   train_rows = [r for r in rows if r['split'] == 'train']
   assert [r['step'] for r in train_rows] == [2, 4]
@@ -66,43 +49,8 @@ def test_main_trains_cifar10_under_mock_data_then_resume_is_a_no_op(
 
   # The same command again: the run is complete, nothing more is trained.
   with tfds.testing.mock_data(num_examples=40):
-    run_main(monkeypatch, workdir, *cifar)
+    assert main_runner.run_main(monkeypatch, workdir, *cifar) == 0
   assert read_metrics(workdir) == rows
-
-
-class _Interrupt(Exception):
-  pass
-
-
-def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(
-    tiny_config, tmp_path, monkeypatch):
-  tiny_config.num_train_steps = 6
-  tiny_config.input_pipeline = 'streaming'  # Interrupted through its batches.
-  straight = str(tmp_path / 'straight')
-  train.train_and_evaluate(tiny_config, straight)
-
-  real_batches = input_pipeline.train_batches
-
-  def dies_after_five_steps(*args, **kwargs):
-    for i, batch in enumerate(real_batches(*args, **kwargs)):
-      if i == 5:
-        raise _Interrupt()
-      yield batch
-
-  resumed = str(tmp_path / 'resumed')
-  monkeypatch.setattr(input_pipeline, 'train_batches', dies_after_five_steps)
-  with pytest.raises(_Interrupt):
-    train.train_and_evaluate(tiny_config, resumed)
-  monkeypatch.setattr(input_pipeline, 'train_batches', real_batches)
-  assert sorted(os.listdir(os.path.join(resumed, 'checkpoints'))) == ['2', '4']
-  train.train_and_evaluate(tiny_config, resumed)  # Continues at step 5.
-
-  resumed_rows = [r for r in read_metrics(resumed) if r['step'] == 6]
-  straight_rows = [r for r in read_metrics(straight) if r['step'] == 6]
-  for a, b in zip(resumed_rows, straight_rows):
-    assert a['split'] == b['split']
-    assert a['loss'] == b['loss'] and a['accuracy'] == b['accuracy']
-  assert len(resumed_rows) == len(straight_rows) == 2
 
 
 def test_dead_relu_warning(tiny_config, tmp_path, caplog):
@@ -129,10 +77,10 @@ def test_offline_default_command_fails_fast_with_the_manual_route(
     tmp_path, monkeypatch, capsys):
   monkeypatch.setattr(input_pipeline, '_host_reachable', lambda url: False)
   workdir = tmp_path / 'run'
-  with pytest.raises(SystemExit) as exited:
-    run_main(monkeypatch, str(workdir), '--config.dataset=cifar10',
-             f'--config.data_dir={tmp_path / "data"}')
-  assert exited.value.code == 2
+  code = main_runner.run_main(monkeypatch, str(workdir),
+                              '--config.dataset=cifar10',
+                              f'--config.data_dir={tmp_path / "data"}')
+  assert code == 2
   err = capsys.readouterr().err
   assert 'downloads/manual/cifar-10-binary.tar.gz' in err
   assert not (workdir / 'checkpoints').exists()
