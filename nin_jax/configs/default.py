@@ -161,9 +161,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = -1
   # Number of most recent checkpoints kept.
   config.keep_checkpoints = 3
-  # Warn when every logit of every example in a logged window is exactly 0
-  # (the dead-ReLU failure) for this many consecutive log windows.
-  config.dead_relu_patience = 3
+  # Warn when every logit of every example has been exactly 0 (the dead-ReLU
+  # failure: loss frozen at ln(num_classes)) for this many consecutive
+  # training steps, counted in whole log windows.
+  config.dead_relu_patience = 300
 
   # --- Devices ------------------------------------------------------------
   # 'jit': one program over a mesh of all devices (batch sharded, state

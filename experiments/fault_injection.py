@@ -1,0 +1,160 @@
+"""Kill a training run at random moments, resume it, compare with a clean run.
+
+  python experiments/fault_injection.py --workdir=/tmp/nin_faults [--kills=5]
+      [--seed=0] [--config=nin_jax/configs/test.py] [--override=--config.X=Y]
+
+First trains an uninterrupted reference run. Then starts the same command
+in a second workdir and sends it SIGKILL at a random moment: a random step
+after its newest checkpoint, plus a random 0-0.3 s after that step's
+metrics are logged (so mid-step, mid-save or mid-evaluation); then starts it
+again, until it has been killed --kills times; then lets it finish. Finally it compares the two
+workdirs: every metrics.jsonl row (wall-clock fields excepted) and every
+array of the final checkpoint, bit for bit. Prints how many kills landed,
+how many the run survived (resumed and finished) and whether the results are
+identical; exits 1 if they are not.
+
+Both runs share a persistent XLA compilation cache (in the workdir), so
+restarts cost seconds; a cached program computes the same bits.
+"""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+import jax
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from nin_jax import checkpointing  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Root for both runs.',
+                               required=True)
+_KILLS = flags.DEFINE_integer('kills', 5, 'SIGKILLs to land before the '
+                              'run may finish.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Seed for the kill delays.')
+_CONFIG = flags.DEFINE_string('config', 'nin_jax/configs/test.py',
+                              'Config file of both runs.')
+_OVERRIDES = flags.DEFINE_multi_string(
+    'override', ['--config.num_train_steps=300', '--config.log_every_steps=5',
+                 '--config.checkpoint_every_steps=7',
+                 '--config.eval_every_steps=50'],
+    'Extra --config.* flags of both runs.')
+TIMING = ('time', 'images_per_sec')
+
+
+def _command(workdir):
+  return [sys.executable, '-m', 'nin_jax.main', f'--workdir={workdir}',
+          f'--config={_CONFIG.value}', *_OVERRIDES.value]
+
+
+def _env():
+  cache = os.path.join(_WORKDIR.value, 'xla_cache')
+  return dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=REPO,
+              JAX_COMPILATION_CACHE_DIR=cache,
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
+
+
+def _rows(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
+            for line in f]
+
+
+def _logged_step(workdir):
+  """The last step with a complete row in metrics.jsonl (0 if none)."""
+  try:
+    with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
+      lines = [line for line in f if line.endswith('\n')]
+    return json.loads(lines[-1])['step'] if lines else 0
+  except (OSError, ValueError):
+    return 0
+
+
+def _newest_checkpoint(workdir):
+  directory = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(directory):
+    return 0
+  return max((int(n) for n in os.listdir(directory) if n.isdigit()), default=0)
+
+
+def _same_arrays(a, b):
+  leaves_a, tree_a = jax.tree.flatten(a)
+  leaves_b, tree_b = jax.tree.flatten(b)
+  return tree_a == tree_b and all(
+      x.dtype == y.dtype and np.array_equal(x, y)
+      for x, y in zip(leaves_a, leaves_b))
+
+
+def main(argv):
+  del argv
+  rng = random.Random(_SEED.value)
+  straight = os.path.join(_WORKDIR.value, 'straight')
+  broken = os.path.join(_WORKDIR.value, 'killed')
+  for path in (straight, broken):
+    if os.path.exists(path):
+      raise app.UsageError(f'{path} exists; pass a new --workdir.')
+
+  started = time.perf_counter()
+  subprocess.run(_command(straight), cwd=REPO, env=_env(), check=True,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  print(f'uninterrupted run: {time.perf_counter() - started:.1f} s')
+
+  total_steps = max(row['step'] for row in _rows(straight))
+  kills, restarts = 0, 0
+  while True:
+    log_path = os.path.join(_WORKDIR.value, f'start{restarts + 1}.log')
+    with open(log_path, 'w', encoding='utf-8') as log:  # Never a full pipe.
+      process = subprocess.Popen(_command(broken), cwd=REPO, env=_env(),
+                                 stdout=log, stderr=subprocess.STDOUT)
+    restarts += 1
+    if kills < _KILLS.value:
+      # A random step after the newest checkpoint (within an even share of
+      # what is left, so the kills spread over the run), and a random moment
+      # up to 0.3 s after that step's metrics appear: mid-step, mid-save,
+      # mid-evaluation or between them.
+      low = min(_newest_checkpoint(broken) + 1, total_steps)
+      share = (total_steps - low) // (_KILLS.value - kills + 1)
+      target = rng.randint(low, low + share)
+      extra = rng.uniform(0.0, 0.3)
+      while process.poll() is None and _logged_step(broken) < target:
+        time.sleep(0.01)
+      time.sleep(extra)
+      if process.poll() is None:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        kills += 1
+        print(f'kill {kills}: SIGKILL {extra:.2f} s after step {target} was '
+              f'logged; last logged step {_logged_step(broken)}, newest '
+              f'checkpoint {_newest_checkpoint(broken)}')
+        continue
+    if process.wait() != 0:
+      with open(log_path, encoding='utf-8') as f:
+        print(f'start {restarts} failed with status {process.returncode}:\n'
+              f'{f.read()[-3000:]}')
+      sys.exit(1)
+    break  # Finished.
+  if kills < _KILLS.value:
+    print(f'The run finished after {kills} kills (fewer than --kills='
+          f'{_KILLS.value}); lengthen it with --override.')
+
+  same_metrics = _rows(straight) == _rows(broken)
+  step_a, arrays_a, _ = checkpointing.read_latest(straight)
+  step_b, arrays_b, _ = checkpointing.read_latest(broken)
+  same_state = step_a == step_b and _same_arrays(arrays_a, arrays_b)
+  print(f'kills landed: {kills}; survived: {kills} of {kills} (the run '
+        f'resumed each time and finished after {restarts} starts)')
+  print(f'final step {step_b}; metrics identical: {same_metrics}; final '
+        f'parameters, optimizer state and key identical: {same_state}')
+  sys.exit(0 if same_metrics and same_state else 1)
+
+
+if __name__ == '__main__':
+  app.run(main)
