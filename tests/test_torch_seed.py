@@ -11,31 +11,11 @@ import pytest
 
 from nin_jax import models
 from nin_jax.configs import default
+from nin_jax.seed_torch import seed_network
 import seed_reference
 
 torch = pytest.importorskip('torch', reason='PyTorch is an optional extra')
 nn = torch.nn
-
-
-def seed_network(num_classes=10):
-  """The seed document's CIFAR-10 NiN, layer for layer."""
-  return nn.Sequential(
-      nn.Conv2d(3, 192, kernel_size=5, padding=2), nn.ReLU(),
-      nn.Conv2d(192, 160, kernel_size=1), nn.ReLU(),
-      nn.Conv2d(160, 96, kernel_size=1), nn.ReLU(),
-      nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
-      nn.Dropout(0.5),
-      nn.Conv2d(96, 192, kernel_size=5, padding=2), nn.ReLU(),
-      nn.Conv2d(192, 192, kernel_size=1), nn.ReLU(),
-      nn.Conv2d(192, 192, kernel_size=1), nn.ReLU(),
-      nn.AvgPool2d(kernel_size=3, stride=2, padding=1),
-      nn.Dropout(0.5),
-      nn.Conv2d(192, 192, kernel_size=3, padding=1), nn.ReLU(),
-      nn.Conv2d(192, 192, kernel_size=1), nn.ReLU(),
-      nn.Conv2d(192, num_classes, kernel_size=1), nn.ReLU(),
-      nn.AvgPool2d(kernel_size=8, stride=1),
-      nn.Flatten(),
-  )
 
 
 def test_flax_nin_equals_the_seed_pytorch_network():
