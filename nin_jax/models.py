@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from nin_jax import conv
 from nin_jax import errors
 
 Initializer = Callable[..., jax.Array]
@@ -59,6 +60,8 @@ class MlpConv(nn.Module):
   bias_init: Initializer = nn.initializers.zeros
   # Bias init of the block's last layer, if different (the class maps).
   last_bias_init: Initializer | None = None
+  # The kxk convolution's implementation (conv.py); None: Flax's default.
+  conv_fn: Callable[..., jax.Array] | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -72,7 +75,7 @@ class MlpConv(nn.Module):
                     padding=((pad, pad), (pad, pad)),
                     use_bias=not self.use_batchnorm, dtype=self.dtype,
                     kernel_init=self.kernel_init, bias_init=bias_init,
-                    name='conv')(x)
+                    conv_general_dilated=self.conv_fn, name='conv')(x)
       else:
         x = nn.Dense(width, use_bias=not self.use_batchnorm, dtype=self.dtype,
                      kernel_init=self.kernel_init, bias_init=bias_init,
@@ -106,6 +109,7 @@ class NiN(nn.Module):
   kernel_init: Initializer = nn.initializers.he_normal()
   bias_init: Initializer = nn.initializers.zeros
   class_bias_init: Initializer = nn.initializers.zeros
+  conv_fn: Callable[..., jax.Array] | None = None
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
@@ -124,7 +128,7 @@ class NiN(nn.Module):
                   bn_axis_name=self.bn_axis_name, dtype=self.dtype,
                   kernel_init=self.kernel_init, bias_init=self.bias_init,
                   last_bias_init=self.class_bias_init if last else None,
-                  name=f'mlpconv{b + 1}')(x, train)
+                  conv_fn=self.conv_fn, name=f'mlpconv{b + 1}')(x, train)
       if last:
         break
       if self.pools[b] == 'max':
@@ -161,6 +165,9 @@ def create_model(config: ml_collections.ConfigDict,
   if m.head not in HEADS:
     raise errors.ConfigError(f'Unknown config.model.head {m.head!r}; use one of '
                      f'{HEADS}.')
+  if m.conv_impl not in conv.CONV_IMPLS:
+    raise errors.ConfigError(f'Unknown config.model.conv_impl {m.conv_impl!r}; '
+                             f'use one of {conv.CONV_IMPLS}.')
   if not 0.0 <= m.dropout_rate < 1.0:
     raise errors.ConfigError('config.model.dropout_rate must be in [0, 1), got '
                      f'{m.dropout_rate}.')
@@ -178,4 +185,5 @@ def create_model(config: ml_collections.ConfigDict,
       kernel_init=kernel_initializer(m.kernel_init, m.init_std),
       bias_init=nn.initializers.constant(m.bias_init),
       class_bias_init=nn.initializers.constant(m.class_bias_init),
+      conv_fn=conv.resolve(m.conv_impl),
   )
