@@ -1,12 +1,12 @@
 """A convolution whose kernel gradient XLA's CPU backend computes fast.
 
 On CPU, XLA's gradient of a convolution with respect to its kernel is slow:
-for the NiN's 5x5 convolutions at batch 128 it took 3.5-4x the forward pass
-(589 ms for the 32x32x3->192 one, 1,119 ms for the 16x16x96->192 one). A
-stride-1 convolution's kernel gradient is also a sum over the kernel's
-window offsets of one matrix product each (the shifted inputs, transposed,
-times the output gradient), which the CPU runs at matmul speed: 98 ms and
-384 ms for the same two layers (experiments/README.md). `conv` computes the
+for the NiN's 5x5 convolutions at batch 128 it took about 4x the forward pass
+(560 ms for the 32x32x3->192 one, 1,254 ms for the 16x16x96->192 one, on 2
+cores). A stride-1 convolution's kernel gradient is also a sum over the
+kernel's window offsets of one matrix product each (the shifted inputs,
+transposed, times the output gradient), which the CPU runs at matmul speed:
+97 ms and 423 ms for the same two layers (experiments/conv_grad_bench.py). `conv` computes the
 forward pass and the input gradient with XLA and the kernel gradient that
 way; anything other than a plain stride-1, undilated NHWC/HWIO convolution
 goes to `lax.conv_general_dilated` unchanged. Parameters, their layout and

@@ -1,0 +1,77 @@
+"""Where a NiN train step's convolution time goes on this machine.
+
+  python experiments/conv_grad_bench.py [--batch_size=128] [--repeats=5]
+
+For each kxk convolution of the CIFAR-10 NiN (float32, NHWC/HWIO) it times,
+as medians after a warm-up: the forward pass, the input gradient and the
+kernel gradient as XLA computes them, and the kernel gradient as
+`nin_jax.conv.kernel_gradient` computes it (one matmul per window offset),
+with the largest relative difference between the two kernel gradients.
+"""
+
+import os
+import statistics
+import sys
+import time
+
+from absl import app
+from absl import flags
+import jax
+from jax import lax
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from nin_jax import conv  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+_BATCH = flags.DEFINE_integer('batch_size', 128, 'Batch size.')
+_REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed repeats (median).')
+
+# (map size, kernel size, input channels, output channels) of mlpconv1-3.
+LAYERS = ((32, 5, 3, 192), (16, 5, 96, 192), (8, 3, 192, 192))
+
+
+def _ms(f, *args):
+  jax.block_until_ready(f(*args))
+  times = []
+  for _ in range(_REPEATS.value):
+    start = time.perf_counter()
+    jax.block_until_ready(f(*args))
+    times.append(time.perf_counter() - start)
+  return 1000 * statistics.median(times)
+
+
+def main(argv):
+  del argv
+  print(f'{jax.devices()[0].device_kind}, batch {_BATCH.value}, float32; '
+        'milliseconds\n')
+  print('| layer | GFLOP | forward | input grad | kernel grad (XLA) | '
+        'kernel grad (matmuls) | speed-up | max rel. diff |')
+  print('|---|---|---|---|---|---|---|---|')
+  for size, k, cin, cout in LAYERS:
+    keys = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(keys[0], (_BATCH.value, size, size, cin))
+    kernel = 0.05 * jax.random.normal(keys[1], (k, k, cin, cout))
+    grad = jax.random.normal(keys[2], (_BATCH.value, size, size, cout))
+    padding = ((k // 2, k // 2), (k // 2, k // 2))
+
+    def forward(x, kernel):
+      return lax.conv_general_dilated(x, kernel, (1, 1), padding,
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    input_grad = jax.jit(lambda x, w, g: jax.vjp(
+        lambda x: forward(x, w), x)[1](g)[0])
+    xla_kernel_grad = jax.jit(lambda x, w, g: jax.vjp(
+        lambda w: forward(x, w), w)[1](g)[0])
+    matmul_kernel_grad = jax.jit(
+        lambda x, g: conv.kernel_gradient(x, g, kernel.shape, padding))
+    want, got = xla_kernel_grad(x, kernel, grad), matmul_kernel_grad(x, grad)
+    diff = float(abs(got - want).max() / abs(want).max())
+    xla_ms = _ms(xla_kernel_grad, x, kernel, grad)
+    ours_ms = _ms(matmul_kernel_grad, x, grad)
+    gflop = 2 * _BATCH.value * size * size * k * k * cin * cout / 1e9
+    print(f'| {size}x{size} {k}x{k} {cin}->{cout} | {gflop:.1f} | '
+          f'{_ms(jax.jit(forward), x, kernel):.0f} | '
+          f'{_ms(input_grad, x, kernel, grad):.0f} | {xla_ms:.0f} | '
+          f'{ours_ms:.0f} | {xla_ms / ours_ms:.1f}x | {diff:.0e} |')
+
+
+if __name__ == '__main__':
+  app.run(main)

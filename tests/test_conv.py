@@ -1,0 +1,66 @@
+"""conv.conv: XLA's forward and input gradient, kernel gradient as matmuls."""
+
+import flax.linen as nn
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nin_jax import conv
+from nin_jax import models
+from nin_jax.configs import test as test_config
+
+
+def _reference(x, kernel, padding):
+  return lax.conv_general_dilated(x, kernel, (1, 1), padding,
+                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+@pytest.mark.parametrize('shape,window,padding', [
+    ((2, 9, 9, 3), (5, 5), ((2, 2), (2, 2))),    # Few channels: one einsum.
+    ((2, 6, 6, 20), (3, 3), ((1, 1), (1, 1))),   # Many: one matmul per offset.
+    ((1, 7, 5, 17), (3, 1), ((0, 2), (1, 0))),   # Uneven kernel and padding.
+])
+def test_value_and_both_gradients_equal_xla(shape, window, padding):
+  kx, kk, kg = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(kx, shape)
+  kernel = jax.random.normal(kk, window + (shape[-1], 8))
+  dims = lax.conv_dimension_numbers(x.shape, kernel.shape,
+                                    ('NHWC', 'HWIO', 'NHWC'))
+  ours = lambda x, k: conv.conv(x, k, (1, 1), padding, dimension_numbers=dims)
+  out = ours(x, kernel)
+  np.testing.assert_allclose(out, _reference(x, kernel, padding), rtol=1e-5,
+                             atol=1e-5)
+  cotangent = jax.random.normal(kg, out.shape)
+  grads = jax.vjp(ours, x, kernel)[1](cotangent)
+  expected = jax.vjp(lambda x, k: _reference(x, k, padding), x,
+                     kernel)[1](cotangent)
+  for got, want in zip(grads, expected):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_strided_convolution_falls_back_to_xla():
+  x = jnp.ones((1, 8, 8, 2))
+  y = nn.Conv(4, (3, 3), strides=(2, 2), conv_general_dilated=conv.conv)
+  variables = y.init(jax.random.key(0), x)
+  plain = nn.Conv(4, (3, 3), strides=(2, 2))
+  np.testing.assert_allclose(y.apply(variables, x), plain.apply(variables, x))
+
+
+def test_model_gradients_are_the_same_with_either_implementation():
+  config = test_config.get_config()
+  config.model.conv_impl = 'matmul_kernel_grad'
+  fast = models.create_model(config)
+  config.model.conv_impl = 'xla'
+  plain = models.create_model(config)
+  images = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
+  params = plain.init(jax.random.key(1), images)['params']
+
+  def loss(params, model):
+    return jnp.sum(model.apply({'params': params}, images) ** 2)
+  fast_grads = jax.grad(loss)(params, fast)
+  plain_grads = jax.grad(loss)(params, plain)
+  assert jax.tree.structure(fast_grads) == jax.tree.structure(plain_grads)
+  for a, b in zip(jax.tree.leaves(fast_grads), jax.tree.leaves(plain_grads)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
