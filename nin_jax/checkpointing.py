@@ -28,6 +28,9 @@ import orbax.checkpoint as ocp
 from nin_jax import errors
 
 UNREADABLE_DIR = 'checkpoints_unreadable'
+# Orbax writes a step into '<step>.orbax-checkpoint-tmp-<time>' and renames
+# it when complete.
+TMP_SUFFIX = '.orbax-checkpoint-tmp'
 
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
@@ -49,13 +52,26 @@ class Checkpointer:
   def __init__(self, workdir: str, keep: int):
     self.workdir = os.path.abspath(workdir)
     self.directory = os.path.join(self.workdir, 'checkpoints')
+    self._remove_unfinished_saves()
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=False,
-            # Leftovers of saves cut short (never complete checkpoints).
-            cleanup_tmp_directories=True),
+            max_to_keep=keep, create=True, enable_async_checkpointing=False),
         item_handlers=_item_handlers())
+
+  def _remove_unfinished_saves(self) -> None:
+    """Deletes what saves cut short left behind (never whole checkpoints).
+
+    Done here, synchronously, rather than by Orbax's cleanup_tmp_directories,
+    whose background thread lost its file system to tfds.testing.mock_data
+    (which patches file functions while a dataset is opened).
+    """
+    if jax.process_index() != 0 or not os.path.isdir(self.directory):
+      return
+    for name in os.listdir(self.directory):
+      if TMP_SUFFIX in name:
+        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+        logging.info('Removed %s, left by a save that did not finish.', name)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()

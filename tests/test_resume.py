@@ -71,8 +71,12 @@ def test_each_interruption_ended_as_intended(runs):
   sigterm_out = exits[3][2]
   assert 'SIGTERM received' in sigterm_out
   assert 'Saved a checkpoint at step 7' in sigterm_out
-  # Rows logged after the checkpoint a run resumed from were set aside.
+  # Rows logged after the checkpoint a run resumed from were set aside, and
+  # the save cut short left nothing behind.
   assert os.path.exists(os.path.join(broken, 'metrics.superseded.jsonl'))
+  assert not [n for n in os.listdir(os.path.join(broken, 'checkpoints'))
+              if checkpointing.TMP_SUFFIX in n]
+  assert 'left by a save that did not finish' in exits[3][2]
 
 
 def test_killed_and_resumed_run_equals_the_uninterrupted_one(runs):
