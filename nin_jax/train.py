@@ -345,17 +345,31 @@ def _check_same_config_everywhere(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_workdir_writable(workdir: str) -> None:
-  """Fails early, with the reason, if the workdir cannot be written."""
-  probe = os.path.join(workdir, f'.write_test.{os.getpid()}')
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    with open(probe, 'w', encoding='utf-8') as f:
-      f.write('ok')
-    os.remove(probe)
-  except OSError as e:
+  """Fails early, with the reason, if the workdir cannot be written.
+
+  Creates nothing: a run that fails later (e.g. no dataset) leaves no
+  empty workdir behind.
+  """
+  existing = workdir
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  reason = None
+  if not os.path.isdir(existing):
+    reason = f'{existing} is not a directory'
+  elif not os.access(existing, os.W_OK | os.X_OK):
+    reason = f'{existing} is not writable'
+  elif existing == workdir:  # Also catches a read-only or full disk.
+    probe = os.path.join(workdir, f'.write_test.{os.getpid()}')
+    try:
+      with open(probe, 'w', encoding='utf-8') as f:
+        f.write('ok')
+      os.remove(probe)
+    except OSError as e:
+      reason = e.strerror or str(e)
+  if reason:
     raise errors.WorkdirError(
-        f'Cannot write to the workdir {workdir}: {e.strerror or e}. Pick a '
-        'writable --workdir (or free some disk space).') from None
+        f'Cannot write to the workdir {workdir}: {reason}. Pick a writable '
+        '--workdir (or free some disk space).')
 
 
 def _write_json(path: str, content: Any) -> None:
@@ -426,6 +440,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                      ', '.join(changed))
     dropout_key = strategy.put_key(dropout_key)
     if is_writer:
+      os.makedirs(workdir, exist_ok=True)
       _save_config(config, workdir, start_step)
       _write_json(os.path.join(workdir, 'dataset.json'),
                   dataclasses.asdict(info))
