@@ -202,6 +202,13 @@ def evaluate(strategy: parallel.Jit | parallel.Pmap, state: TrainState,
   return summary
 
 
+def _write_atomically(path: str, text: str) -> None:
+  """Replaces a file so that a crash leaves the old or the new one."""
+  with open(path + '.tmp', 'w', encoding='utf-8') as f:
+    f.write(text)
+  os.replace(path + '.tmp', path)
+
+
 def _save_config(config: ml_collections.ConfigDict, workdir: str,
                  resumed_step: int) -> None:
   """Writes config.json; a different earlier config is kept, not overwritten."""
@@ -213,8 +220,7 @@ def _save_config(config: ml_collections.ConfigDict, workdir: str,
     if previous == text:
       return
     os.replace(path, os.path.join(workdir, f'config.before_step{resumed_step}.json'))
-  with open(path, 'w', encoding='utf-8') as f:
-    f.write(text)
+  _write_atomically(path, text)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -372,13 +378,6 @@ def _check_workdir_writable(workdir: str) -> None:
         '--workdir (or free some disk space).')
 
 
-def _write_json(path: str, content: Any) -> None:
-  """Replaces a file atomically: a crash leaves the old or the new one."""
-  with open(path + '.tmp', 'w', encoding='utf-8') as f:
-    json.dump(content, f, indent=2)
-  os.replace(path + '.tmp', path)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, float]:
   """Trains (or resumes) to the configured length; returns final eval metrics.
@@ -409,10 +408,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         f'--config.num_classes={info.num_classes}.')
   # A resumed run keeps the transform it trained with.
   prep = preprocessing.recorded(workdir)
-  if prep is None:
-    prep = input_pipeline.fit_preprocessing(dataset, info, config)
-  else:
+  prep_is_recorded = prep is not None
+  if prep_is_recorded:
     preprocessing.check_matches(prep, config)
+  else:
+    prep = input_pipeline.fit_preprocessing(dataset, info, config)
   plan = _Plan.make(config, info, process_count)
   strategy = parallel.create(config.parallelism, train_step, eval_step)
   model = models.create_model(config, axis_name=strategy.axis_name)
@@ -442,9 +442,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     if is_writer:
       os.makedirs(workdir, exist_ok=True)
       _save_config(config, workdir, start_step)
-      _write_json(os.path.join(workdir, 'dataset.json'),
-                  dataclasses.asdict(info))
-      if preprocessing.recorded(workdir) is None:
+      _write_atomically(os.path.join(workdir, 'dataset.json'),
+                        json.dumps(dataclasses.asdict(info), indent=2))
+      if not prep_is_recorded:
         preprocessing.record(prep, workdir)
 
     eval_local_batch = config.eval_batch_size // process_count
