@@ -192,13 +192,17 @@ def cache_root(config: ml_collections.ConfigDict) -> str:
   return os.path.join(data_dir, 'nin_jax_preprocessing')
 
 
+def config_settings(config: ml_collections.ConfigDict) -> dict[str, object]:
+  """What `config` asks for, in the form of Preprocessing.settings()."""
+  gcn_zca = config.preprocessing == 'gcn_zca'
+  return {'kind': config.preprocessing,
+          'gcn_scale': float(config.gcn_scale) if gcn_zca else 0.0,
+          'zca_filter_bias': float(config.zca_filter_bias) if gcn_zca else 0.0}
+
+
 def cache_key(fingerprint: str, config: ml_collections.ConfigDict) -> str:
   """Names the cached fit by the training data and the settings."""
-  settings = {'kind': config.preprocessing}
-  if config.preprocessing == 'gcn_zca':
-    settings.update(gcn_scale=float(config.gcn_scale),
-                    zca_filter_bias=float(config.zca_filter_bias))
-  text = json.dumps([fingerprint, settings], sort_keys=True)
+  text = json.dumps([fingerprint, config_settings(config)], sort_keys=True)
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -249,11 +253,7 @@ def recorded(workdir: str) -> Preprocessing | None:
 def check_matches(preprocessing: Preprocessing,
                   config: ml_collections.ConfigDict) -> None:
   """A resumed run must keep its preprocessing: the weights depend on it."""
-  wanted = {'kind': config.preprocessing, 'gcn_scale': 0.0,
-            'zca_filter_bias': 0.0}
-  if config.preprocessing == 'gcn_zca':
-    wanted.update(gcn_scale=float(config.gcn_scale),
-                  zca_filter_bias=float(config.zca_filter_bias))
+  wanted = config_settings(config)
   if preprocessing.settings() != wanted:
     raise errors.ConfigError(
         f'This workdir was trained with preprocessing {preprocessing.settings()}'
