@@ -40,6 +40,11 @@ def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
           tuple(getattr(leaf, 'shape', ())) for path, leaf in leaves}
 
 
+def _items(state: Any, dropout_key: jax.Array) -> dict[str, Any]:
+  """The arrays a checkpoint's 'state' item holds (as read_latest returns)."""
+  return {'train_state': state, 'dropout_key': jax.random.key_data(dropout_key)}
+
+
 def _item_handlers() -> dict[str, Any]:
   """So that a fresh process can read a checkpoint's metadata."""
   return {'state': ocp.StandardCheckpointHandler(),
@@ -83,7 +88,7 @@ class Checkpointer:
   def save(self, step: int, state: Any, dropout_key: jax.Array,
            progress: dict[str, Any]) -> None:
     """Writes step `step`; a full or unwritable disk gives a clear error."""
-    items = {'train_state': state, 'dropout_key': jax.random.key_data(dropout_key)}
+    items = _items(state, dropout_key)
     try:
       self._manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(items),
@@ -104,9 +109,8 @@ class Checkpointer:
     stops with a ConfigError and touches nothing. One that cannot be read is
     moved aside and the next older one tried.
     """
-    items = {'train_state': state,
-             'dropout_key': jax.random.key_data(dropout_key)}
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, items)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
+                            _items(state, dropout_key))
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
         saved = self._manager.item_metadata(step)['state']

@@ -64,11 +64,12 @@ class DeviceTrainBatches:
     mesh = strategy.mesh
     axis = mesh.axis_names[0]
     num_shards = jax.device_count()
-    self.steps_per_epoch = input_pipeline.steps_per_epoch(
-        info, config, jax.process_count())
+    steps_per_epoch = input_pipeline.steps_per_epoch(info, config,
+                                                     jax.process_count())
     shard_size = info.num_train // num_shards
     shard_batch = config.batch_size // num_shards
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis))
+    spec = jax.sharding.PartitionSpec(axis)
+    sharding = jax.sharding.NamedSharding(mesh, spec)
 
     # This process's devices, each with its shard of the training split.
     pieces = {'image': [], 'label': []}
@@ -89,7 +90,6 @@ class DeviceTrainBatches:
         for key, arrays in pieces.items()}
 
     stacked = strategy.stacked_batches
-    steps_per_epoch = self.steps_per_epoch
     first_shard = strategy.first_shard
     seed = config.seed
     pad, flip = config.augment_pad, config.augment_flip
@@ -121,7 +121,6 @@ class DeviceTrainBatches:
       batch = {'image': images, 'label': data['label'][local]}
       return jax.tree.map(lambda x: x[None], batch) if stacked else batch
 
-    spec = jax.sharding.PartitionSpec(axis)
     replicated = jax.sharding.PartitionSpec()
     self._draw = jax.jit(jax.shard_map(
         draw, mesh=mesh, in_specs=(spec, replicated, replicated),
