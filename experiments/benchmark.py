@@ -1,20 +1,27 @@
 """nin_jax against the seed's PyTorch network, side by side in one process.
 
-  python experiments/benchmark.py [--batch_size=128] [--repeats=5]
-      [--steps=3] [--dtype=float32] [--out=benchmark.json]
+  python experiments/benchmark.py [--repeats=5] [--steps=3] [--out=FILE]
+      [--config=nin_jax/configs/NAME.py] [--config.FIELD=VALUE ...]
 
-Measures, for the CIFAR-10 NiN at full width on 32x32x3 inputs:
+Measures, for the configured model (default: the CIFAR-10 NiN at full width
+on 32x32x3 inputs, batch 128, float32; --config.batch_size and
+--config.model.dtype=bfloat16 change those):
   * nin_jax: the compiled train step (the trainer's own `jit` strategy) and
     eval step: compile time, images/s (median over --repeats timings of
     --steps steps each, after warm-up), the XLA-reported memory of the
     compiled train step and the process's peak resident memory;
-  * PyTorch (optional; skipped with a message when not installed): the seed's
+  * PyTorch (optional; skipped with a message when not installed, or when
+    the config is not the seed's CIFAR-10 network): the seed's
     `nn.Sequential` with SGD (momentum, Nesterov), same batch, dtype and
     thread count;
   * a float32 matmul (2048^2) in JAX, as the machine's practical peak;
 and reports the ratios nin_jax / PyTorch and the achieved GFLOP/s as a share
-of that peak (a training image costs 3 x 0.445 GFLOP, an evaluation image
-0.445). Prints a Markdown table and writes JSON.
+of that peak (a training image of the CIFAR-10 NiN costs 3 x 0.445 GFLOP, an
+evaluation image 0.445). Prints a Markdown table and writes JSON.
+
+With another config (e.g. digits) the image shape comes from its dataset, and
+the train-step rate is what a real run's logged `images_per_sec` should
+approach.
 """
 
 import json
@@ -26,15 +33,16 @@ import time
 
 from absl import app
 from absl import flags
+from ml_collections import config_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-_BATCH = flags.DEFINE_integer('batch_size', 128, 'Batch size of every step.')
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', os.path.join(REPO, 'nin_jax/configs/default.py'),
+    'nin_jax config file; --config.FIELD=VALUE overrides a field.')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed repeats (median).')
 _STEPS = flags.DEFINE_integer('steps', 3, 'Steps per timed repeat.')
-_DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
-                           'nin_jax compute dtype (parameters stay float32).')
 _OUT = flags.DEFINE_string('out', None, 'Where to write the JSON results.')
 
 FORWARD_GFLOP = 2 * 222.49e6 / 1e9  # Per 32x32 image (DESIGN.md section 1).
@@ -70,27 +78,40 @@ def matmul_peak_gflops() -> float:
   return 2 * n ** 3 / _median_seconds(run) / 1e9
 
 
-def bench_nin_jax() -> dict[str, float]:
+def _image_shape(config) -> tuple[int, int, int]:
+  if config.dataset == 'cifar10':
+    return (32, 32, 3)  # Known without the dataset (which may be absent).
+  from nin_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  return input_pipeline.get_info(input_pipeline.Dataset(config)).image_shape
+
+
+def _is_seed_network(config) -> bool:
+  """Whether the config's model is the network PyTorch reimplements."""
+  from nin_jax.configs import default  # pylint: disable=g-import-not-at-top
+  reference = default.get_config()
+  return (config.model.block_features == reference.model.block_features
+          and config.num_classes == 10 and _image_shape(config) == (32, 32, 3)
+          and not config.model.use_batchnorm)
+
+
+def bench_nin_jax(config) -> dict[str, float]:
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from nin_jax import models, optimizer, parallel, train  # pylint: disable=g-import-not-at-top,g-multiple-import
-  from nin_jax.configs import default  # pylint: disable=g-import-not-at-top
-  config = default.get_config()
-  config.batch_size = _BATCH.value
-  config.model.dtype = _DTYPE.value
+  batch_size = config.batch_size
+  shape = _image_shape(config)
   strategy = parallel.Jit(train.train_step, train.eval_step)
   model = models.create_model(config)
   lr = optimizer.create_learning_rate_fn(config, 390, 78_000)
   init_key, key = jax.random.split(jax.random.key(0))
   state = strategy.put_state(train.create_train_state(
-      config, model, (32, 32, 3), init_key, lr))
+      config, model, shape, init_key, lr))
   key = strategy.put_key(key)
   rng = np.random.default_rng(0)
   batch = strategy.put_batch({
-      'image': rng.normal(size=(_BATCH.value, 32, 32, 3)).astype(np.float32),
-      'label': rng.integers(0, 10, _BATCH.value).astype(np.int32),
-      'mask': np.ones(_BATCH.value, np.float32)})
+      'image': rng.normal(size=(batch_size,) + shape).astype(np.float32),
+      'label': rng.integers(0, config.num_classes, batch_size).astype(np.int32),
+      'mask': np.ones(batch_size, np.float32)})
   train_batch = {k: batch[k] for k in ('image', 'label')}
 
   start = time.perf_counter()
@@ -113,15 +134,23 @@ def bench_nin_jax() -> dict[str, float]:
 
   train_seconds = _median_seconds(train_steps)
   eval_seconds = _median_seconds(eval_steps)
-  del jnp
-  return {'train_images_per_sec': _BATCH.value / train_seconds,
-          'eval_images_per_sec': _BATCH.value / eval_seconds,
+  return {'train_images_per_sec': batch_size / train_seconds,
+          'eval_images_per_sec': batch_size / eval_seconds,
           'compile_seconds': compile_seconds,
           'train_step_memory_mb': step_memory_mb,
           'peak_rss_mb': _peak_rss_mb()}
 
 
-def bench_torch() -> dict[str, float] | None:
+def bench_torch(config) -> dict[str, float] | None:
+  if not _is_seed_network(config):
+    print('The PyTorch reference is the seed\'s CIFAR-10 network; this config '
+          'is another one, so its column is skipped.')
+    return None
+  if config.model.dtype != 'float32':
+    print('The PyTorch reference runs in float32 on CPU; its column is '
+          'skipped for --config.model.dtype=' + config.model.dtype + '.')
+    return None
+  batch_size = config.batch_size
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError:
@@ -135,8 +164,8 @@ def bench_torch() -> dict[str, float] | None:
   opt = torch.optim.SGD(net.parameters(), lr=0.02, momentum=0.9,
                         nesterov=True, weight_decay=5e-4)
   loss_fn = torch.nn.CrossEntropyLoss()
-  images = torch.randn(_BATCH.value, 3, 32, 32)
-  labels = torch.randint(0, 10, (_BATCH.value,))
+  images = torch.randn(batch_size, 3, 32, 32)
+  labels = torch.randint(0, 10, (batch_size,))
 
   def train_steps(k):
     net.train()
@@ -152,8 +181,8 @@ def bench_torch() -> dict[str, float] | None:
       for _ in range(k):
         net(images)
 
-  return {'train_images_per_sec': _BATCH.value / _median_seconds(train_steps),
-          'eval_images_per_sec': _BATCH.value / _median_seconds(eval_steps),
+  return {'train_images_per_sec': batch_size / _median_seconds(train_steps),
+          'eval_images_per_sec': batch_size / _median_seconds(eval_steps),
           'torch_version': torch.__version__, 'threads': torch.get_num_threads(),
           'peak_rss_mb': _peak_rss_mb()}
 
@@ -162,21 +191,24 @@ def main(argv):
   del argv
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   import jax  # pylint: disable=g-import-not-at-top
+  config = _CONFIG.value
   peak = matmul_peak_gflops()
-  ours = bench_nin_jax()
-  theirs = bench_torch()
+  ours = bench_nin_jax(config)
+  theirs = bench_torch(config)
+  seed_network = _is_seed_network(config)
   result = {'device': str(jax.devices()[0].device_kind),
             'backend': jax.default_backend(), 'cpu_count': os.cpu_count(),
-            'batch_size': _BATCH.value, 'dtype': _DTYPE.value,
-            'matmul_peak_gflops': peak, 'nin_jax': ours, 'pytorch': theirs}
+            'config': config.to_dict(), 'batch_size': config.batch_size,
+            'dtype': config.model.dtype, 'matmul_peak_gflops': peak,
+            'nin_jax': ours, 'pytorch': theirs}
 
   def gflops_share(images_per_sec, gflop):
     rate = images_per_sec * gflop
     return f'{rate:.0f} GFLOP/s ({100 * rate / peak:.0f}% of peak)'
 
   print(f'\n{result["device"]} ({result["backend"]}, {os.cpu_count()} CPUs), '
-        f'batch {_BATCH.value}, {_DTYPE.value}; float32 matmul peak '
-        f'{peak:.0f} GFLOP/s\n')
+        f'{config.dataset} model, batch {config.batch_size}, '
+        f'{config.model.dtype}; float32 matmul peak {peak:.0f} GFLOP/s\n')
   print('| | nin_jax | PyTorch (seed) | nin_jax / PyTorch |')
   print('|---|---|---|---|')
   for name, gflop in (('train', TRAIN_GFLOP), ('eval', FORWARD_GFLOP)):
@@ -186,8 +218,9 @@ def main(argv):
     row += (f'{theirs[key]:.1f} | {mine / theirs[key]:.2f}x |' if theirs
             else 'n/a | n/a |')
     print(row)
-    print(f'| {name} compute | {gflops_share(mine, gflop)} | ' + (
-        f'{gflops_share(theirs[key], gflop)} | |' if theirs else 'n/a | |'))
+    if seed_network:  # The FLOP counts are the CIFAR-10 NiN's.
+      print(f'| {name} compute | {gflops_share(mine, gflop)} | ' + (
+          f'{gflops_share(theirs[key], gflop)} | |' if theirs else 'n/a | |'))
   print(f'| compile (train step) | {ours["compile_seconds"]:.1f} s | | |')
   if ours['train_step_memory_mb'] is not None:
     print(f'| train step memory (XLA) | {ours["train_step_memory_mb"]:.0f} MB'

@@ -40,6 +40,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     'lr_decay_factor': (lambda v: 0 < v <= 1, 'in (0, 1]'),
     'num_epochs': _non_negative,
     'log_every_steps': _at_least_one,
+    'steps_per_dispatch': _non_negative,
     'eval_every_steps': _steps,
     'checkpoint_every_steps': _steps,
     'keep_checkpoints': _at_least_one,

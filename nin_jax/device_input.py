@@ -84,7 +84,7 @@ class DeviceTrainBatches:
       pieces['label'].append(jax.device_put(
           examples['label'].astype(np.int32), device))
     mesh_shards = mesh.devices.size
-    self._data = {
+    data = {
         key: jax.make_array_from_single_device_arrays(
             (mesh_shards * shard_size,) + arrays[0].shape[1:], sharding, arrays)
         for key, arrays in pieces.items()}
@@ -96,7 +96,7 @@ class DeviceTrainBatches:
 
     # The transform's arrays are arguments, not constants baked into the
     # program (a CIFAR ZCA matrix is 38 MB).
-    self._prep_arrays = {
+    prep_arrays = {
         'shift': prep.shift, 'scale': prep.scale,
         **({'zca': prep.zca} if prep.zca is not None else {})}
 
@@ -122,11 +122,14 @@ class DeviceTrainBatches:
       return jax.tree.map(lambda x: x[None], batch) if stacked else batch
 
     replicated = jax.sharding.PartitionSpec()
-    self._draw = jax.jit(jax.shard_map(
+    # draw(*inputs, index) -> the global batch of step `index`; traceable, so
+    # the trainer can draw inside its own compiled loop over steps.
+    self.draw = jax.shard_map(
         draw, mesh=mesh, in_specs=(spec, replicated, replicated),
-        out_specs=spec))
-    self._prep_arrays = strategy.replicate(self._prep_arrays)
+        out_specs=spec)
+    self.inputs = (data, strategy.replicate(prep_arrays))
+    self._draw_jit = jax.jit(self.draw)
 
   def batch(self, index: int) -> dict[str, jax.Array]:
     """The global batch of step `index` (0-based), on the devices."""
-    return self._draw(self._data, self._prep_arrays, np.int32(index))
+    return self._draw_jit(*self.inputs, np.int32(index))

@@ -59,6 +59,15 @@ class Jit:
                              in_shardings=(self._replicated, self._batch),
                              out_shardings=self._replicated)
 
+  def compile_steps(self, steps_fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Jits `train.train_steps`-like functions: several steps per dispatch.
+
+    (state, inputs, key, first_index, num_steps) -> (state, summed metrics);
+    the inputs keep the shardings they were placed with.
+    """
+    return jax.jit(steps_fn, donate_argnums=0,
+                   out_shardings=(self._replicated, self._replicated))
+
   def _replicate(self, x: Any) -> jax.Array:
     """The same value on every device of every process."""
     if getattr(x, 'sharding', None) == self._replicated:
@@ -97,6 +106,7 @@ class Pmap:
   axis_name = PMAP_AXIS
 
   stacked_batches = True  # Batches are (local devices, per device, ...).
+  compile_steps = None  # One step per dispatch.
 
   def __init__(self, train_step: Callable[..., Any],
                eval_step: Callable[..., Any]):

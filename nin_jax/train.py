@@ -15,7 +15,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
 from flax.training import train_state
@@ -56,6 +56,9 @@ def create_train_state(config: ml_collections.ConfigDict, model: models.NiN,
   tx = optimizer.create_optimizer(config, learning_rate_fn, params)
   return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
                            batch_stats=variables.get('batch_stats', {}))
+
+
+METRIC_NAMES = ('loss', 'correct', 'dead', 'count')
 
 
 def compute_metrics(logits: jax.Array, labels: jax.Array,
@@ -129,6 +132,27 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
   return state, metrics
 
 
+def train_steps(state: TrainState, inputs: Any, dropout_key: jax.Array,
+                first_index: jax.Array, num_steps: jax.Array, *,
+                draw: Callable[..., dict[str, jax.Array]],
+                step_fn: Callable[..., tuple[TrainState, Metrics]] = train_step
+                ) -> tuple[TrainState, Metrics]:
+  """`num_steps` training steps in one compiled loop; their summed metrics.
+
+  Batch `first_index + i` is `draw(*inputs, first_index + i)`, drawn on the
+  devices, so the host dispatches once for all the steps. `num_steps` is a
+  traced value: every count shares one compilation.
+  """
+  def body(i, carry):
+    state, sums = carry
+    state, metrics = step_fn(state, draw(*inputs, first_index + i),
+                             dropout_key)
+    return state, jax.tree.map(jnp.add, sums, metrics)
+
+  zeros = {name: jnp.zeros((), jnp.float32) for name in METRIC_NAMES}
+  return jax.lax.fori_loop(0, num_steps, body, (state, zeros))
+
+
 def eval_step(state: TrainState, batch: dict[str, jax.Array],
               axis_name: str | None = None) -> Metrics:
   logits = state.apply_fn(_variables(state, state.params), batch['image'],
@@ -151,10 +175,11 @@ class _Window:
     self._seconds = 0.0
     self._since = time.perf_counter()
 
-  def add(self, metrics: Metrics) -> None:
-    self.sums = (metrics if self.sums is None
-                 else jax.tree.map(jnp.add, self.sums, metrics))
-    self._steps += 1
+  def add(self, sums: Metrics, steps: int) -> None:
+    """Adds the summed metrics of `steps` more steps."""
+    self.sums = (sums if self.sums is None
+                 else jax.tree.map(jnp.add, self.sums, sums))
+    self._steps += steps
 
   def seconds(self) -> float:
     running = 0.0 if self._since is None else time.perf_counter() - self._since
@@ -202,6 +227,13 @@ def evaluate(strategy: parallel.Jit | parallel.Pmap, state: TrainState,
   return summary
 
 
+def resolve_steps_per_dispatch(config: ml_collections.ConfigDict) -> int:
+  """config.steps_per_dispatch, with 0 ("auto") made concrete for the backend."""
+  if config.steps_per_dispatch:
+    return config.steps_per_dispatch
+  return 1 if jax.default_backend() == 'cpu' else 10
+
+
 def _write_atomically(path: str, text: str) -> None:
   """Replaces a file so that a crash leaves the old or the new one."""
   with open(path + '.tmp', 'w', encoding='utf-8') as f:
@@ -228,6 +260,7 @@ class _Plan:
   """Step counts derived from the config and the dataset size."""
   steps_per_epoch: int
   num_steps: int
+  log_every: int
   eval_every: int
   checkpoint_every: int
 
@@ -241,11 +274,18 @@ class _Plan:
     return cls(
         steps_per_epoch=steps_per_epoch,
         num_steps=num_steps,
+        log_every=config.log_every_steps,
         eval_every=(config.eval_every_steps if config.eval_every_steps > 0
                     else steps_per_epoch),
         checkpoint_every=(config.checkpoint_every_steps
                           if config.checkpoint_every_steps > 0
                           else steps_per_epoch))
+
+  def next_event(self, step: int) -> int:
+    """The first step after `step` that logs, evaluates, saves or ends."""
+    return min([self.num_steps] + [
+        (step // every + 1) * every
+        for every in (self.log_every, self.eval_every, self.checkpoint_every)])
 
 
 class _DeadReluMonitor:
@@ -326,9 +366,13 @@ class _StopSignals:
       os.kill(os.getpid(), signal.SIGTERM)  # JAX's preemption service.
     self.received = name
 
-  def should_stop(self, step: int) -> bool:
+  def should_stop(self, first_step: int, last_step: int) -> bool:
+    """Whether to stop after `last_step`, having just run from `first_step`."""
     if self._distributed:
-      if self._checkpointer.reached_preemption(step):
+      # JAX's service agrees on one step number to stop at and answers "yes"
+      # for that number only, so every step that ran is asked.
+      if any(self._checkpointer.reached_preemption(step)
+             for step in range(first_step, last_step + 1)):
         self.received = self.received or 'SIGTERM'
         return True
       return False
@@ -491,13 +535,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                  jax.device_count(), info.num_train, info.num_eval)
 
     if config.input_pipeline == 'device':
-      next_batch = device_input.DeviceTrainBatches(
-          dataset, info, prep, config, strategy).batch
+      batches = device_input.DeviceTrainBatches(dataset, info, prep, config,
+                                                strategy)
+      next_batch = batches.batch
     else:
       stream = input_pipeline.train_batches(
           dataset, info, prep, config, start_step, process_index,
           process_count)
       next_batch = lambda index: strategy.put_batch(next(stream))
+    steps_per_dispatch = resolve_steps_per_dispatch(config)
+    if (steps_per_dispatch > 1 and config.input_pipeline == 'device'
+        and strategy.compile_steps):
+      # Several steps per dispatch: the host is out of the loop.
+      fused = strategy.compile_steps(functools.partial(
+          train_steps, draw=batches.draw, step_fn=train_step))
+
+      def run_steps(state, first, count):
+        return fused(state, batches.inputs, dropout_key, np.int32(first),
+                     np.int32(count))
+    else:
+      def run_steps(state, first, count):
+        sums = None
+        for index in range(first, first + count):
+          state, metrics = strategy.train_step(state, next_batch(index),
+                                               dropout_key)
+          metrics = strategy.metrics(metrics)
+          sums = (metrics if sums is None
+                  else jax.tree.map(jnp.add, sums, metrics))
+        return state, sums
     window = _Window()
     window.restore(progress.get('window', {}))
     dead_relu = _DeadReluMonitor(config.dead_relu_patience, config.num_classes,
@@ -522,18 +587,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       })
 
     result = {}
-    for step in range(start_step + 1, plan.num_steps + 1):
-      batch = next_batch(step - 1)
-      state, metrics = strategy.train_step(state, batch, dropout_key)
-      window.add(strategy.metrics(metrics))
-      if step == start_step + 1:
-        jax.block_until_ready(metrics)
+    step = start_step
+    while step < plan.num_steps:
+      # One step first, to time the compilation; then up to
+      # steps_per_dispatch, never past a log, evaluation or checkpoint.
+      count = (1 if step == start_step else
+               min(steps_per_dispatch, plan.next_event(step) - step))
+      state, sums = run_steps(state, step, count)
+      window.add(sums, count)
+      previous, step = step, step + count
+      if previous == start_step:
+        jax.block_until_ready(sums)
         logging.info('First step (compilation included) took %.1f s.',
                      window.seconds())
         window.restart_clock()
 
       last_step = step == plan.num_steps
-      if step % config.log_every_steps == 0 or last_step:
+      if step % plan.log_every == 0 or last_step:
         summary = summarize(window.sums)
         _check_finite(summary['loss'], step, checkpointer)
         steps_per_second = window.steps_per_second()
@@ -546,7 +616,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                          // config.batch_size)
         window = _Window()
 
-      stopping = stop.should_stop(step)
+      stopping = stop.should_stop(previous + 1, step)
       periodic_save = step % plan.checkpoint_every == 0 or last_step
       run_evaluation = (step % plan.eval_every == 0 or last_step) and not stopping
       if periodic_save or stopping or run_evaluation:

@@ -1,5 +1,6 @@
 """End to end through `main`, resume, and the training loop's safeguards."""
 
+import functools
 import json
 import math
 import os
@@ -100,3 +101,51 @@ def test_validation_split_is_used_until_the_final_test(tiny_config, tmp_path):
   assert evals == [(2, 'validation', 100), (4, 'validation', 100),
                    (4, 'test', 360)]
   assert result['num_examples'] == 360
+
+
+def test_several_steps_per_dispatch_equal_the_steps_one_by_one(tiny_config):
+  """train_steps (one compiled loop) against the trainer's per-step path."""
+  from nin_jax import device_input, models, optimizer, parallel  # pylint: disable=g-import-not-at-top,g-multiple-import
+  dataset = input_pipeline.Dataset(tiny_config)
+  info = input_pipeline.get_info(dataset)
+  prep = input_pipeline.fit_preprocessing(dataset, info, tiny_config)
+  strategy = parallel.Jit(train.train_step, train.eval_step)
+  batches = device_input.DeviceTrainBatches(dataset, info, prep, tiny_config,
+                                            strategy)
+  learning_rate_fn = optimizer.create_learning_rate_fn(tiny_config, 10, 100)
+  init_key, key = jax.random.split(jax.random.key(0))
+
+  def fresh_state():
+    return strategy.put_state(train.create_train_state(
+        tiny_config, models.create_model(tiny_config), info.image_shape,
+        init_key, learning_rate_fn))
+
+  one_by_one, sums = fresh_state(), []
+  for index in range(5):
+    one_by_one, metrics = strategy.train_step(one_by_one, batches.batch(index),
+                                              key)
+    sums.append(metrics)
+  fused = strategy.compile_steps(functools.partial(
+      train.train_steps, draw=batches.draw))
+  looped, first = fused(fresh_state(), batches.inputs, key, np.int32(0),
+                        np.int32(2))
+  looped, rest = fused(looped, batches.inputs, key, np.int32(2), np.int32(3))
+  assert int(looped.step) == 5
+  for a, b in zip(jax.tree.leaves(looped.params),
+                  jax.tree.leaves(one_by_one.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  for name in train.METRIC_NAMES:
+    np.testing.assert_allclose(first[name] + rest[name],
+                               sum(float(m[name]) for m in sums), rtol=1e-5)
+  assert float(first['count'] + rest['count']) == 5 * tiny_config.batch_size
+
+
+def test_dispatches_end_at_every_log_evaluation_and_checkpoint():
+  plan = train._Plan(steps_per_epoch=22, num_steps=100, log_every=10,
+                     eval_every=22, checkpoint_every=25)
+  step, stops = 0, []
+  while step < plan.num_steps:
+    step = plan.next_event(step)
+    stops.append(step)
+  assert stops == [10, 20, 22, 25, 30, 40, 44, 50, 60, 66, 70, 75, 80, 88, 90,
+                   100]

@@ -44,4 +44,7 @@ def get_config():
   config.num_epochs = 30
 
   config.log_every_steps = 22  # About once per epoch (22 steps).
+  # Small steps gain from a compiled loop even on a CPU (2,100 vs 1,550
+  # img/s measured on 2 cores; see default.py).
+  config.steps_per_dispatch = 11
   return config
