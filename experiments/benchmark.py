@@ -19,7 +19,7 @@ and reports the ratios nin_jax / PyTorch and the achieved GFLOP/s as a share
 of that peak (a training image of the CIFAR-10 NiN costs 3 x 0.445 GFLOP, an
 evaluation image 0.445). Prints a Markdown table and writes JSON.
 
-With another config (e.g. digits) the image shape comes from its dataset, and
+With another config (e.g. digits) the image shape is its dataset's, and
 the train-step rate is what a real run's logged `images_per_sec` should
 approach.
 """
@@ -79,10 +79,8 @@ def matmul_peak_gflops() -> float:
 
 
 def _image_shape(config) -> tuple[int, int, int]:
-  if config.dataset == 'cifar10':
-    return (32, 32, 3)  # Known without the dataset (which may be absent).
   from nin_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  return input_pipeline.get_info(input_pipeline.Dataset(config)).image_shape
+  return input_pipeline.image_shape(config)
 
 
 def _is_seed_network(config) -> bool:

@@ -146,8 +146,8 @@ def main(argv):
           f'{_KILLS.value}); lengthen it with --override.')
 
   same_metrics = _rows(straight) == _rows(broken)
-  step_a, arrays_a, _ = checkpointing.read_latest(straight)
-  step_b, arrays_b, _ = checkpointing.read_latest(broken)
+  step_a, arrays_a, _ = checkpointing.read_checkpoint(straight)
+  step_b, arrays_b, _ = checkpointing.read_checkpoint(broken)
   same_state = step_a == step_b and _same_arrays(arrays_a, arrays_b)
   print(f'kills landed: {kills}; survived: {kills} of {kills} (the run '
         f'resumed each time and finished after {restarts} starts)')

@@ -41,7 +41,7 @@ def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
 
 
 def _items(state: Any, dropout_key: jax.Array) -> dict[str, Any]:
-  """The arrays a checkpoint's 'state' item holds (as read_latest returns)."""
+  """The arrays a checkpoint's 'state' item holds (as read_checkpoint returns)."""
   return {'train_state': state, 'dropout_key': jax.random.key_data(dropout_key)}
 
 
@@ -175,19 +175,30 @@ def state_is_finite(state: Any) -> bool:
   return all(bool(jax.numpy.isfinite(x).all()) for x in leaves)
 
 
-def read_latest(workdir: str) -> tuple[int, dict[str, Any], dict[str, Any]]:
-  """(step, arrays, progress) of a workdir's newest checkpoint, as saved.
+def read_checkpoint(workdir: str, step: int | None = None
+                    ) -> tuple[int, dict[str, Any], dict[str, Any]]:
+  """(step, arrays, progress) of a workdir's checkpoint (default: newest).
 
   No config or model is needed: arrays come back as numpy, nested as the
   train state was ({'train_state': {'params': ...}, 'dropout_key': ...}).
   """
   directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  if not os.path.isdir(directory):
+    raise errors.WorkdirError(
+        f'No checkpoints in {workdir} (no {directory}): pass the --workdir '
+        'of a run of python -m nin_jax.main.')
   with ocp.CheckpointManager(directory, item_handlers=_item_handlers(),
                              options=ocp.CheckpointManagerOptions(
                                  create=False)) as manager:
-    step = manager.latest_step()
-    if step is None:
+    steps = sorted(manager.all_steps())
+    if not steps:
       raise errors.WorkdirError(f'No checkpoint in {directory}.')
+    if step is None:
+      step = steps[-1]
+    elif step not in steps:
+      raise errors.WorkdirError(
+          f'No checkpoint of step {step} in {directory}; the saved steps are '
+          f'{", ".join(map(str, steps))}.')
     metadata = manager.item_metadata(step)['state']
     abstract = jax.tree.map(
         lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype,

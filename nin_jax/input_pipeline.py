@@ -92,19 +92,23 @@ def _host_reachable(url: str, timeout: float = 5.0) -> bool:
     return False
 
 
+def _builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+  try:
+    return tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise errors.DatasetUnavailableError(
+        f'Unknown dataset {name!r}: it is neither {DIGITS!r} nor a TFDS dataset '
+        'name (see https://www.tensorflow.org/datasets/catalog). Fix '
+        '--config.dataset.') from None
+
+
 def _prepare_tfds(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
   """Returns a prepared TFDS builder, or raises one clear error.
 
   TFDS retries a failed download for minutes; without network we fail in
   seconds instead and name the manual-download route.
   """
-  try:
-    builder = tfds.builder(name, data_dir=data_dir)
-  except tfds.core.registered.DatasetNotFoundError:
-    raise errors.DatasetUnavailableError(
-        f'Unknown dataset {name!r}: it is neither {DIGITS!r} nor a TFDS dataset '
-        'name (see https://www.tensorflow.org/datasets/catalog). Fix '
-        '--config.dataset.') from None
+  builder = _builder(name, data_dir)
   if builder.is_prepared():
     return builder
   root = os.fspath(builder.data_dir_root)
@@ -158,6 +162,19 @@ INPUT_PIPELINES = ('streaming', 'device')
 TRAIN, VALIDATION, TEST = 'train', 'validation', 'test'
 
 
+def pixel_max(dataset_name: str) -> int:
+  """The largest raw pixel value: 255 for TFDS images, 16 for the digits."""
+  return DIGITS_PIXEL_MAX if dataset_name == DIGITS else 255
+
+
+def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+  """(height, width, channels) of config.dataset, without reading its data."""
+  if config.dataset == DIGITS:
+    return (8, 8, 1)
+  builder = _builder(config.dataset, config.data_dir)
+  return tuple(int(d) for d in builder.info.features['image'].shape)
+
+
 class Dataset:
   """One dataset's logical splits as tf.data sources of {'image', 'label'}.
 
@@ -172,14 +189,13 @@ class Dataset:
     if self.name == DIGITS:
       self._builder = None
       self.class_names = tuple(str(d) for d in range(10))
-      self.pixel_max = DIGITS_PIXEL_MAX
       self.version = 'sklearn'
     else:
       self._builder = _prepare_tfds(self.name, config.data_dir)
       label = self._builder.info.features['label']
       self.class_names = tuple(label.names)
-      self.pixel_max = 255
       self.version = str(self._builder.version)
+    self.pixel_max = pixel_max(self.name)
     # Each TFDS split name ('train+extra' too) as (component, size) pairs.
     self._parts = {name: [(part, self._size(part)) for part in name.split('+')]
                    for name in {config.train_split, config.eval_split}}

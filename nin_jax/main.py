@@ -12,25 +12,19 @@ import os
 import sys
 import traceback
 
-# Before TensorFlow is imported anywhere: hide its C++ start-up banners.
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
-
+from nin_jax import cli  # First: it quiets TensorFlow's C++ banners.
 from absl import app
 from absl import flags
 from absl import logging
 import jax
-from ml_collections import config_flags
 
 from nin_jax import errors
 
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), 'configs', 'default.py')
 
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Directory for checkpoints, metrics and the config.',
     required=True)
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', _DEFAULT_CONFIG, 'Training configuration file.',
-    lock_config=True)
+_CONFIG = cli.define_config_flag('Training configuration file.')
 _COORDINATOR = flags.DEFINE_string(
     'coordinator_address', None,
     'host:port of process 0 for a multi-process run outside TPU pods, SLURM '
@@ -104,32 +98,6 @@ def main(argv):
              else errors.EXIT_DIVERGED)
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing, with a one-line error and exit status 2 on failure.
-
-  Bad --config.* values (unknown field, wrong type, unreadable config file)
-  otherwise end in a traceback or an absl FATAL message.
-  """
-  try:
-    remaining = flags.FLAGS(argv)
-    # An unloadable file gives a placeholder that raises on first use.
-    _CONFIG.value.get('dataset')
-    return remaining
-  except flags.Error as e:
-    message = ' '.join(str(e).split())  # One line.
-  except (AttributeError, KeyError) as e:  # config_flags: unknown field.
-    names = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
-    message = (f'unknown config field {str(e).strip(chr(34) + chr(39))!r} in '
-               f'{" ".join(names)}; every field is listed, with a comment, '
-               'in nin_jax/configs/default.py')
-  except (OSError, SyntaxError, ImportError) as e:  # The --config file.
-    while e.__cause__ is not None:  # The innermost error says why.
-      e = e.__cause__
-    reason = (str(e).strip().splitlines() or [type(e).__name__])[-1].strip()
-    message = f'cannot load the --config file: {reason}'
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(errors.EXIT_USER_ERROR)
-
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

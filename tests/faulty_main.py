@@ -20,6 +20,7 @@ from absl import app
 from orbax.checkpoint._src.path import atomicity
 
 from nin_jax import checkpointing
+from nin_jax import cli
 from nin_jax import main
 from nin_jax import metric_writers
 
@@ -58,4 +59,4 @@ def _inject(fault: str, at: int) -> None:
 if __name__ == '__main__':
   name, step = os.environ['NIN_JAX_FAULT'].split(':')
   _inject(name, int(step))
-  app.run(main.main, flags_parser=main.parse_flags)
+  app.run(main.main, flags_parser=cli.parse_flags)

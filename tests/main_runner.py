@@ -10,6 +10,7 @@ import sys
 from absl import flags
 from absl import logging
 
+from nin_jax import cli
 from nin_jax import main
 
 TEST_CONFIG = os.path.join(os.path.dirname(main.__file__), 'configs', 'test.py')
@@ -25,7 +26,7 @@ def run_main(monkeypatch, workdir, *overrides, config=TEST_CONFIG) -> int:
       delattr(flags.FLAGS, name)
   flags.FLAGS.unparse_flags()
   try:
-    main.main(main.parse_flags(argv)[:1])
+    main.main(cli.parse_flags(argv)[:1])
   except SystemExit as e:
     return e.code
   finally:

@@ -82,8 +82,8 @@ def test_each_interruption_ended_as_intended(runs):
 def test_killed_and_resumed_run_equals_the_uninterrupted_one(runs):
   straight, broken, _ = runs
   assert _rows(broken) == _rows(straight)  # Every step, split and value.
-  step_a, arrays_a, _ = checkpointing.read_latest(straight)
-  step_b, arrays_b, _ = checkpointing.read_latest(broken)
+  step_a, arrays_a, _ = checkpointing.read_checkpoint(straight)
+  step_b, arrays_b, _ = checkpointing.read_checkpoint(broken)
   assert step_a == step_b == 8
   leaves_a, tree_a = jax.tree.flatten(arrays_a)
   leaves_b, tree_b = jax.tree.flatten(arrays_b)
@@ -132,5 +132,5 @@ def test_nan_stops_training_and_keeps_the_good_checkpoints(
   message = str(raised.value)
   assert 'by step 6' in message and 'checkpoint is step 4' in message
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2', '4']
-  _, arrays, _ = checkpointing.read_latest(str(tmp_path))
+  _, arrays, _ = checkpointing.read_checkpoint(str(tmp_path))
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(arrays))

@@ -103,7 +103,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dropout_rate = 0.5
   # Insert BatchNorm after every conv (not in the paper).
   config.model.use_batchnorm = False
-  # Classifier head: 'gap' (global average pooling of the class maps).
+  # Classifier head: 'gap' (global average pooling of the class maps),
+  # 'fc' (the class maps flattened into a fully connected layer) or
+  # 'fc_dropout' (the same with dropout_rate before it): the paper's ablation.
   config.model.head = 'gap'
   # Kernel init: he_normal, he_uniform, lecun_normal, glorot_uniform, or
   # normal (N(0, init_std), the Caffe reference; risks dead ReLUs).

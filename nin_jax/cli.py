@@ -1,0 +1,94 @@
+"""What every `python -m nin_jax.<command>` shares: flags and error exits.
+
+A mistake a user can make (a bad flag, an unknown config field, a workdir
+that holds no run) ends in one `error:` line and exit status 2, with a
+traceback only under --verbosity=1.
+"""
+
+import os
+import sys
+import traceback
+from typing import Callable
+
+# Before TensorFlow is imported anywhere: hide its C++ start-up banners.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags  # pylint: disable=g-import-not-at-top
+from absl import logging  # pylint: disable=g-import-not-at-top
+from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
+from nin_jax import errors  # pylint: disable=g-import-not-at-top
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), 'configs',
+                              'default.py')
+
+
+def fail(message: str) -> None:
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(errors.EXIT_USER_ERROR)
+
+
+def _unknown_field(error: Exception, argv: list[str]) -> str:
+  names = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
+  return (f'unknown config field {str(error).strip(chr(34) + chr(39))!r} in '
+          f'{" ".join(names)}; every field is listed, with a comment, in '
+          'nin_jax/configs/default.py')
+
+
+def define_config_flag(help_text: str) -> flags.FlagHolder:
+  """--config (default: configs/default.py) with --config.FIELD overrides.
+
+  Without an explicit --config, ml_collections reads the overrides from
+  sys.argv while the flag is defined, so an unknown field fails here.
+  """
+  try:
+    return config_flags.DEFINE_config_file('config', DEFAULT_CONFIG, help_text,
+                                           lock_config=True)
+  except (AttributeError, KeyError) as e:
+    fail(_unknown_field(e, sys.argv))
+    raise  # Not reached.
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing, with a one-line error and exit status 2 on failure.
+
+  Bad --config.* values (unknown field, wrong type, unreadable config file)
+  otherwise end in a traceback or an absl FATAL message.
+  """
+  try:
+    remaining = flags.FLAGS(argv)
+    if 'config' in flags.FLAGS:
+      # An unloadable file gives a placeholder that raises on first use.
+      flags.FLAGS['config'].value.get('dataset')
+    return remaining
+  except flags.Error as e:
+    message = ' '.join(str(e).split())  # One line.
+  except (AttributeError, KeyError) as e:  # config_flags: unknown field.
+    message = _unknown_field(e, argv)
+  except (OSError, SyntaxError, ImportError) as e:  # The --config file.
+    while e.__cause__ is not None:  # The innermost error says why.
+      e = e.__cause__
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[-1].strip()
+    message = f'cannot load the --config file: {reason}'
+  fail(message)
+  return []  # Not reached.
+
+
+def report_user_errors(command: Callable[[list[str]], None]
+                       ) -> Callable[[list[str]], None]:
+  """Runs `command`, turning errors.UserError into one line and exit 2."""
+
+  def run(argv: list[str]) -> None:
+    try:
+      command(argv)
+    except errors.UserError as e:
+      if logging.get_verbosity() >= logging.DEBUG:  # --verbosity=1 or more.
+        traceback.print_exc()
+      fail(str(e))  # The message is the whole story.
+  return run
+
+
+def run(command: Callable[[list[str]], None]) -> None:
+  """app.run for a command: flags parsed as above, user errors reported."""
+  app.run(report_user_errors(command), flags_parser=parse_flags)

@@ -1,0 +1,127 @@
+"""Accuracy, per-class accuracy, top-k and a confusion matrix of a trained run.
+
+  python -m nin_jax.evaluate --workdir=DIR [--split=test] [--step=N]
+      [--top_k=5] [--out=DIR] [--data_dir=DIR]
+
+Every example of the split is evaluated exactly once (the last batch is
+padded and masked), with the run's own preprocessing, from the newest
+checkpoint or --step. Writes `report.json` and `confusion.png` to --out
+(default: DIR/evaluation/<split>_step<N>/) and prints the numbers.
+"""
+
+import json
+import os
+from typing import Any
+
+from absl import flags
+import numpy as np
+import optax
+
+from nin_jax import cli
+from nin_jax import errors
+from nin_jax import input_pipeline
+from nin_jax import plots
+from nin_jax import trained
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of a training run.',
+                               required=True)
+_SPLIT = flags.DEFINE_enum(
+    'split', input_pipeline.TEST,
+    [input_pipeline.TEST, input_pipeline.VALIDATION, input_pipeline.TRAIN],
+    'test: config.eval_split; validation: the held-out tail of the training '
+    'split (if the run held one out); train: the rest of the training split.')
+_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: newest).')
+_TOP_K = flags.DEFINE_integer('top_k', 5, 'Also report top-k accuracy.')
+_OUT = flags.DEFINE_string('out', None, 'Output directory (default: '
+                           'WORKDIR/evaluation/<split>_step<N>).')
+_DATA_DIR = flags.DEFINE_string('data_dir', None, 'Where the TFDS data is, if '
+                                'not where the run read it from.')
+
+
+def predictions(run: trained.TrainedRun, split: str,
+                data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """(logits, labels) of every example of `split`, in the split's order."""
+  config = run.config
+  if data_dir is not None:
+    config.data_dir = data_dir
+  if split == input_pipeline.VALIDATION and not run.info.num_validation:
+    raise errors.ConfigError(
+        'This run held out no validation examples (config.validation_size=0);'
+        ' evaluate --split=test instead.')
+  dataset = input_pipeline.Dataset(config)
+  all_logits, all_labels = [], []
+  for batch in input_pipeline.eval_batches(dataset, run.info, run.prep,
+                                           config.eval_batch_size, split=split):
+    real = batch['mask'] > 0
+    all_logits.append(np.asarray(run.logits(batch['image']))[real])
+    all_labels.append(batch['label'][real])
+  return np.concatenate(all_logits), np.concatenate(all_labels)
+
+
+def report(logits: np.ndarray, labels: np.ndarray,
+           class_names: tuple[str, ...], top_k: int) -> dict[str, Any]:
+  """Accuracy, top-k, mean loss, per-class accuracy and the confusion matrix."""
+  n = len(class_names)
+  predicted = logits.argmax(axis=-1)
+  confusion = np.zeros((n, n), np.int64)
+  np.add.at(confusion, (labels, predicted), 1)
+  per_class_total = confusion.sum(axis=1)
+  ranked = np.argsort(-logits, axis=-1, kind='stable')
+  ks = sorted({1, min(top_k, n)})
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  return {
+      'num_examples': int(len(labels)),
+      'accuracy': float(np.mean(predicted == labels)),
+      'top_k_accuracy': {str(k): float(np.mean(np.any(
+          ranked[:, :k] == labels[:, None], axis=1))) for k in ks},
+      'loss': float(np.mean(loss)),
+      'per_class': [
+          {'class': i, 'name': class_names[i],
+           'examples': int(per_class_total[i]),
+           'accuracy': (float(confusion[i, i] / per_class_total[i])
+                        if per_class_total[i] else None)}
+          for i in range(n)],
+      'class_names': list(class_names),
+      'confusion_matrix': confusion.tolist(),  # [true][predicted]
+  }
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    cli.fail(f'unexpected arguments: {" ".join(argv[1:])}')
+  if _TOP_K.value < 1:
+    cli.fail(f'--top_k must be at least 1, got {_TOP_K.value}')
+  run = trained.load(_WORKDIR.value, _STEP.value)
+  split = _SPLIT.value
+  logits, labels = predictions(run, split, _DATA_DIR.value)
+  result = {'workdir': run.workdir, 'step': run.step, 'split': split,
+            'dataset': run.info.name,
+            **report(logits, labels, run.info.class_names, _TOP_K.value)}
+  out = _OUT.value or os.path.join(run.workdir, 'evaluation',
+                                   f'{split}_step{run.step}')
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, 'report.json'), 'w', encoding='utf-8') as f:
+    json.dump(result, f, indent=2)
+  plots.confusion_matrix(
+      np.array(result['confusion_matrix']), run.info.class_names,
+      f'{run.info.name} {split}, step {run.step}: accuracy '
+      f'{100 * result["accuracy"]:.2f}% ({result["num_examples"]} examples)',
+      os.path.join(out, 'confusion.png'))
+
+  print(f'{run.info.name} {split} split, checkpoint step {run.step}, '
+        f'{result["num_examples"]} examples')
+  for k, accuracy in result['top_k_accuracy'].items():
+    print(f'  top-{k} accuracy: {100 * accuracy:.2f}%')
+  print(f'  mean loss: {result["loss"]:.4f}')
+  print('  per class:')
+  for row in result['per_class']:
+    shown = ('n/a' if row['accuracy'] is None
+             else f'{100 * row["accuracy"]:.2f}%')
+    print(f'    {row["class"]:>3} {row["name"]:<16} {shown:>8} of '
+          f'{row["examples"]}')
+  print(f'Wrote {os.path.join(out, "report.json")} and '
+        f'{os.path.join(out, "confusion.png")}')
+
+
+if __name__ == '__main__':
+  cli.run(main)
