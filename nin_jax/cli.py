@@ -5,6 +5,7 @@ that holds no run) ends in one `error:` line and exit status 2, with a
 traceback only under --verbosity=1.
 """
 
+import logging as std_logging
 import os
 import sys
 import traceback
@@ -22,6 +23,14 @@ from nin_jax import errors  # pylint: disable=g-import-not-at-top
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), 'configs',
                               'default.py')
+
+
+class QuietLibraries:
+  """Drops the INFO chatter of Orbax and TensorFlow; their warnings still show."""
+
+  def filter(self, record) -> bool:
+    noisy = any(part in record.pathname for part in ('/orbax/', '/tensorflow'))
+    return record.levelno >= std_logging.WARNING or not noisy
 
 
 def fail(message: str) -> None:
@@ -48,6 +57,21 @@ def define_config_flag(help_text: str) -> flags.FlagHolder:
   except (AttributeError, KeyError) as e:
     fail(_unknown_field(e, sys.argv))
     raise  # Not reached.
+
+
+def define_run_flags(reads_data: bool) -> None:
+  """Flags of the commands that load a trained run from its workdir."""
+  flags.DEFINE_string('workdir', None, 'Workdir of a training run (the '
+                      '--workdir given to python -m nin_jax.main).',
+                      required=True)
+  flags.DEFINE_integer('step', None, 'Checkpoint step (default: the newest).')
+  if reads_data:
+    flags.DEFINE_enum(
+        'split', 'test', ['test', 'validation', 'train'],
+        'test: config.eval_split; validation: the held-out tail of the '
+        'training split (if the run held one out); train: the rest of it.')
+    flags.DEFINE_string('data_dir', None, 'Where the TFDS data is, if not '
+                        'where the run read it from.')
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -80,6 +104,11 @@ def report_user_errors(command: Callable[[list[str]], None]
   """Runs `command`, turning errors.UserError into one line and exit 2."""
 
   def run(argv: list[str]) -> None:
+    # The commands print their results; logs are for problems (or for
+    # --verbosity=0 and up, asked for explicitly).
+    if not flags.FLAGS['verbosity'].present:
+      logging.set_verbosity(logging.WARNING)
+    logging.get_absl_logger().addFilter(QuietLibraries())
     try:
       command(argv)
     except errors.UserError as e:

@@ -14,7 +14,11 @@ class DatasetUnavailableError(UserError, RuntimeError):
 
 
 class WorkdirError(UserError, OSError):
-  """The workdir cannot be written (permissions, read-only, disk full)."""
+  """The workdir cannot be written, or holds no run where one is needed."""
+
+
+class ImageError(UserError, ValueError):
+  """A file given for prediction is missing or is not a readable image."""
 
 
 class TrainingDiverged(FloatingPointError):

@@ -23,19 +23,7 @@ from nin_jax import input_pipeline
 from nin_jax import plots
 from nin_jax import trained
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of a training run.',
-                               required=True)
-_SPLIT = flags.DEFINE_enum(
-    'split', input_pipeline.TEST,
-    [input_pipeline.TEST, input_pipeline.VALIDATION, input_pipeline.TRAIN],
-    'test: config.eval_split; validation: the held-out tail of the training '
-    'split (if the run held one out); train: the rest of the training split.')
-_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: newest).')
-_TOP_K = flags.DEFINE_integer('top_k', 5, 'Also report top-k accuracy.')
-_OUT = flags.DEFINE_string('out', None, 'Output directory (default: '
-                           'WORKDIR/evaluation/<split>_step<N>).')
-_DATA_DIR = flags.DEFINE_string('data_dir', None, 'Where the TFDS data is, if '
-                                'not where the run read it from.')
+FLAGS = flags.FLAGS
 
 
 def predictions(run: trained.TrainedRun, split: str,
@@ -86,18 +74,27 @@ def report(logits: np.ndarray, labels: np.ndarray,
   }
 
 
+def define_flags() -> None:
+  """Defined when the command runs, not on import: the commands share flag
+  names, and tests import their modules together."""
+  cli.define_run_flags(reads_data=True)
+  flags.DEFINE_integer('top_k', 5, 'Also report top-k accuracy.')
+  flags.DEFINE_string('out', None, 'Output directory (default: '
+                      'WORKDIR/evaluation/<split>_step<N>).')
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     cli.fail(f'unexpected arguments: {" ".join(argv[1:])}')
-  if _TOP_K.value < 1:
-    cli.fail(f'--top_k must be at least 1, got {_TOP_K.value}')
-  run = trained.load(_WORKDIR.value, _STEP.value)
-  split = _SPLIT.value
-  logits, labels = predictions(run, split, _DATA_DIR.value)
+  if FLAGS.top_k < 1:
+    cli.fail(f'--top_k must be at least 1, got {FLAGS.top_k}')
+  run = trained.load(FLAGS.workdir, FLAGS.step)
+  split = FLAGS.split
+  logits, labels = predictions(run, split, FLAGS.data_dir)
   result = {'workdir': run.workdir, 'step': run.step, 'split': split,
             'dataset': run.info.name,
-            **report(logits, labels, run.info.class_names, _TOP_K.value)}
-  out = _OUT.value or os.path.join(run.workdir, 'evaluation',
+            **report(logits, labels, run.info.class_names, FLAGS.top_k)}
+  out = FLAGS.out or os.path.join(run.workdir, 'evaluation',
                                    f'{split}_step{run.step}')
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, 'report.json'), 'w', encoding='utf-8') as f:
@@ -124,4 +121,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
+  define_flags()
   cli.run(main)

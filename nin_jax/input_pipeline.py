@@ -246,6 +246,14 @@ class Dataset:
       self._sources[key] = self._load(*key).cache()
     return self._sources[key]
 
+  def head(self, split: str, count: int) -> dict[str, np.ndarray]:
+    """The first `count` raw examples of a split, read without the cache."""
+    ds = self._load(split, 0, 1, False).take(count).batch(count)
+    batch = next(ds.as_numpy_iterator(), None)
+    if batch is None:
+      raise errors.ConfigError(f'The {split} split of {self.name} is empty.')
+    return batch
+
   def _load(self, split: str, shard: int, num_shards: int,
             drop_remainder: bool) -> tf.data.Dataset:
     name, first, last = self._ranges[split]

@@ -7,7 +7,6 @@ Running the same command again on the same workdir resumes from its latest
 checkpoint. Everything below this file reads the config, never flags.
 """
 
-import logging as std_logging
 import os
 import sys
 import traceback
@@ -59,18 +58,10 @@ def initialize_distributed() -> None:
                              _PROCESS_ID.value)
 
 
-class _QuietLibraries:
-  """Drops the INFO chatter of Orbax and TensorFlow; their warnings still show."""
-
-  def filter(self, record) -> bool:
-    noisy = any(part in record.pathname for part in ('/orbax/', '/tensorflow'))
-    return record.levelno >= std_logging.WARNING or not noisy
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  logging.get_absl_logger().addFilter(_QuietLibraries())
+  logging.get_absl_logger().addFilter(cli.QuietLibraries())
   # Imported after flag parsing so that --help stays fast.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from nin_jax import train  # pylint: disable=g-import-not-at-top

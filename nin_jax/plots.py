@@ -53,7 +53,8 @@ def class_maps(images: np.ndarray, predicted_maps: np.ndarray,
 
   `images` are (n, H, W, C) in [0, 1]; the maps are (n, H, W), already
   upsampled to the image size, and drawn over a grey copy of the image with
-  one colour scale per row (so the two maps of a row compare).
+  one colour scale per row, from the lower to the higher of the two maps'
+  extremes (so the two maps of a row compare).
   """
   n = len(images)
   figure, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n), squeeze=False)
@@ -61,16 +62,19 @@ def class_maps(images: np.ndarray, predicted_maps: np.ndarray,
     image = images[i]
     shown = image[..., 0] if image.shape[-1] == 1 else image
     grey = image.mean(axis=-1)
-    top = max(float(predicted_maps[i].max()), float(true_maps[i].max()), 1e-6)
+    low = min(float(predicted_maps[i].min()), float(true_maps[i].min()))
+    top = max(float(predicted_maps[i].max()), float(true_maps[i].max()),
+              low + 1e-6)
     for j, (picture, title) in enumerate(zip(
         (None, predicted_maps[i], true_maps[i]), titles[i])):
       ax = axes[i, j]
       if picture is None:
         ax.imshow(shown, cmap='gray' if image.shape[-1] == 1 else None,
-                  vmin=0, vmax=1)
+                  vmin=0, vmax=1, interpolation='nearest')
       else:
-        ax.imshow(grey, cmap='gray', vmin=0, vmax=1)
-        overlay = ax.imshow(picture, cmap='jet', alpha=0.5, vmin=0, vmax=top)
+        ax.imshow(grey, cmap='gray', vmin=0, vmax=1, interpolation='nearest')
+        overlay = ax.imshow(picture, cmap='jet', alpha=0.6, vmin=low,
+                            vmax=top)
         if j == 2:
           figure.colorbar(overlay, ax=ax, fraction=0.046, pad=0.04)
       ax.set_title(title, fontsize=9)

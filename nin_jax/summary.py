@@ -28,8 +28,8 @@ from nin_jax import cli
 from nin_jax import input_pipeline
 from nin_jax import models
 
-_CONFIG = cli.define_config_flag('The NiN to describe (default: CIFAR-10).')
-_JSON = flags.DEFINE_string('json', None, 'Also write the tables as JSON here.')
+FLAGS = flags.FLAGS
+
 
 _COUNTED = (nn.Conv, nn.Dense, nn.BatchNorm)
 
@@ -168,10 +168,17 @@ def comparison_table(entries: Sequence[dict[str, Any]]) -> str:
   return '\n'.join(lines)
 
 
+def define_flags() -> None:
+  """Defined when the command runs, not on import: the commands share flag
+  names, and tests import their modules together."""
+  cli.define_config_flag('The NiN to describe (default: CIFAR-10).')
+  flags.DEFINE_string('json', None, 'Also write the tables as JSON here.')
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     cli.fail(f'unexpected arguments: {" ".join(argv[1:])}')
-  config = _CONFIG.value
+  config = FLAGS.config
   entries = comparison(config)
   ours = entries[0]
   print(f'{config.dataset} NiN, per layer (one {ours["input"]} image):\n')
@@ -179,10 +186,11 @@ def main(argv: list[str]) -> None:
                      for r in ours['layers']]))
   print('\nAgainst a fully connected head and AlexNet:\n')
   print(comparison_table(entries))
-  if _JSON.value:
-    with open(_JSON.value, 'w', encoding='utf-8') as f:
+  if FLAGS.json:
+    with open(FLAGS.json, 'w', encoding='utf-8') as f:
       json.dump(entries, f, indent=2)
 
 
 if __name__ == '__main__':
+  define_flags()
   cli.run(main)
