@@ -25,3 +25,12 @@ from nin_jax.configs import test as test_config  # pylint: disable=g-import-not-
 def tiny_config():
   """The smoke-test config: digits, test-only widths, 4 steps."""
   return test_config.get_config()
+
+
+@pytest.fixture(scope='session')
+def trained_workdir(tmp_path_factory):
+  """A finished tiny digits run (4 steps), shared by the inference tests."""
+  from nin_jax import train  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path_factory.mktemp('trained'))
+  train.train_and_evaluate(test_config.get_config(), workdir)
+  return workdir

@@ -1,0 +1,86 @@
+"""evaluate: the whole split, exactly, against a direct computation."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from nin_jax import evaluate
+from nin_jax import input_pipeline
+from nin_jax import train
+from nin_jax import trained
+
+
+def test_report_against_hand_counts():
+  logits = np.array([[3., 2., 1.], [1., 3., 2.], [1., 2., 3.], [3., 2., 1.]])
+  labels = np.array([0, 2, 2, 2])
+  result = evaluate.report(logits, labels, ('a', 'b', 'c'), top_k=2)
+  assert result['accuracy'] == 0.5
+  assert result['top_k_accuracy'] == {'1': 0.5, '2': 0.75}
+  assert result['confusion_matrix'] == [[1, 0, 0], [0, 0, 0], [1, 1, 1]]
+  assert [c['accuracy'] for c in result['per_class']] == [1.0, None, 1 / 3]
+  expected_loss = np.mean([-np.log(np.exp(l[t]) / np.exp(l).sum())
+                           for l, t in zip(logits, labels)])
+  np.testing.assert_allclose(result['loss'], expected_loss, rtol=1e-6)
+
+
+def test_digits_split_equals_a_direct_computation(trained_workdir):
+  run = trained.load(trained_workdir)
+  logits, labels = evaluate.predictions(run, 'test')
+  images, expected_labels = input_pipeline._digits_arrays('test')
+  np.testing.assert_array_equal(labels, expected_labels)  # All 360, in order.
+  direct = np.asarray(run.logits(run.preprocess(images)))
+  np.testing.assert_allclose(logits, direct, rtol=1e-5, atol=1e-5)
+  # And the trainer's own final evaluation agrees.
+  with open(os.path.join(trained_workdir, 'metrics.jsonl')) as f:
+    final = [json.loads(line) for line in f][-1]
+  assert final['split'] == 'test' and final['num_examples'] == 360
+  np.testing.assert_allclose(np.mean(direct.argmax(-1) == labels),
+                             final['accuracy'], atol=1e-6)
+
+
+def test_mock_cifar10_split_equals_a_direct_computation(tiny_config, tmp_path,
+                                                        monkeypatch):
+  monkeypatch.setattr(input_pipeline, '_host_reachable', lambda url: True)
+  tiny_config.dataset = 'cifar10'
+  tiny_config.num_train_steps = 2
+  tiny_config.eval_batch_size = 16  # 40 examples: the last batch is padded.
+  with tfds.testing.mock_data(num_examples=40):
+    train.train_and_evaluate(tiny_config, str(tmp_path))
+    run = trained.load(str(tmp_path))
+    logits, labels = evaluate.predictions(run, 'test')
+    raw = input_pipeline.Dataset(run.config).head('test', 100)
+  assert len(labels) == 40
+  np.testing.assert_array_equal(labels, raw['label'])
+  np.testing.assert_allclose(
+      logits, np.asarray(run.logits(run.preprocess(raw['image']))),
+      rtol=1e-5, atol=1e-5)
+
+
+def test_command_writes_report_and_confusion_png(trained_workdir, tmp_path):
+  out = tmp_path / 'eval'
+  done = subprocess.run(
+      [sys.executable, '-m', 'nin_jax.evaluate', f'--workdir={trained_workdir}',
+       f'--out={out}', '--top_k=3'], capture_output=True, text=True, check=True)
+  assert 'top-3 accuracy' in done.stdout
+  report = json.loads((out / 'report.json').read_text())
+  assert report['num_examples'] == 360 and report['step'] == 4
+  assert np.sum(report['confusion_matrix']) == 360
+  assert (out / 'confusion.png').stat().st_size > 10_000
+  bad = subprocess.run(
+      [sys.executable, '-m', 'nin_jax.evaluate', f'--workdir={trained_workdir}',
+       '--split=validation', '--step=3'], capture_output=True, text=True)
+  assert bad.returncode == 2
+  assert bad.stderr.strip().splitlines()[-1].startswith('error: ')
+
+
+def test_missing_workdir_and_step_are_clear_errors(trained_workdir, tmp_path):
+  with pytest.raises(trained.errors.WorkdirError, match='not a training'):
+    os.makedirs(tmp_path / 'empty')
+    trained.load(str(tmp_path / 'empty'))
+  with pytest.raises(trained.errors.WorkdirError, match='saved steps are 2, 4'):
+    trained.load(trained_workdir, step=3)
