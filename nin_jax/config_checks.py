@@ -129,16 +129,31 @@ def validate(config: ml_collections.ConfigDict) -> None:
   models.create_model(config)  # Checks the model fields.
 
 
-def _saved_config(workdir: str) -> dict[str, Any] | None:
+def _with_defaults(saved: dict[str, Any], defaults: dict[str, Any]
+                   ) -> dict[str, Any]:
+  """Fields added to default.py after a run was saved take their defaults
+  (which keep the behaviour the run had)."""
+  merged = dict(saved)
+  for key, value in defaults.items():
+    if key not in merged:
+      merged[key] = value
+    elif isinstance(value, dict) and isinstance(merged[key], dict):
+      merged[key] = _with_defaults(merged[key], value)
+  return merged
+
+
+def saved_config(workdir: str) -> dict[str, Any] | None:
+  """The config.json of a run in `workdir`, completed with today's defaults."""
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
     return None
   with open(path, encoding='utf-8') as f:
     try:
-      return json.load(f)
+      saved = json.load(f)
     except json.JSONDecodeError:
       logging.warning('Ignoring unreadable %s.', path)
       return None
+  return _with_defaults(saved, default.get_config().to_dict())
 
 
 def _normalize(value: Any) -> Any:
@@ -150,7 +165,7 @@ def _normalize(value: Any) -> Any:
 
 def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
   """Refuses changes a resumed run cannot take; returns the allowed ones."""
-  saved = _saved_config(workdir)
+  saved = saved_config(workdir)
   if saved is None:
     return []
   before, now = _flatten(saved), _flatten(config.to_dict())

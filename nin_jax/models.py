@@ -185,9 +185,13 @@ def create_model(config: ml_collections.ConfigDict,
   if not 0.0 <= m.dropout_rate < 1.0:
     raise errors.ConfigError('config.model.dropout_rate must be in [0, 1), got '
                      f'{m.dropout_rate}.')
+  if m.num_mlp_layers < -1:
+    raise errors.ConfigError('config.model.num_mlp_layers must be -1 (all) or '
+                             f'a count >= 0, got {m.num_mlp_layers}.')
+  keep = None if m.num_mlp_layers == -1 else 1 + m.num_mlp_layers
   return NiN(
       num_classes=config.num_classes,
-      block_features=tuple(tuple(f) for f in m.block_features),
+      block_features=tuple(tuple(f)[:keep] for f in m.block_features),
       kernel_sizes=tuple(m.kernel_sizes),
       pools=tuple(m.pools),
       pool_window=m.pool_window,

@@ -175,17 +175,25 @@ def define_flags() -> None:
   flags.DEFINE_string('json', None, 'Also write the tables as JSON here.')
 
 
+def render(config: ml_collections.ConfigDict
+           ) -> tuple[str, list[dict[str, Any]]]:
+  """The printed report, and the entries it was made from."""
+  entries = comparison(config)
+  ours = entries[0]
+  rows = [Layer(**{**r, 'output_shape': tuple(r['output_shape'])})
+          for r in ours['layers']]
+  text = '\n'.join([
+      f'{config.dataset} NiN, per layer (one {ours["input"]} image):', '',
+      layer_table(rows), '', 'Against a fully connected head and AlexNet:', '',
+      comparison_table(entries)])
+  return text, entries
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     cli.fail(f'unexpected arguments: {" ".join(argv[1:])}')
-  config = FLAGS.config
-  entries = comparison(config)
-  ours = entries[0]
-  print(f'{config.dataset} NiN, per layer (one {ours["input"]} image):\n')
-  print(layer_table([Layer(**{**r, 'output_shape': tuple(r['output_shape'])})
-                     for r in ours['layers']]))
-  print('\nAgainst a fully connected head and AlexNet:\n')
-  print(comparison_table(entries))
+  text, entries = render(FLAGS.config)
+  print(text)
   if FLAGS.json:
     with open(FLAGS.json, 'w', encoding='utf-8') as f:
       json.dump(entries, f, indent=2)

@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from nin_jax import checkpointing
+from nin_jax import config_checks
 from nin_jax import errors
 from nin_jax import input_pipeline
 from nin_jax import models
@@ -83,7 +84,8 @@ def load(workdir: str, step: int | None = None) -> TrainedRun:
   if not os.path.isdir(workdir):
     raise errors.WorkdirError(f'No workdir {workdir}: pass the --workdir of a '
                               'run of python -m nin_jax.main.')
-  config = ml_collections.ConfigDict(_read_json(workdir, 'config.json'))
+  _read_json(workdir, 'config.json')  # A clear error if it is missing.
+  config = ml_collections.ConfigDict(config_checks.saved_config(workdir))
   fields = _read_json(workdir, 'dataset.json')
   info = input_pipeline.DatasetInfo(**{
       **fields, 'class_names': tuple(fields['class_names']),

@@ -24,7 +24,9 @@ from nin_jax import train
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ['--config=nin_jax/configs/test.py', '--config.num_train_steps=8',
         '--config.log_every_steps=1', '--config.checkpoint_every_steps=2',
-        '--config.eval_every_steps=4', '--config.validation_size=100']
+        '--config.eval_every_steps=4', '--config.validation_size=100',
+        # The compiled loop over steps (GPU/TPU's default) must resume exactly.
+        '--config.steps_per_dispatch=2']
 # Logged values that depend on the wall clock, not on the computation.
 TIMING = ('time', 'images_per_sec')
 

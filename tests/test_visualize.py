@@ -1,13 +1,11 @@
 """Class activation maps: what they are, and the PNG files drawn from them."""
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 from nin_jax import errors
 from nin_jax import input_pipeline
+from nin_jax import plots
 from nin_jax import trained
 from nin_jax import visualize
 
@@ -41,13 +39,16 @@ def test_fc_head_has_no_class_activation_maps(trained_workdir):
     visualize.class_activation_maps(run, np.zeros((1, 8, 8, 1), np.uint8))
 
 
-def test_command_writes_readable_pngs(trained_workdir, tmp_path):
+def test_the_pngs_are_drawn(trained_workdir, tmp_path):
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  subprocess.run([sys.executable, '-m', 'nin_jax.visualize',
-                  f'--workdir={trained_workdir}', f'--out={tmp_path}',
-                  '--num_images=4'], check=True, capture_output=True)
-  for name, rows_of_pictures in (('class_maps.png', 4),
-                                 ('training_curves.png', 1)):
+  run = trained.load(trained_workdir)
+  images, labels = visualize.pick_examples(run, 'test', 4)
+  assert len(images) == 4
+  visualize.draw_class_maps(run, images, labels, str(tmp_path / 'maps.png'),
+                            'test')
+  plots.training_curves(visualize.read_metrics(trained_workdir), 'tiny run',
+                        str(tmp_path / 'curves.png'))
+  for name, rows_of_pictures in (('maps.png', 4), ('curves.png', 1)):
     with Image.open(tmp_path / name) as image:
       pixels = np.asarray(image.convert('L'), np.float32)
     assert pixels.shape[0] > 200 * rows_of_pictures * 0.8

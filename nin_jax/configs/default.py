@@ -92,6 +92,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Widths of each mlpconv block: the kxk conv, then its 1x1 layers. The last
   # block also gets a final 1x1 layer with num_classes outputs (class maps).
   config.model.block_features = ((192, 160, 96), (192, 192, 192), (192, 192))
+  # How many of each block's 1x1 layers to keep: -1 keeps all of
+  # block_features; 0 gives a plain CNN of the same kxk widths (only the
+  # class-map layer stays), 1 keeps the first 1x1 layer (the paper's
+  # mlpconv-depth study).
+  config.model.num_mlp_layers = -1
   # Spatial kernel size of the first conv of each block.
   config.model.kernel_sizes = (5, 5, 3)
   # Pooling between consecutive blocks: 'max' or 'avg'.

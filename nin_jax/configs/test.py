@@ -21,5 +21,4 @@ def get_config():
   config.log_every_steps = 2
   config.eval_every_steps = 2
   config.checkpoint_every_steps = 2
-  config.steps_per_dispatch = 2  # Exercise the compiled loop over steps.
   return config
