@@ -83,19 +83,15 @@ def define_flags() -> None:
                       'WORKDIR/evaluation/<split>_step<N>).')
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    cli.fail(f'unexpected arguments: {" ".join(argv[1:])}')
-  if FLAGS.top_k < 1:
-    cli.fail(f'--top_k must be at least 1, got {FLAGS.top_k}')
-  run = trained.load(FLAGS.workdir, FLAGS.step)
-  split = FLAGS.split
-  logits, labels = predictions(run, split, FLAGS.data_dir)
+def write_report(run: trained.TrainedRun, split: str, top_k: int,
+                 out: str | None = None, data_dir: str | None = None
+                 ) -> tuple[dict[str, Any], str]:
+  """Evaluates, writes report.json and confusion.png; (report, directory)."""
+  logits, labels = predictions(run, split, data_dir)
   result = {'workdir': run.workdir, 'step': run.step, 'split': split,
             'dataset': run.info.name,
-            **report(logits, labels, run.info.class_names, FLAGS.top_k)}
-  out = FLAGS.out or os.path.join(run.workdir, 'evaluation',
-                                   f'{split}_step{run.step}')
+            **report(logits, labels, run.info.class_names, top_k)}
+  out = out or os.path.join(run.workdir, 'evaluation', f'{split}_step{run.step}')
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, 'report.json'), 'w', encoding='utf-8') as f:
     json.dump(result, f, indent=2)
@@ -104,8 +100,18 @@ def main(argv: list[str]) -> None:
       f'{run.info.name} {split}, step {run.step}: accuracy '
       f'{100 * result["accuracy"]:.2f}% ({result["num_examples"]} examples)',
       os.path.join(out, 'confusion.png'))
+  return result, out
 
-  print(f'{run.info.name} {split} split, checkpoint step {run.step}, '
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    cli.fail(f'unexpected arguments: {" ".join(argv[1:])}')
+  if FLAGS.top_k < 1:
+    cli.fail(f'--top_k must be at least 1, got {FLAGS.top_k}')
+  run = trained.load(FLAGS.workdir, FLAGS.step)
+  result, out = write_report(run, FLAGS.split, FLAGS.top_k, FLAGS.out,
+                             FLAGS.data_dir)
+  print(f'{run.info.name} {FLAGS.split} split, checkpoint step {run.step}, '
         f'{result["num_examples"]} examples')
   for k, accuracy in result['top_k_accuracy'].items():
     print(f'  top-{k} accuracy: {100 * accuracy:.2f}%')

@@ -2,16 +2,12 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from nin_jax import evaluate
 from nin_jax import input_pipeline
-from nin_jax import train
 from nin_jax import trained
 
 
@@ -43,30 +39,11 @@ def test_digits_split_equals_a_direct_computation(trained_workdir):
                              final['accuracy'], atol=1e-6)
 
 
-def test_mock_cifar10_split_equals_a_direct_computation(tiny_config, tmp_path,
-                                                        monkeypatch):
-  monkeypatch.setattr(input_pipeline, '_host_reachable', lambda url: True)
-  tiny_config.dataset = 'cifar10'
-  tiny_config.num_train_steps = 2
-  tiny_config.eval_batch_size = 16  # 40 examples: the last batch is padded.
-  with tfds.testing.mock_data(num_examples=40):
-    train.train_and_evaluate(tiny_config, str(tmp_path))
-    run = trained.load(str(tmp_path))
-    logits, labels = evaluate.predictions(run, 'test')
-    raw = input_pipeline.Dataset(run.config).head('test', 100)
-  assert len(labels) == 40
-  np.testing.assert_array_equal(labels, raw['label'])
-  np.testing.assert_allclose(
-      logits, np.asarray(run.logits(run.preprocess(raw['image']))),
-      rtol=1e-5, atol=1e-5)
-
-
-def test_command_writes_report_and_confusion_png(trained_workdir, tmp_path):
+def test_report_json_and_confusion_png(trained_workdir, tmp_path):
   out = tmp_path / 'eval'
-  done = subprocess.run(
-      [sys.executable, '-m', 'nin_jax.evaluate', f'--workdir={trained_workdir}',
-       f'--out={out}', '--top_k=3'], capture_output=True, text=True, check=True)
-  assert 'top-3 accuracy' in done.stdout
+  result, directory = evaluate.write_report(trained.load(trained_workdir),
+                                            'test', 3, str(out))
+  assert directory == str(out) and '3' in result['top_k_accuracy']
   report = json.loads((out / 'report.json').read_text())
   assert report['num_examples'] == 360 and report['step'] == 4
   assert np.sum(report['confusion_matrix']) == 360

@@ -14,6 +14,7 @@ each other go two at a time.
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -76,18 +77,19 @@ def runs(tmp_path_factory):
   d = {name: str(root / name) for name in (
       'one', 'one_then_eight', 'one_bn', 'pmap_bn', 'two',
       'device_pmap', 'device_two_processes')}
-  _finish(_start(d['one']),
-          _start(d['one_then_eight'], extra=['--config.num_train_steps=4']))
-  _finish(_start(d['one_bn'], extra=NO_DROPOUT_BN),
+  _finish(_start(d['one']), _start(d['one_bn'], extra=NO_DROPOUT_BN))
+  # 'one' at step 4, to be resumed on 8 devices: steps 5-6 and the
+  # evaluation run there (its later rows are moved aside on resume).
+  shutil.copytree(d['one'], d['one_then_eight'])
+  shutil.rmtree(os.path.join(d['one_then_eight'], 'checkpoints', '6'))
+  _finish(_start(d['one_then_eight'], devices=8),
           _start(d['pmap_bn'], devices=8,
                  extra=NO_DROPOUT_BN + ['--config.parallelism=pmap']))
   address = f'localhost:{_free_port()}'
   _finish(*[_start(d['two'], distributed=[
       f'--coordinator_address={address}', '--num_processes=2',
       f'--process_id={i}']) for i in range(2)])
-  # Resumes at step 4 on 8 devices: steps 5-6 and the evaluation run there.
-  _finish(_start(d['one_then_eight'], devices=8),
-          _start(d['device_pmap'], devices=2,
+  _finish(_start(d['device_pmap'], devices=2,
                  extra=DEVICE_INPUT + ['--config.parallelism=pmap']))
   address = f'localhost:{_free_port()}'
   _finish(*[_start(d['device_two_processes'], extra=DEVICE_INPUT, distributed=[

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from nin_jax import evaluate
 from nin_jax import input_pipeline
 from nin_jax import train
+from nin_jax import trained
 from tests import main_runner
 
 
@@ -49,9 +51,19 @@ def test_main_trains_cifar10_under_mock_data_then_resume_is_a_no_op(
   assert len(events) == 2  # train and test
 
   # The same command again: the run is complete, nothing more is trained.
+  # And `evaluate` sees every (mock) test image once, with the logits of a
+  # direct computation on the raw images.
   with tfds.testing.mock_data(num_examples=40):
     assert main_runner.run_main(monkeypatch, workdir, *cifar) == 0
+    run = trained.load(workdir)
+    logits, labels = evaluate.predictions(run, 'test')
+    raw = input_pipeline.Dataset(run.config).head('test', 100)
   assert read_metrics(workdir) == rows
+  assert len(labels) == 40  # The last of 3 batches of 16 is padded.
+  np.testing.assert_array_equal(labels, raw['label'])
+  np.testing.assert_allclose(
+      logits, np.asarray(run.logits(run.preprocess(raw['image']))),
+      rtol=1e-5, atol=1e-5)
 
 
 def test_dead_relu_warning(tiny_config, tmp_path, caplog):
