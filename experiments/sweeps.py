@@ -7,7 +7,8 @@ Each sweep is a list of points; a point is a config file plus
 `--config.FIELD=VALUE` overrides, run once per seed in
 ROOT/<sweep>/<point>/seed<N> by `python -m nin_jax.main`. The runner goes
 through them one after another; with --dry_run it prints the command lines
-instead (one per line, for a cluster's job array). A point that finished
+instead (one per line, for a cluster's job array; run them from the
+repository root). A point that finished
 has a `sweep_done.json` in its workdir and is skipped; an interrupted one
 is simply run again, and the trainer resumes it from its checkpoint.
 
@@ -27,6 +28,7 @@ Budgets:
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -130,8 +132,25 @@ def workdir_of(root: str, sweep_name: str, point: Point, seed: int) -> str:
 
 
 def launch(argv: list[str]) -> int:
-  """Runs one training command from the repository root; its exit status."""
-  return subprocess.run(argv, cwd=REPO, check=False).returncode
+  """Runs one training command from the repository root; its exit status.
+
+  Ctrl-C reaches the trainer with the rest of the terminal's process group:
+  it finishes its step, saves and exits with 75, and the runner waits for
+  that instead of dying first. A SIGTERM sent to the runner alone (a
+  scheduler's) is passed on to the trainer, which does the same.
+  """
+  child = subprocess.Popen(  # pylint: disable=subprocess-popen-preexec-fn
+      argv, cwd=REPO,
+      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  previous = {
+      signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+      signal.SIGTERM: signal.signal(
+          signal.SIGTERM, lambda signum, frame: child.send_signal(signum))}
+  try:
+    return child.wait()
+  finally:
+    for signum, handler in previous.items():
+      signal.signal(signum, handler)
 
 
 def run_sweeps(names: list[str], root: str, budget: str, seeds: list[int],
@@ -148,8 +167,8 @@ def run_sweeps(names: list[str], root: str, budget: str, seeds: list[int],
           if not dry_run:
             print(f'done already: {name}/{point.name}/seed{seed}')
           continue
-        if dry_run:
-          print(' '.join(argv))
+        if dry_run:  # For a job array: run from the repository root.
+          print(' '.join(['python'] + argv[1:]))
           continue
         print(f'running: {name}/{point.name}/seed{seed}', flush=True)
         started = time.time()

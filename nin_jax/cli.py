@@ -59,6 +59,16 @@ def define_config_flag(help_text: str) -> flags.FlagHolder:
     raise  # Not reached.
 
 
+def check_command_line(argv: list[str], *positive_flags: str) -> None:
+  """No stray arguments, and each named integer flag at least 1."""
+  if len(argv) > 1:
+    fail(f'unexpected arguments: {" ".join(argv[1:])}')
+  for name in positive_flags:
+    value = flags.FLAGS[name].value
+    if value < 1:
+      fail(f'--{name} must be at least 1, got {value}')
+
+
 def define_run_flags(reads_data: bool) -> None:
   """Flags of the commands that load a trained run from its workdir."""
   flags.DEFINE_string('workdir', None, 'Workdir of a training run (the '

@@ -104,10 +104,7 @@ def write_report(run: trained.TrainedRun, split: str, top_k: int,
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    cli.fail(f'unexpected arguments: {" ".join(argv[1:])}')
-  if FLAGS.top_k < 1:
-    cli.fail(f'--top_k must be at least 1, got {FLAGS.top_k}')
+  cli.check_command_line(argv, 'top_k')
   run = trained.load(FLAGS.workdir, FLAGS.step)
   result, out = write_report(run, FLAGS.split, FLAGS.top_k, FLAGS.out,
                              FLAGS.data_dir)

@@ -93,8 +93,7 @@ def main(argv: list[str]) -> None:
   if not paths:
     cli.fail('give at least one image file: python -m nin_jax.predict '
              '--workdir=DIR IMAGE [IMAGE ...]')
-  if FLAGS.top_k < 1:
-    cli.fail(f'--top_k must be at least 1, got {FLAGS.top_k}')
+  cli.check_command_line(argv[:1], 'top_k')  # The rest are image files.
   run = trained.load(FLAGS.workdir, FLAGS.step)
   results = predict_files(run, paths, FLAGS.top_k)
   for result in results:

@@ -190,8 +190,7 @@ def render(config: ml_collections.ConfigDict
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    cli.fail(f'unexpected arguments: {" ".join(argv[1:])}')
+  cli.check_command_line(argv)
   text, entries = render(FLAGS.config)
   print(text)
   if FLAGS.json:

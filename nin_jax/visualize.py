@@ -109,10 +109,7 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    cli.fail(f'unexpected arguments: {" ".join(argv[1:])}')
-  if FLAGS.num_images < 1:
-    cli.fail(f'--num_images must be at least 1, got {FLAGS.num_images}')
+  cli.check_command_line(argv, 'num_images')
   run = trained.load(FLAGS.workdir, FLAGS.step)
   os.makedirs(FLAGS.out, exist_ok=True)
   images, labels = pick_examples(run, FLAGS.split, FLAGS.num_images,
