@@ -14,9 +14,9 @@ third of its widths, so that it trains in about a minute on 2 CPU cores. On
 dataset it trains reliably, where SGD without BatchNorm often stalls or lets
 the last ReLU die (see DESIGN.md).
 
-Expect about 98% test accuracy in about 1-2 minutes on 2 CPU cores,
-compilation included. Measured on 2 CPU cores: 98.33% (seed 0, 61 s),
-97.50% (seed 1, 71 s), 98.89% (seed 2, 58 s).
+Expect about 98% test accuracy in about a minute on 2 CPU cores,
+compilation included. Measured on 2 CPU cores: 97.50% (seed 0), 98.33%
+(seed 1), 98.06% (seed 2), 52-58 s each.
 """
 
 from nin_jax.configs import default
