@@ -1,15 +1,16 @@
-"""A trained NiN as one self-contained file: serialized StableHLO.
+"""A trained NiN outside the trainer: serialized StableHLO or a SavedModel.
 
   python -m nin_jax.export --workdir=DIR --out=PATH [--step=N]
-      [--format=stablehlo] [--platforms=cpu,cuda,tpu]
+      [--format=stablehlo|savedmodel] [--platforms=cpu,cuda,tpu]
 
 The exported function takes a batch of raw images exactly as the dataset
 stores them (uint8, (batch, H, W, C), any batch size; pixel values 0-255,
 or 0-16 for the digits) and returns class probabilities (float32, (batch,
 classes)). The training-time preprocessing and the weights are inside it,
-so a consumer needs only `jax` (`jax.export.deserialize`), not this
-project. PATH.json, written beside it, holds the class names, the input
-shape and the checkpoint step. ONNX and SavedModel are not offered yet.
+so a consumer needs only `jax` (`jax.export.deserialize`) or only
+TensorFlow (`tf.saved_model.load`), not this project. PATH.json, written
+beside it, holds the class names, the input shape and the checkpoint step.
+ONNX is not offered yet.
 """
 
 import json
@@ -26,7 +27,7 @@ from nin_jax import trained
 
 FLAGS = flags.FLAGS
 
-FORMATS = ('stablehlo',)
+FORMATS = ('stablehlo', 'savedmodel')
 PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
 
 
@@ -51,10 +52,30 @@ def export_stablehlo(run: trained.TrainedRun, platforms: tuple[str, ...]
                            platforms=platforms)(spec)
 
 
-def metadata(run: trained.TrainedRun, platforms: tuple[str, ...]
-             ) -> dict[str, Any]:
+def write_savedmodel(run: trained.TrainedRun, out: str,
+                     platforms: tuple[str, ...]) -> None:
+  """A TensorFlow SavedModel whose `serve` (and serving_default signature)
+  is the serving function, converted by jax2tf (StableHLO inside an
+  XlaCallModule op: TensorFlow and TF Serving run it, TFLite does not)."""
+  from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  height, width, channels = run.info.image_shape
+  converted = jax2tf.convert(
+      serving_function(run),
+      polymorphic_shapes=[f'(batch, {height}, {width}, {channels})'],
+      native_serialization_platforms=platforms)
+  module = tf.Module()
+  module.serve = tf.function(
+      converted, autograph=False, input_signature=[tf.TensorSpec(
+          (None, height, width, channels), tf.uint8, name='images')])
+  tf.saved_model.save(module, out,
+                      signatures={'serving_default': module.serve})
+
+
+def metadata(run: trained.TrainedRun, export_format: str,
+             platforms: tuple[str, ...]) -> dict[str, Any]:
   return {
-      'format': 'stablehlo (jax.export serialized)',
+      'format': export_format,
       'input': {'dtype': 'uint8',
                 'shape': ['batch', *run.info.image_shape],
                 'pixel_max': run.pixel_max},
@@ -68,21 +89,34 @@ def metadata(run: trained.TrainedRun, platforms: tuple[str, ...]
   }
 
 
-def write(run: trained.TrainedRun, out: str,
+def write(run: trained.TrainedRun, out: str, export_format: str = 'stablehlo',
           platforms: tuple[str, ...] = ('cpu', 'cuda', 'tpu')) -> None:
-  """Writes `out` (the serialized function) and `out`.json."""
+  """Writes `out` (a file, or a SavedModel directory) and `out`.json."""
   unknown = [p for p in platforms if p not in PLATFORMS]
   if unknown:
     raise errors.ConfigError(f'Unknown platforms {unknown}; choose from '
                              f'{PLATFORMS}.')
-  exported = export_stablehlo(run, platforms)
-  directory = os.path.dirname(os.path.abspath(out))
-  os.makedirs(directory, exist_ok=True)
-  with open(out + '.tmp', 'wb') as f:
-    f.write(exported.serialize())
-  os.replace(out + '.tmp', out)
+  if export_format not in FORMATS:
+    raise errors.ConfigError(f'Unknown export format {export_format!r}; '
+                             f'choose from {FORMATS}.')
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  if export_format == 'stablehlo':
+    exported = export_stablehlo(run, platforms)
+    with open(out + '.tmp', 'wb') as f:
+      f.write(exported.serialize())
+    os.replace(out + '.tmp', out)
+  else:
+    write_savedmodel(run, out, platforms)
   with open(out + '.json', 'w', encoding='utf-8') as f:
-    json.dump(metadata(run, platforms), f, indent=2)
+    json.dump(metadata(run, export_format, platforms), f, indent=2)
+
+
+def _size(path: str) -> int:
+  """Bytes in a file, or in all files below a directory."""
+  if os.path.isfile(path):
+    return os.path.getsize(path)
+  return sum(os.path.getsize(os.path.join(d, f))
+             for d, _, files in os.walk(path) for f in files)
 
 
 def define_flags() -> None:
@@ -99,8 +133,8 @@ def define_flags() -> None:
 def main(argv: list[str]) -> None:
   cli.check_command_line(argv)
   run = trained.load(FLAGS.workdir, FLAGS.step)
-  write(run, FLAGS.out, tuple(FLAGS.platforms))
-  print(f'Wrote {FLAGS.out} ({os.path.getsize(FLAGS.out) / 2**20:.1f} MB, '
+  write(run, FLAGS.out, FLAGS.format, tuple(FLAGS.platforms))
+  print(f'Wrote {FLAGS.out} ({_size(FLAGS.out) / 2**20:.1f} MB, '
         f'step {run.step}, {", ".join(FLAGS.platforms)}) and {FLAGS.out}.json')
 
 

@@ -1,4 +1,4 @@
-"""export: a StableHLO file that runs without nin_jax, with the same answers."""
+"""export: StableHLO and SavedModel that run without nin_jax, same answers."""
 
 import json
 import os
@@ -6,39 +6,55 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from nin_jax import export
 from nin_jax import input_pipeline
 from nin_jax import predict
 from nin_jax import trained
 
-# What a consumer runs: jax and numpy only (the README shows the same code).
-CONSUMER = '''
+# What a consumer runs, with jax or TensorFlow and numpy only (the README
+# shows the same code).
+CONSUMERS = {
+    'stablehlo': '''
 import json, sys
 import jax, numpy as np
 with open(sys.argv[1], 'rb') as f:
   exported = jax.export.deserialize(bytearray(f.read()))
+serve = lambda images: np.asarray(exported.call(images))
+''',
+    'savedmodel': '''
+import json, sys
+import numpy as np, tensorflow as tf
+model = tf.saved_model.load(sys.argv[1])
+serve = lambda images: model.serve(tf.constant(images)).numpy()
+''',
+}
+CONSUMER_END = '''
 for name in sys.argv[2:]:
-  np.save(name + '.out.npy', np.asarray(exported.call(np.load(name))))
+  np.save(name + '.out.npy', serve(np.load(name)))
 assert 'nin_jax' not in sys.modules
 print(json.load(open(sys.argv[1] + '.json'))['class_names'])
 '''
 
 
-def test_stablehlo_in_a_fresh_process_matches_the_trainer(trained_workdir,
-                                                          tmp_path):
+@pytest.mark.parametrize('export_format', export.FORMATS)
+def test_export_in_a_fresh_process_matches_the_trainer(
+    export_format, trained_workdir, tmp_path):
   run = trained.load(trained_workdir)
-  out = str(tmp_path / 'nin.stablehlo')
-  export.write(run, out)
-  meta = json.loads((tmp_path / 'nin.stablehlo.json').read_text())
+  out = str(tmp_path / 'nin.export')
+  export.write(run, out, export_format)
+  meta = json.loads((tmp_path / 'nin.export.json').read_text())
   assert meta['input']['shape'] == ['batch', 8, 8, 1]
   assert meta['checkpoint_step'] == 4
   images, _ = input_pipeline._digits_arrays('test')
   batches = {'one.npy': images[:1], 'seven.npy': images[1:8]}
   for name, batch in batches.items():
     np.save(tmp_path / name, batch)
-  (tmp_path / 'consumer.py').write_text(CONSUMER)
+  (tmp_path / 'consumer.py').write_text(CONSUMERS[export_format]
+                                        + CONSUMER_END)
   env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  env['TF_CPP_MIN_LOG_LEVEL'] = '2'
   done = subprocess.run([sys.executable, 'consumer.py', out, *batches],
                         cwd=tmp_path, env=env, capture_output=True, text=True)
   assert done.returncode == 0, done.stderr[-2000:]
