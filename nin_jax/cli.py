@@ -122,10 +122,19 @@ def report_user_errors(command: Callable[[list[str]], None]
     try:
       command(argv)
     except errors.UserError as e:
-      if logging.get_verbosity() >= logging.DEBUG:  # --verbosity=1 or more.
-        traceback.print_exc()
-      fail(str(e))  # The message is the whole story.
+      exit_with(e, errors.EXIT_USER_ERROR)
   return run
+
+
+def exit_with(error: Exception, status: int) -> None:
+  """Ends the process on `error`: its message on one line, then `status`.
+
+  The message is the whole story; the traceback only with --verbosity=1.
+  """
+  if logging.get_verbosity() >= logging.DEBUG:
+    traceback.print_exc()
+  print(f'error: {error}', file=sys.stderr)
+  sys.exit(status)
 
 
 def run(command: Callable[[list[str]], None]) -> None:

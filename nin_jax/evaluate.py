@@ -29,17 +29,14 @@ FLAGS = flags.FLAGS
 def predictions(run: trained.TrainedRun, split: str,
                 data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
   """(logits, labels) of every example of `split`, in the split's order."""
-  config = run.config
-  if data_dir is not None:
-    config.data_dir = data_dir
   if split == input_pipeline.VALIDATION and not run.info.num_validation:
     raise errors.ConfigError(
         'This run held out no validation examples (config.validation_size=0);'
         ' evaluate --split=test instead.')
-  dataset = input_pipeline.Dataset(config)
   all_logits, all_labels = [], []
-  for batch in input_pipeline.eval_batches(dataset, run.info, run.prep,
-                                           config.eval_batch_size, split=split):
+  for batch in input_pipeline.eval_batches(
+      run.dataset(data_dir), run.info, run.prep, run.config.eval_batch_size,
+      split=split):
     real = batch['mask'] > 0
     all_logits.append(np.asarray(run.logits(batch['image']))[real])
     all_labels.append(batch['label'][real])

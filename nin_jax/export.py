@@ -31,24 +31,13 @@ FORMATS = ('stablehlo', 'savedmodel')
 PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
 
 
-def serving_function(run: trained.TrainedRun):
-  """raw uint8 images -> probabilities, with weights and transform inside."""
-  variables = jax.tree.map(jnp.asarray, run.variables)
-
-  def probabilities(raw_images: jax.Array) -> jax.Array:
-    logits = run.model.apply(variables, run.preprocess(raw_images),
-                             train=False)
-    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-  return probabilities
-
-
 def export_stablehlo(run: trained.TrainedRun, platforms: tuple[str, ...]
                      ) -> jax.export.Exported:
   """The serving function lowered for `platforms`, batch size symbolic."""
   height, width, channels = run.info.image_shape
   (batch,) = jax.export.symbolic_shape('batch')
   spec = jax.ShapeDtypeStruct((batch, height, width, channels), jnp.uint8)
-  return jax.export.export(jax.jit(serving_function(run)),
+  return jax.export.export(jax.jit(run.probabilities),
                            platforms=platforms)(spec)
 
 
@@ -61,7 +50,7 @@ def write_savedmodel(run: trained.TrainedRun, out: str,
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   height, width, channels = run.info.image_shape
   converted = jax2tf.convert(
-      serving_function(run),
+      run.probabilities,
       polymorphic_shapes=[f'(batch, {height}, {width}, {channels})'],
       native_serialization_platforms=platforms)
   module = tf.Module()

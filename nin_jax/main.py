@@ -9,7 +9,6 @@ checkpoint. Everything below this file reads the config, never flags.
 
 import os
 import sys
-import traceback
 
 from nin_jax import cli  # First: it quiets TensorFlow's C++ banners.
 from absl import app
@@ -81,13 +80,10 @@ def main(argv):
   except errors.Preempted as e:
     logging.warning('%s', e)
     sys.exit(errors.EXIT_PREEMPTED)
-  except (errors.UserError, errors.TrainingDiverged) as e:
-    if logging.get_verbosity() >= logging.DEBUG:  # --verbosity=1 or more.
-      traceback.print_exc()
-    print(f'error: {e}', file=sys.stderr)  # The message is the whole story.
-    sys.exit(errors.EXIT_USER_ERROR if isinstance(e, errors.UserError)
-             else errors.EXIT_DIVERGED)
-
+  except errors.UserError as e:
+    cli.exit_with(e, errors.EXIT_USER_ERROR)
+  except errors.TrainingDiverged as e:
+    cli.exit_with(e, errors.EXIT_DIVERGED)
 
 
 if __name__ == '__main__':

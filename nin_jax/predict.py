@@ -15,7 +15,6 @@ import sys
 from typing import Any, Sequence
 
 from absl import flags
-import jax
 import numpy as np
 from PIL import Image
 from PIL import UnidentifiedImageError
@@ -53,12 +52,6 @@ def load_image(path: str, image_shape: Sequence[int],
   return pixels
 
 
-def probabilities(run: trained.TrainedRun, raw_images: np.ndarray) -> np.ndarray:
-  """Class probabilities of raw images (batch, H, W, C)."""
-  logits = run.logits(run.preprocess(raw_images))
-  return np.asarray(jax.nn.softmax(logits.astype(np.float32), axis=-1))
-
-
 def predict_files(run: trained.TrainedRun, paths: Sequence[str], top_k: int
                   ) -> list[dict[str, Any]]:
   """One result per path: {'file', 'top_k': [(name, p), ...]} or {'error'}."""
@@ -71,7 +64,7 @@ def predict_files(run: trained.TrainedRun, paths: Sequence[str], top_k: int
     except errors.ImageError as e:
       results.append({'file': path, 'error': str(e)})
   if images:
-    probs = probabilities(run, np.stack(images))
+    probs = np.asarray(run.probabilities(np.stack(images)))
     for row, index in zip(probs, readable):
       results[index]['top_k'] = [
           {'class': int(c), 'name': run.info.class_names[c],

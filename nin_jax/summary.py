@@ -135,16 +135,14 @@ def layer_table(rows: Sequence[Layer]) -> str:
 def comparison(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
   """The configured NiN, the same NiN with an FC head, and AlexNet."""
   shape = input_pipeline.image_shape(config)
-  fc_config = ml_collections.ConfigDict(config.to_dict())
-  fc_config.model.head = 'fc'
-  entries = [
-      (f'NiN, {config.model.head} head (this config)', models.create_model(
-          config), shape),
-      ('NiN, fully connected head', models.create_model(fc_config), shape),
-      ('AlexNet (ImageNet, 1000 classes)', AlexNet(), ALEXNET_INPUT),
-  ]
-  if config.model.head != 'gap':
-    entries.pop(1)
+  entries = [(f'NiN, {config.model.head} head (this config)',
+              models.create_model(config), shape)]
+  if config.model.head == 'gap':  # Otherwise it already has an FC head.
+    fc_config = ml_collections.ConfigDict(config.to_dict())
+    fc_config.model.head = 'fc'
+    entries.append(('NiN, fully connected head',
+                    models.create_model(fc_config), shape))
+  entries.append(('AlexNet (ImageNet, 1000 classes)', AlexNet(), ALEXNET_INPUT))
   result = []
   for name, model, image_shape in entries:
     rows = layers(model, image_shape)

@@ -81,6 +81,11 @@ def compute_metrics(logits: jax.Array, labels: jax.Array,
   }
 
 
+def accumulate(total: Metrics | None, metrics: Metrics) -> Metrics:
+  """total + metrics, field by field; None is the empty total."""
+  return metrics if total is None else jax.tree.map(jnp.add, total, metrics)
+
+
 def summarize(sums: dict[str, Any]) -> dict[str, float]:
   """Turns summed metrics into means: loss, accuracy, dead_fraction."""
   sums = jax.device_get(sums)
@@ -177,8 +182,7 @@ class _Window:
 
   def add(self, sums: Metrics, steps: int) -> None:
     """Adds the summed metrics of `steps` more steps."""
-    self.sums = (sums if self.sums is None
-                 else jax.tree.map(jnp.add, self.sums, sums))
+    self.sums = accumulate(self.sums, sums)
     self._steps += steps
 
   def seconds(self) -> float:
@@ -219,8 +223,8 @@ def evaluate(strategy: parallel.Jit | parallel.Pmap, state: TrainState,
   """Mean metrics over every batch, and the number of examples seen."""
   total = None
   for batch in batches:
-    metrics = strategy.eval_step(state, strategy.put_batch(batch))
-    total = metrics if total is None else jax.tree.map(jnp.add, total, metrics)
+    total = accumulate(total, strategy.eval_step(state,
+                                                 strategy.put_batch(batch)))
   total = strategy.metrics(total)
   summary = summarize(total)
   summary['num_examples'] = float(jax.device_get(total['count']))
@@ -559,9 +563,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         for index in range(first, first + count):
           state, metrics = strategy.train_step(state, next_batch(index),
                                                dropout_key)
-          metrics = strategy.metrics(metrics)
-          sums = (metrics if sums is None
-                  else jax.tree.map(jnp.add, sums, metrics))
+          sums = accumulate(sums, strategy.metrics(metrics))
         return state, sums
     window = _Window()
     window.restore(progress.get('window', {}))

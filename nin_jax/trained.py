@@ -49,6 +49,20 @@ class TrainedRun:
     """Logits of preprocessed images, in evaluation mode."""
     return _apply(self.model, self.variables, jnp.asarray(images))
 
+  def probabilities(self, raw_images: Any) -> jax.Array:
+    """Class probabilities (float32) of raw images; traceable, for export."""
+    logits = self.logits(self.preprocess(raw_images))
+    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+  def dataset(self, data_dir: str | None = None) -> input_pipeline.Dataset:
+    """The run's dataset, read from `data_dir` if given (the run's config
+    is left as it is)."""
+    config = self.config
+    if data_dir is not None:
+      config = ml_collections.ConfigDict(config.to_dict())
+      config.data_dir = data_dir
+    return input_pipeline.Dataset(config)
+
   def logits_and_class_maps(self, images: Any) -> tuple[jax.Array, jax.Array]:
     """Logits and the last mlpconv's class maps (batch, h, w, classes)."""
     return _apply_with_maps(self.model, self.variables, jnp.asarray(images))
@@ -84,8 +98,12 @@ def load(workdir: str, step: int | None = None) -> TrainedRun:
   if not os.path.isdir(workdir):
     raise errors.WorkdirError(f'No workdir {workdir}: pass the --workdir of a '
                               'run of python -m nin_jax.main.')
-  _read_json(workdir, 'config.json')  # A clear error if it is missing.
-  config = ml_collections.ConfigDict(config_checks.saved_config(workdir))
+  saved = config_checks.saved_config(workdir)
+  if saved is None:
+    raise errors.WorkdirError(
+        f'{workdir} is not a training workdir (it has no readable '
+        'config.json): pass the --workdir of a run of python -m nin_jax.main.')
+  config = ml_collections.ConfigDict(saved)
   fields = _read_json(workdir, 'dataset.json')
   info = input_pipeline.DatasetInfo(**{
       **fields, 'class_names': tuple(fields['class_names']),

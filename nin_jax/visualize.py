@@ -24,7 +24,6 @@ import numpy as np
 
 from nin_jax import cli
 from nin_jax import errors
-from nin_jax import input_pipeline
 from nin_jax import plots
 from nin_jax import trained
 
@@ -58,10 +57,7 @@ def pick_examples(run: trained.TrainedRun, split: str, count: int,
   misclassified (where the maps of the predicted and the true class differ),
   the rest the first correctly classified ones; in split order.
   """
-  config = run.config
-  if data_dir is not None:
-    config.data_dir = data_dir
-  batch = input_pipeline.Dataset(config).head(split, max(count, SEARCHED))
+  batch = run.dataset(data_dir).head(split, max(count, SEARCHED))
   images, labels = batch['image'], batch['label'].astype(np.int64)
   predicted = np.concatenate([
       np.asarray(run.logits(run.preprocess(images[i:i + 100]))).argmax(-1)

@@ -47,8 +47,8 @@ def test_bad_files_among_good_ones(trained_workdir, tmp_path):
   errors = [r.get('error', '') for r in results]
   assert 'not an image' in errors[1] and 'no such file' in errors[3]
   assert errors[4] and 'directory' in errors[5]
-  expected = predict.probabilities(run, np.stack([
-      predict.load_image(p, (8, 8, 1), 16) for p in good]))
+  expected = np.asarray(run.probabilities(np.stack([
+      predict.load_image(p, (8, 8, 1), 16) for p in good])))
   for result, probs in zip([results[0], results[2], results[6]], expected):
     top = result['top_k']
     assert len(top) == 3
