@@ -85,8 +85,8 @@ def _measure(setting, kind):
       config.batch_size)
 
   config.input_pipeline = 'device'
-  device = device_input.DeviceTrainBatches(dataset, info, prep, config,
-                                           strategy)
+  device = device_input.DeviceTrainBatches.from_dataset(
+      dataset, info, prep, config, strategy)
   counter = iter(range(10**9))
   result['device'] = _images_per_sec(lambda: device.batch(next(counter)),
                                      _BATCHES.value, config.batch_size)

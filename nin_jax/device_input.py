@@ -16,13 +16,14 @@ stream: the shards here are the devices, not config.data_shards.
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from nin_jax import errors
 from nin_jax import input_pipeline
 from nin_jax import preprocessing
 
@@ -54,19 +55,22 @@ class DeviceTrainBatches:
   Works with either parallel strategy: over the Jit strategy's global mesh
   it returns (batch, ...) arrays sharded on the data axis; over the Pmap
   strategy's local mesh, (local devices, batch per device, ...) arrays laid
-  out as pmap wants them.
+  out as pmap wants them. Build it with `from_dataset` (training) or
+  `from_arrays` (data already in memory, e.g. a benchmark's).
   """
 
-  def __init__(self, dataset: input_pipeline.Dataset,
-               info: input_pipeline.DatasetInfo,
+  def __init__(self, read_shard: Callable[[int, int], dict[str, np.ndarray]],
+               shard_size: int, steps_per_epoch: int,
                prep: preprocessing.Preprocessing,
                config: ml_collections.ConfigDict, strategy: Any):
+    """Puts each device's shard of the split on it.
+
+    `read_shard(shard, num_shards)` returns that shard's `shard_size` raw
+    examples: {'image': (shard_size, H, W, C) uint8, 'label': (shard_size,)}.
+    """
     mesh = strategy.mesh
     axis = mesh.axis_names[0]
     num_shards = jax.device_count()
-    steps_per_epoch = input_pipeline.steps_per_epoch(info, config,
-                                                     jax.process_count())
-    shard_size = info.num_train // num_shards
     shard_batch = config.batch_size // num_shards
     spec = jax.sharding.PartitionSpec(axis)
     sharding = jax.sharding.NamedSharding(mesh, spec)
@@ -76,13 +80,10 @@ class DeviceTrainBatches:
     for position, device in enumerate(mesh.devices.flat):
       if device.process_index != jax.process_index():
         continue
-      shard = strategy.first_shard + position
-      examples = next(dataset.source(
-          input_pipeline.TRAIN, shard, num_shards,
-          drop_remainder=True).batch(shard_size).as_numpy_iterator())
+      examples = read_shard(strategy.first_shard + position, num_shards)
       pieces['image'].append(jax.device_put(examples['image'], device))
       pieces['label'].append(jax.device_put(
-          examples['label'].astype(np.int32), device))
+          np.asarray(examples['label']).astype(np.int32), device))
     mesh_shards = mesh.devices.size
     data = {
         key: jax.make_array_from_single_device_arrays(
@@ -129,6 +130,47 @@ class DeviceTrainBatches:
         out_specs=spec)
     self.inputs = (data, strategy.replicate(prep_arrays))
     self._draw_jit = jax.jit(self.draw)
+
+  @classmethod
+  def from_dataset(cls, dataset: 'input_pipeline.Dataset',
+                   info: 'input_pipeline.DatasetInfo',
+                   prep: preprocessing.Preprocessing,
+                   config: ml_collections.ConfigDict,
+                   strategy: Any) -> 'DeviceTrainBatches':
+    """The dataset's training split (validation tail excluded)."""
+    shard_size = info.num_train // jax.device_count()
+
+    def read_shard(shard, num_shards):
+      return next(dataset.source(
+          input_pipeline.TRAIN, shard, num_shards,
+          drop_remainder=True).batch(shard_size).as_numpy_iterator())
+
+    steps_per_epoch = input_pipeline.steps_per_epoch(info, config,
+                                                     jax.process_count())
+    return cls(read_shard, shard_size, steps_per_epoch, prep, config,
+               strategy)
+
+  @classmethod
+  def from_arrays(cls, images: np.ndarray, labels: np.ndarray,
+                  prep: preprocessing.Preprocessing,
+                  config: ml_collections.ConfigDict,
+                  strategy: Any) -> 'DeviceTrainBatches':
+    """A training split held in memory, cut into one shard per device."""
+    num_shards = jax.device_count()
+    shard_size = len(images) // num_shards
+    steps_per_epoch = shard_size // (config.batch_size // num_shards)
+    if steps_per_epoch == 0:
+      raise errors.ConfigError(
+          f'config.batch_size={config.batch_size} is larger than the '
+          f'{len(images)} training examples allow; lower it.')
+
+    def read_shard(shard, num_shards):
+      del num_shards
+      rows = slice(shard * shard_size, (shard + 1) * shard_size)
+      return {'image': images[rows], 'label': labels[rows]}
+
+    return cls(read_shard, shard_size, steps_per_epoch, prep, config,
+               strategy)
 
   def batch(self, index: int) -> dict[str, jax.Array]:
     """The global batch of step `index` (0-based), on the devices."""

@@ -539,8 +539,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                  jax.device_count(), info.num_train, info.num_eval)
 
     if config.input_pipeline == 'device':
-      batches = device_input.DeviceTrainBatches(dataset, info, prep, config,
-                                                strategy)
+      batches = device_input.DeviceTrainBatches.from_dataset(
+          dataset, info, prep, config, strategy)
       next_batch = batches.batch
     else:
       stream = input_pipeline.train_batches(

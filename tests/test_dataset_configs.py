@@ -13,6 +13,14 @@ from nin_jax import train
 from nin_jax.configs import test as test_config
 
 
+@pytest.mark.parametrize('name', sorted(set(input_pipeline.KNOWN_IMAGE_SHAPES)
+                                         - {input_pipeline.DIGITS}))
+def test_known_image_shapes_are_those_of_tfds(name):
+  builder = tfds.builder(name)
+  shape = tuple(builder.info.features['image'].shape)
+  assert input_pipeline.KNOWN_IMAGE_SHAPES[name] == shape
+
+
 @pytest.mark.parametrize('name,image_shape,num_classes', [
     ('cifar100', [32, 32, 3], 100),
     ('svhn', [32, 32, 3], 10),

@@ -78,8 +78,8 @@ def test_device_and_streaming_paths_draw_the_same_distribution(setup):
       input_pipeline.train_batches(dataset, info, prep, config), steps))
   config.input_pipeline = 'device'
   strategy = parallel.Jit(train.train_step, train.eval_step)
-  device = device_input.DeviceTrainBatches(dataset, info, prep, config,
-                                           strategy)
+  device = device_input.DeviceTrainBatches.from_dataset(
+      dataset, info, prep, config, strategy)
   drawn = [device.batch(i) for i in range(steps)]
   np.testing.assert_array_equal(np.asarray(device.batch(5)['image']),
                                 np.asarray(drawn[5]['image']))  # Pure in step.
@@ -117,9 +117,32 @@ def test_device_batches_are_sharded_over_the_data_axis(setup):
   config, dataset, info, prep = setup
   config.input_pipeline = 'device'
   strategy = parallel.Jit(train.train_step, train.eval_step)
-  batch = device_input.DeviceTrainBatches(dataset, info, prep, config,
-                                          strategy).batch(0)
+  batch = device_input.DeviceTrainBatches.from_dataset(
+      dataset, info, prep, config, strategy).batch(0)
   assert batch['image'].shape == (64, 8, 8, 1)
   assert batch['image'].dtype == np.float32
   assert batch['label'].dtype == np.int32
   assert batch['image'].sharding.spec == jax.sharding.PartitionSpec('data')
+
+
+def test_arrays_in_memory_give_each_example_once_an_epoch(setup):
+  """from_arrays (the benchmark's path): an epoch is a permutation."""
+  config, _, _, prep = setup
+  config.input_pipeline = 'device'
+  config.augment_pad, config.augment_flip = 0, False
+  images = np.arange(130 * 64, dtype=np.uint8).reshape(130, 8, 8, 1) % 17
+  images[:, 0, 0, 0] = np.arange(130)  # Tells the examples apart.
+  labels = np.arange(130) % 10
+  strategy = parallel.Jit(train.train_step, train.eval_step)
+  batches = device_input.DeviceTrainBatches.from_arrays(
+      images, labels, prep, config, strategy)
+  drawn = [batches.batch(i) for i in range(2)]  # 130 // 64 = 2 steps.
+  ids = np.concatenate([np.rint(np.asarray(b['image'])[:, 0, 0, 0] * 16)
+                        for b in drawn]).astype(int)
+  assert len(set(ids)) == 128 and ids.max() < 130
+  np.testing.assert_array_equal(
+      np.concatenate([np.asarray(b['label']) for b in drawn]), labels[ids])
+  config.batch_size = 256
+  with pytest.raises(device_input.errors.ConfigError, match='lower it'):
+    device_input.DeviceTrainBatches.from_arrays(images, labels, prep, config,
+                                                strategy)

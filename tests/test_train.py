@@ -122,8 +122,8 @@ def test_several_steps_per_dispatch_equal_the_steps_one_by_one(tiny_config):
   info = input_pipeline.get_info(dataset)
   prep = input_pipeline.fit_preprocessing(dataset, info, tiny_config)
   strategy = parallel.Jit(train.train_step, train.eval_step)
-  batches = device_input.DeviceTrainBatches(dataset, info, prep, tiny_config,
-                                            strategy)
+  batches = device_input.DeviceTrainBatches.from_dataset(
+      dataset, info, prep, tiny_config, strategy)
   learning_rate_fn = optimizer.create_learning_rate_fn(tiny_config, 10, 100)
   init_key, key = jax.random.split(jax.random.key(0))
 
