@@ -21,6 +21,14 @@ class ImageError(UserError, ValueError):
   """A file given for prediction is missing or is not a readable image."""
 
 
+class DependencyError(UserError, ImportError):
+  """An optional dependency that this command needs is not installed."""
+
+
+class ExportError(UserError, RuntimeError):
+  """An exported model does not compute what the trained model computes."""
+
+
 class TrainingDiverged(FloatingPointError):
   """The loss or the parameters stopped being finite; nothing bad was saved."""
 

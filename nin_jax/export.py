@@ -1,25 +1,32 @@
-"""A trained NiN outside the trainer: serialized StableHLO or a SavedModel.
+"""A trained NiN outside the trainer: StableHLO, a SavedModel or ONNX.
 
   python -m nin_jax.export --workdir=DIR --out=PATH [--step=N]
-      [--format=stablehlo|savedmodel] [--platforms=cpu,cuda,tpu]
+      [--format=stablehlo|savedmodel|onnx] [--platforms=cpu,cuda,tpu]
 
 The exported function takes a batch of raw images exactly as the dataset
 stores them (uint8, (batch, H, W, C), any batch size; pixel values 0-255,
 or 0-16 for the digits) and returns class probabilities (float32, (batch,
 classes)). The training-time preprocessing and the weights are inside it,
-so a consumer needs only `jax` (`jax.export.deserialize`) or only
-TensorFlow (`tf.saved_model.load`), not this project. PATH.json, written
-beside it, holds the class names, the input shape and the checkpoint step.
-ONNX is not offered yet.
+so a consumer needs only `jax` (`jax.export.deserialize`), only
+TensorFlow (`tf.saved_model.load`) or only ONNX Runtime, not this project.
+PATH.json, written beside it, holds the class names, the input shape and the
+checkpoint step (an ONNX file also carries them as metadata).
+
+ONNX goes through `jax2onnx`, an optional extra
+(`pip install -r requirements-export.txt`), and is checked against JAX with
+ONNX Runtime before it is written.
 """
 
+import contextlib
 import json
 import os
 from typing import Any
 
 from absl import flags
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from nin_jax import cli
 from nin_jax import errors
@@ -27,8 +34,13 @@ from nin_jax import trained
 
 FLAGS = flags.FLAGS
 
-FORMATS = ('stablehlo', 'savedmodel')
+FORMATS = ('stablehlo', 'savedmodel', 'onnx')
 PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
+EXPORT_EXTRA = 'pip install -r requirements-export.txt'
+# ONNX Runtime has run opset 18 since version 1.14.
+ONNX_OPSET = 18
+# Largest difference from JAX's probabilities that an export may show.
+TOLERANCE = 1e-4
 
 
 def export_stablehlo(run: trained.TrainedRun, platforms: tuple[str, ...]
@@ -61,6 +73,107 @@ def write_savedmodel(run: trained.TrainedRun, out: str,
                       signatures={'serving_default': module.serve})
 
 
+def _onnx_modules():
+  """jax2onnx, onnx and onnxruntime, or one error naming the extra."""
+  try:
+    import jax2onnx  # pylint: disable=g-import-not-at-top
+    import onnx  # pylint: disable=g-import-not-at-top
+    import onnxruntime  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise errors.DependencyError(
+        f'--format=onnx needs jax2onnx and onnxruntime ({e.name} is not '
+        f'installed): {EXPORT_EXTRA}') from None
+  return jax2onnx, onnx, onnxruntime
+
+
+@contextlib.contextmanager
+def _explicit_pool_padding():
+  """Pools with explicit padding, written as a pad and a VALID pool.
+
+  While it traces, jax2onnx (0.17.1) swaps flax's max_pool and avg_pool for
+  versions that take their arguments by keyword only and treat an explicit
+  padding as VALID: the NiN's 3x3/2 pools with padding 1 would shrink an
+  8x8 map to 3x3, not 4x4. Padding first (-inf for max; 0 for average, whose
+  padding counts) is the same function in JAX and converts exactly. Entered
+  inside the traced function, so it wraps jax2onnx's versions.
+  """
+  max_pool, avg_pool = nn.max_pool, nn.avg_pool
+
+  def pad(x, padding, value):
+    return jnp.pad(x, ((0, 0), *(tuple(p) for p in padding), (0, 0)),
+                   constant_values=value)
+
+  def padded_max_pool(x, window_shape, strides=None, padding='VALID'):
+    if not isinstance(padding, str):
+      x, padding = pad(x, padding, -jnp.inf), 'VALID'
+    return max_pool(x, window_shape=tuple(window_shape), strides=strides,
+                    padding=padding)
+
+  def padded_avg_pool(x, window_shape, strides=None, padding='VALID',
+                      count_include_pad=True):
+    if not isinstance(padding, str):
+      if not count_include_pad:
+        raise NotImplementedError('ONNX export of an average pool whose '
+                                  'padding does not count')
+      x, padding = pad(x, padding, 0.0), 'VALID'
+    return avg_pool(x, window_shape=tuple(window_shape), strides=strides,
+                    padding=padding, count_include_pad=True)
+
+  nn.max_pool, nn.avg_pool = padded_max_pool, padded_avg_pool
+  try:
+    yield
+  finally:
+    nn.max_pool, nn.avg_pool = max_pool, avg_pool
+
+
+def export_onnx(run: trained.TrainedRun) -> Any:
+  """The serving function as an ONNX model (onnx.ModelProto), batch symbolic,
+  the run's metadata in its metadata_props."""
+  jax2onnx, onnx, _ = _onnx_modules()
+  height, width, channels = run.info.image_shape
+
+  def serve(images):
+    with _explicit_pool_padding():
+      return run.probabilities(images)
+
+  spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape(
+      f'batch, {height}, {width}, {channels}'), jnp.uint8)
+  model = jax2onnx.to_onnx(serve, [spec], model_name='nin', opset=ONNX_OPSET,
+                           input_names=['images'],
+                           output_names=['probabilities'])
+  onnx.helper.set_model_props(model, {
+      key: json.dumps(value) for key, value in
+      metadata(run, 'onnx', ()).items()})
+  onnx.checker.check_model(model)
+  return model
+
+
+def check_onnx(run: trained.TrainedRun, model_bytes: bytes) -> float:
+  """Runs the model in ONNX Runtime on random images against JAX.
+
+  Returns the largest probability difference; raises errors.ExportError
+  above TOLERANCE or if the top class differs (a converter bug).
+  """
+  _, _, onnxruntime = _onnx_modules()
+  session = onnxruntime.InferenceSession(
+      model_bytes, providers=['CPUExecutionProvider'])
+  images = np.random.default_rng(0).integers(
+      0, run.pixel_max + 1, (5, *run.info.image_shape)).astype(np.uint8)
+  (got,) = session.run(['probabilities'], {'images': images})
+  expected = np.asarray(run.probabilities(images))
+  difference = float(np.abs(got - expected).max()) if (
+      got.shape == expected.shape) else float('inf')
+  if difference > TOLERANCE or not np.array_equal(got.argmax(-1),
+                                                  expected.argmax(-1)):
+    raise errors.ExportError(
+        f'The ONNX conversion does not compute the trained model: '
+        f'probabilities differ by {difference:.3g} (shape {got.shape}, '
+        f'expected {expected.shape}), over the {TOLERANCE} allowed; nothing '
+        'was written. Export --format=stablehlo or savedmodel instead, or '
+        'try another jax2onnx version.')
+  return difference
+
+
 def metadata(run: trained.TrainedRun, export_format: str,
              platforms: tuple[str, ...]) -> dict[str, Any]:
   return {
@@ -88,16 +201,26 @@ def write(run: trained.TrainedRun, out: str, export_format: str = 'stablehlo',
   if export_format not in FORMATS:
     raise errors.ConfigError(f'Unknown export format {export_format!r}; '
                              f'choose from {FORMATS}.')
+  if export_format == 'onnx':
+    _onnx_modules()  # Missing converter: say so before any work.
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   if export_format == 'stablehlo':
-    exported = export_stablehlo(run, platforms)
-    with open(out + '.tmp', 'wb') as f:
-      f.write(exported.serialize())
-    os.replace(out + '.tmp', out)
+    _write_file(out, export_stablehlo(run, platforms).serialize())
+  elif export_format == 'onnx':
+    platforms = ()  # Whatever runs ONNX.
+    model_bytes = export_onnx(run).SerializeToString()
+    check_onnx(run, model_bytes)
+    _write_file(out, model_bytes)
   else:
     write_savedmodel(run, out, platforms)
   with open(out + '.json', 'w', encoding='utf-8') as f:
     json.dump(metadata(run, export_format, platforms), f, indent=2)
+
+
+def _write_file(path: str, data: bytes) -> None:
+  with open(path + '.tmp', 'wb') as f:
+    f.write(data)
+  os.replace(path + '.tmp', path)
 
 
 def _size(path: str) -> int:
@@ -123,8 +246,10 @@ def main(argv: list[str]) -> None:
   cli.check_command_line(argv)
   run = trained.load(FLAGS.workdir, FLAGS.step)
   write(run, FLAGS.out, FLAGS.format, tuple(FLAGS.platforms))
+  where = ('ONNX Runtime' if FLAGS.format == 'onnx'
+           else ', '.join(FLAGS.platforms))
   print(f'Wrote {FLAGS.out} ({_size(FLAGS.out) / 2**20:.1f} MB, '
-        f'step {run.step}, {", ".join(FLAGS.platforms)}) and {FLAGS.out}.json')
+        f'step {run.step}, {where}) and {FLAGS.out}.json')
 
 
 if __name__ == '__main__':

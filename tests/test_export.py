@@ -1,10 +1,11 @@
-"""export: StableHLO and SavedModel that run without nin_jax, same answers."""
+"""export: StableHLO, SavedModel and ONNX run without nin_jax, same answers."""
 
 import json
 import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -28,6 +29,15 @@ import numpy as np, tensorflow as tf
 model = tf.saved_model.load(sys.argv[1])
 serve = lambda images: model.serve(tf.constant(images)).numpy()
 ''',
+    'onnx': '''
+import json, sys
+import numpy as np, onnxruntime as ort
+session = ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])
+serve = lambda images: session.run(['probabilities'], {'images': images})[0]
+meta = session.get_modelmeta().custom_metadata_map
+assert json.loads(meta['class_names']) == json.load(
+    open(sys.argv[1] + '.json'))['class_names']
+''',
 }
 CONSUMER_END = '''
 for name in sys.argv[2:]:
@@ -40,6 +50,9 @@ print(json.load(open(sys.argv[1] + '.json'))['class_names'])
 @pytest.mark.parametrize('export_format', export.FORMATS)
 def test_export_in_a_fresh_process_matches_the_trainer(
     export_format, trained_workdir, tmp_path):
+  if export_format == 'onnx':  # An optional extra (requirements-export.txt).
+    pytest.importorskip('jax2onnx')
+    pytest.importorskip('onnxruntime')
   run = trained.load(trained_workdir)
   out = str(tmp_path / 'nin.export')
   export.write(run, out, export_format)
@@ -64,3 +77,49 @@ def test_export_in_a_fresh_process_matches_the_trainer(
     assert got.shape == expected.shape == (len(batch), 10)
     assert np.abs(got - expected).max() <= 1e-4
     np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1))
+
+
+def test_onnx_without_its_extra_names_the_install_line(trained_workdir,
+                                                       tmp_path, monkeypatch):
+  real_import = __import__
+
+  def no_onnx(name, *args, **kwargs):
+    if name in ('jax2onnx', 'onnxruntime'):
+      raise ModuleNotFoundError(f'No module named {name!r}', name=name)
+    return real_import(name, *args, **kwargs)
+
+  monkeypatch.setattr('builtins.__import__', no_onnx)
+  run = trained.load(trained_workdir)
+  with pytest.raises(export.errors.DependencyError,
+                     match='pip install -r requirements-export.txt'):
+    export.write(run, str(tmp_path / 'nin.onnx'), 'onnx')
+  assert not list(tmp_path.iterdir())
+
+
+def test_pools_padded_for_onnx_are_the_same_function():
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3)) - 1.0  # Negatives.
+  window, strides, padding = (3, 3), (2, 2), ((1, 1), (1, 1))
+  expected = (nn.max_pool(x, window, strides, padding=padding),
+              nn.avg_pool(x, window, strides, padding=padding,
+                          count_include_pad=True))
+  with export._explicit_pool_padding():  # pylint: disable=protected-access
+    assert nn.max_pool.__name__ == 'padded_max_pool'
+    got = (nn.max_pool(x, window, strides, padding=padding),
+           nn.avg_pool(x, window, strides, padding=padding,
+                       count_include_pad=True))
+  assert nn.max_pool.__name__ == 'max_pool'  # Restored.
+  for a, b in zip(got, expected):
+    assert a.shape == b.shape == (2, 4, 4, 3)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_an_onnx_model_that_computes_something_else_is_refused(
+    trained_workdir):
+  pytest.importorskip('jax2onnx')
+  pytest.importorskip('onnxruntime')
+  older = trained.load(trained_workdir, step=2)
+  model_bytes = export.export_onnx(older).SerializeToString()
+  assert export.check_onnx(older, model_bytes) <= export.TOLERANCE
+  with pytest.raises(export.errors.ExportError, match='nothing was written'):
+    export.check_onnx(trained.load(trained_workdir), model_bytes)
