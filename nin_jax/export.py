@@ -239,7 +239,8 @@ def define_flags() -> None:
   flags.DEFINE_string('out', None, 'The file to write (and OUT.json).',
                       required=True)
   flags.DEFINE_list('platforms', ['cpu', 'cuda', 'tpu'],
-                    'Platforms the exported function can run on.')
+                    'Platforms the exported function can run on (StableHLO '
+                    'and SavedModel; ONNX runs wherever ONNX Runtime does).')
 
 
 def main(argv: list[str]) -> None:
