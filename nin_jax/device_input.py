@@ -23,7 +23,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from nin_jax import errors
 from nin_jax import input_pipeline
 from nin_jax import preprocessing
 
@@ -158,11 +157,8 @@ class DeviceTrainBatches:
     """A training split held in memory, cut into one shard per device."""
     num_shards = jax.device_count()
     shard_size = len(images) // num_shards
-    steps_per_epoch = shard_size // (config.batch_size // num_shards)
-    if steps_per_epoch == 0:
-      raise errors.ConfigError(
-          f'config.batch_size={config.batch_size} is larger than the '
-          f'{len(images)} training examples allow; lower it.')
+    steps_per_epoch = input_pipeline.full_batches(len(images), num_shards,
+                                                  config.batch_size)
 
     def read_shard(shard, num_shards):
       del num_shards

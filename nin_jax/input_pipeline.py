@@ -340,12 +340,18 @@ def num_data_shards(config: ml_collections.ConfigDict,
 def steps_per_epoch(info: DatasetInfo, config: ml_collections.ConfigDict,
                     process_count: int) -> int:
   """Global steps per epoch: every data shard yields that many full batches."""
-  shards = num_data_shards(config, process_count)
-  steps = (info.num_train // shards) // (config.batch_size // shards)
+  return full_batches(info.num_train, num_data_shards(config, process_count),
+                      config.batch_size)
+
+
+def full_batches(num_examples: int, shards: int, batch_size: int) -> int:
+  """Global batches of `batch_size` when each of `shards` equal, contiguous
+  shards of the examples gives batch_size / shards of each batch."""
+  steps = (num_examples // shards) // (batch_size // shards)
   if steps == 0:
     raise errors.ConfigError(
-        f'config.batch_size={config.batch_size} is larger than the '
-        f'{info.num_train} training examples allow; lower it.')
+        f'config.batch_size={batch_size} is larger than the '
+        f'{num_examples} training examples allow; lower it.')
   return steps
 
 

@@ -143,6 +143,6 @@ def test_arrays_in_memory_give_each_example_once_an_epoch(setup):
   np.testing.assert_array_equal(
       np.concatenate([np.asarray(b['label']) for b in drawn]), labels[ids])
   config.batch_size = 256
-  with pytest.raises(device_input.errors.ConfigError, match='lower it'):
+  with pytest.raises(input_pipeline.errors.ConfigError, match='lower it'):
     device_input.DeviceTrainBatches.from_arrays(images, labels, prep, config,
                                                 strategy)
