@@ -58,9 +58,6 @@ def create_train_state(config: ml_collections.ConfigDict, model: models.NiN,
                            batch_stats=variables.get('batch_stats', {}))
 
 
-METRIC_NAMES = ('loss', 'correct', 'dead', 'count')
-
-
 def compute_metrics(logits: jax.Array, labels: jax.Array,
                     mask: jax.Array | None = None) -> Metrics:
   """Sums over the batch (so windows and shards add up exactly).
@@ -148,13 +145,17 @@ def train_steps(state: TrainState, inputs: Any, dropout_key: jax.Array,
   devices, so the host dispatches once for all the steps. `num_steps` is a
   traced value: every count shares one compilation.
   """
+  def step(state, index):
+    return step_fn(state, draw(*inputs, index), dropout_key)
+
   def body(i, carry):
     state, sums = carry
-    state, metrics = step_fn(state, draw(*inputs, first_index + i),
-                             dropout_key)
-    return state, jax.tree.map(jnp.add, sums, metrics)
+    state, metrics = step(state, first_index + i)
+    return state, accumulate(sums, metrics)
 
-  zeros = {name: jnp.zeros((), jnp.float32) for name in METRIC_NAMES}
+  # Zeros shaped like one step's metrics (traced only, never run).
+  shapes = jax.eval_shape(step, state, first_index)[1]
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
   return jax.lax.fori_loop(0, num_steps, body, (state, zeros))
 
 
