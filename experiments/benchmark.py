@@ -187,7 +187,8 @@ def bench_nin_jax(config, epoch: bool) -> dict[str, float]:
       metrics = strategy.eval_step(state, batch)
     jax.block_until_ready(metrics)
 
-  result = {'train_images_per_sec': batch_size / _median_seconds(train_steps),
+  result = {'dtype': config.model.dtype,
+            'train_images_per_sec': batch_size / _median_seconds(train_steps),
             'eval_images_per_sec': batch_size / _median_seconds(eval_steps),
             'compile_seconds': compile_seconds,
             'train_step_memory_mb': step_memory_mb}
@@ -283,7 +284,6 @@ def bench_torch(config) -> dict[str, dict] | None:
         memory_format=memory_format)
     labels = torch.randint(0, 10, (batch_size,), device=device)
     forward = net
-    compile_seconds = None
     if options.get('compile'):
       forward = torch.compile(net, mode=options['compile'])
     autocast = (torch.autocast(device, dtype=options['autocast'])
@@ -318,11 +318,12 @@ def bench_torch(config) -> dict[str, dict] | None:
     try:
       start = time.perf_counter()
       train_steps(1)  # Compiles (when compiled) and warms up.
-      compile_seconds = time.perf_counter() - start
+      first_step_seconds = time.perf_counter() - start
       results[name] = {
+          'dtype': 'bfloat16' if options.get('autocast') else 'float32',
           'train_images_per_sec': batch_size / _median_seconds(train_steps),
           'eval_images_per_sec': batch_size / _median_seconds(eval_steps),
-          'first_step_seconds': compile_seconds,
+          'first_step_seconds': first_step_seconds,
           'device_memory_mb': (torch.cuda.max_memory_allocated() / 2**20
                                if cuda else None)}
     except Exception as e:  # pylint: disable=broad-except
@@ -359,19 +360,15 @@ def print_report(result: dict) -> None:
         'matmul peak ' + ', '.join(f'{d} {p:.2f} TFLOP/s'
                                    for d, p in peaks.items()) + '\n')
   rows = {f'nin_jax {d}': r for d, r in result['nin_jax'].items()}
-  dtypes = {f'nin_jax {d}': d for d in result['nin_jax']}
   torch_rows = (result['pytorch'] or {}).get('variants', {})
-  for name, r in torch_rows.items():
-    rows[f'PyTorch {name}'] = r
-    dtypes[f'PyTorch {name}'] = ('bfloat16' if 'bfloat16' in name
-                                 else 'float32')
+  rows.update({f'PyTorch {name}': r for name, r in torch_rows.items()})
   print('| variant | train img/s | eval img/s | train TFLOP/s | MFU (train) '
         '| epoch | compile / first step | device memory |')
   print('|---|---|---|---|---|---|---|---|')
   for name, r in rows.items():
     train, evaluate = r['train_images_per_sec'], r['eval_images_per_sec']
     tflops = train * TRAIN_GFLOP / 1e3 if seed else None
-    datasheet = _datasheet_tflops(kind, dtypes[name])
+    datasheet = _datasheet_tflops(kind, r['dtype'])
     mfu = (f'{100 * tflops / datasheet:.1f}%' if tflops and datasheet
            else (f'{100 * tflops / peaks["float32"]:.0f}% of matmul'
                  if tflops else 'n/a'))
@@ -396,11 +393,11 @@ def print_report(result: dict) -> None:
   for label, mine, other in (
       ('nin_jax best / PyTorch best', ours, theirs),
       ('float32: nin_jax / PyTorch',
-       {n: r for n, r in ours.items() if dtypes[n] == 'float32'},
-       {n: r for n, r in theirs.items() if dtypes[n] == 'float32'}),
+       {n: r for n, r in ours.items() if r['dtype'] == 'float32'},
+       {n: r for n, r in theirs.items() if r['dtype'] == 'float32'}),
       ('bfloat16: nin_jax / PyTorch best',
-       {n: r for n, r in ours.items() if dtypes[n] == 'bfloat16'},
-       {n: r for n, r in theirs.items() if dtypes[n] == 'bfloat16'})):
+       {n: r for n, r in ours.items() if r['dtype'] == 'bfloat16'},
+       {n: r for n, r in theirs.items() if r['dtype'] == 'bfloat16'})):
     if not mine or not other:
       continue
     cells = []
