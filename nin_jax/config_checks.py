@@ -67,7 +67,7 @@ _FIXED_FOR_A_RUN = ('dataset', 'num_classes', 'train_split', 'validation_size',
                     'optimizer', 'lr_multipliers', 'preprocessing', 'gcn_scale',
                     'zca_filter_bias', 'model.')
 # Free to change on resume, although the trajectory then differs.
-_MODEL_FIELDS_FREE = ('model.dtype', 'model.conv_impl')
+_MODEL_FIELDS_FREE = ('model.dtype', 'model.conv_impl', 'model.pool_impl')
 
 
 def _flatten(config: Any, prefix: str = '') -> dict[str, Any]:

@@ -16,6 +16,7 @@ import ml_collections
 
 from nin_jax import conv
 from nin_jax import errors
+from nin_jax import pooling
 
 Initializer = Callable[..., jax.Array]
 
@@ -116,6 +117,9 @@ class NiN(nn.Module):
   bias_init: Initializer = nn.initializers.zeros
   class_bias_init: Initializer = nn.initializers.zeros
   conv_fn: Callable[..., jax.Array] | None = None
+  # The max pool's implementation, (x, window, strides, padding) -> pooled
+  # x (pooling.py); None: Flax's max_pool.
+  max_pool_fn: Callable[..., jax.Array] | None = None
   head: str = 'gap'
 
   @nn.compact
@@ -139,7 +143,11 @@ class NiN(nn.Module):
       if last:
         break
       if self.pools[b] == 'max':
-        x = nn.max_pool(x, window, strides, padding=((pad, pad), (pad, pad)))
+        padding = ((pad, pad), (pad, pad))
+        if self.max_pool_fn is None:
+          x = nn.max_pool(x, window, strides, padding=padding)
+        else:
+          x = self.max_pool_fn(x, window, strides, padding)
       else:  # Padding counts in the average, as PyTorch's and Flax's default.
         x = nn.avg_pool(x, window, strides, padding=((pad, pad), (pad, pad)),
                         count_include_pad=True)
@@ -182,6 +190,9 @@ def create_model(config: ml_collections.ConfigDict,
   if m.conv_impl not in conv.CONV_IMPLS:
     raise errors.ConfigError(f'Unknown config.model.conv_impl {m.conv_impl!r}; '
                              f'use one of {conv.CONV_IMPLS}.')
+  if m.pool_impl not in pooling.POOL_IMPLS:
+    raise errors.ConfigError(f'Unknown config.model.pool_impl {m.pool_impl!r}; '
+                             f'use one of {pooling.POOL_IMPLS}.')
   if not 0.0 <= m.dropout_rate < 1.0:
     raise errors.ConfigError('config.model.dropout_rate must be in [0, 1), got '
                      f'{m.dropout_rate}.')
@@ -204,5 +215,6 @@ def create_model(config: ml_collections.ConfigDict,
       bias_init=nn.initializers.constant(m.bias_init),
       class_bias_init=nn.initializers.constant(m.class_bias_init),
       conv_fn=conv.resolve(m.conv_impl),
+      max_pool_fn=pooling.resolve(m.pool_impl),
       head=m.head,
   )

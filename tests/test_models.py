@@ -90,6 +90,7 @@ def test_bfloat16_compute_keeps_float32_params_and_logits(tiny_config):
     ('head', 'fc9', 'config.model.head'),
     ('kernel_init', 'zeros', 'Unknown kernel_init'),
     ('dropout_rate', 1.0, 'dropout_rate'),
+    ('pool_impl', 'fast', 'config.model.pool_impl'),
 ])
 def test_bad_model_config_names_the_field(tiny_config, field, value, message):
   tiny_config.model[field] = value
