@@ -18,6 +18,7 @@ ONNX Runtime before it is written.
 """
 
 import contextlib
+import dataclasses
 import json
 import os
 from typing import Any
@@ -191,6 +192,17 @@ def metadata(run: trained.TrainedRun, export_format: str,
   }
 
 
+def portable(run: trained.TrainedRun) -> trained.TrainedRun:
+  """The run with XLA's own convolutions and pools, the same function.
+
+  The CPU training kernels (conv.py, winograd.py, pooling.py) are there for
+  training speed; an exported model runs on other backends and converters,
+  which know the plain operations best.
+  """
+  return dataclasses.replace(
+      run, model=run.model.clone(conv_fn=None, max_pool_fn=None))
+
+
 def write(run: trained.TrainedRun, out: str, export_format: str = 'stablehlo',
           platforms: tuple[str, ...] = ('cpu', 'cuda', 'tpu')) -> None:
   """Writes `out` (a file, or a SavedModel directory) and `out`.json."""
@@ -203,6 +215,7 @@ def write(run: trained.TrainedRun, out: str, export_format: str = 'stablehlo',
                              f'choose from {FORMATS}.')
   if export_format == 'onnx':
     _onnx_modules()  # Missing converter: say so before any work.
+  run = portable(run)
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   if export_format == 'stablehlo':
     _write_file(out, export_stablehlo(run, platforms).serialize())

@@ -1,4 +1,5 @@
-"""conv.conv: XLA's forward and input gradient, kernel gradient as matmuls."""
+"""conv.conv: XLA's forward and input gradient, kernel gradient as matmuls;
+Winograd for the wider 3x3 and 5x5 layers."""
 
 import flax.linen as nn
 import jax
@@ -9,7 +10,10 @@ import pytest
 
 from nin_jax import conv
 from nin_jax import models
+from nin_jax import winograd
 from nin_jax.configs import test as test_config
+
+winograd_conv = winograd.conv
 
 
 def _reference(x, kernel, padding):
@@ -48,19 +52,31 @@ def test_strided_convolution_falls_back_to_xla():
   np.testing.assert_allclose(y.apply(variables, x), plain.apply(variables, x))
 
 
-def test_model_gradients_are_the_same_with_either_implementation():
+@pytest.mark.parametrize('impl', ['matmul_kernel_grad', 'winograd'])
+def test_model_gradients_are_the_same_with_each_implementation(impl,
+                                                               monkeypatch):
   config = test_config.get_config()
-  config.model.conv_impl = 'matmul_kernel_grad'
+  # Wide enough (16 channels into the 5x5 and 3x3 layers) for Winograd.
+  config.model.block_features = ((16, 8, 16), (16, 16, 16), (16, 16))
+  config.model.conv_impl = impl
   fast = models.create_model(config)
   config.model.conv_impl = 'xla'
   plain = models.create_model(config)
   images = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
   params = plain.init(jax.random.key(1), images)['params']
+  winograd_calls = []
+  monkeypatch.setattr(winograd, 'conv', lambda *args: winograd_calls.append(
+      args[1].shape) or winograd_conv(*args))
 
   def loss(params, model):
     return jnp.sum(model.apply({'params': params}, images) ** 2)
   grad = jax.jit(jax.grad(loss), static_argnums=1)
   fast_grads, plain_grads = grad(params, fast), grad(params, plain)
+  # The first layer (1 input channel) stays on the matmul path.
+  assert winograd_calls == ([(5, 5, 16, 16), (3, 3, 16, 16)]
+                            if impl == 'winograd' else [])
   assert jax.tree.structure(fast_grads) == jax.tree.structure(plain_grads)
+  # Winograd's transforms round a little more than a direct sum.
+  atol = 1e-5 if impl == 'winograd' else 1e-6
   for a, b in zip(jax.tree.leaves(fast_grads), jax.tree.leaves(plain_grads)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=atol)

@@ -123,8 +123,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.class_bias_init = 1.0
   # How the kxk convolutions run: 'xla' (lax.conv_general_dilated),
   # 'matmul_kernel_grad' (XLA's forward and input gradient, the kernel
-  # gradient as matmuls: about 1.5x faster training on CPU; see conv.py) or
-  # 'auto' (the latter on CPU, 'xla' on GPU and TPU). Same parameters.
+  # gradient as matmuls: about 1.5x faster training on CPU; see conv.py),
+  # 'winograd' (that, with the 3x3 and 5x5 float32 convolutions of 16 or
+  # more input channels computed by Winograd's F(4x4, rxr): another 1.5x
+  # on CPU, equal to rounding; see winograd.py) or 'auto' ('winograd' on
+  # CPU, 'xla' on GPU and TPU). Same parameters.
   config.model.conv_impl = 'auto'
   # How the max pools run: 'xla' (flax's max_pool, differentiated by JAX),
   # 'saved_argmax' (the same values; the forward pass keeps each window's
