@@ -232,11 +232,13 @@ def evaluate(strategy: parallel.Jit | parallel.Pmap, state: TrainState,
   return summary
 
 
+# What steps_per_dispatch = 0 means (configs/default.py says why).
+DEFAULT_STEPS_PER_DISPATCH = 10
+
+
 def resolve_steps_per_dispatch(config: ml_collections.ConfigDict) -> int:
-  """config.steps_per_dispatch, with 0 ("auto") made concrete for the backend."""
-  if config.steps_per_dispatch:
-    return config.steps_per_dispatch
-  return 1 if jax.default_backend() == 'cpu' else 10
+  """config.steps_per_dispatch, with 0 ("auto") made concrete."""
+  return config.steps_per_dispatch or DEFAULT_STEPS_PER_DISPATCH
 
 
 def _write_atomically(path: str, text: str) -> None:
