@@ -5,7 +5,7 @@ argmax with index arrays, and XLA's CPU backend materializes those indices
 (four int32 arrays the size of the padded input) on every step: for the
 NiN's first pool (3x3, stride 2, on 128x32x32x96) forward and backward took
 298 ms, against 80 ms this way, on 2 cores; the whole training step got
-1.14x faster (experiments/README.md). Here the
+1.03-1.14x faster (experiments/README.md). Here the
 forward pass also records which offset of each window held the maximum, as
 int8 (the first maximum in row-major order wins, as in XLA), and the
 backward pass routes each output's gradient to that offset. Every input
