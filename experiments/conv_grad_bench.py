@@ -45,6 +45,15 @@ def _ms(f, *args):
   return 1000 * statistics.median(times)
 
 
+def _layer_inputs(size, k, cin, cout):
+  """Random input, kernel and output gradient, and 'same' padding."""
+  keys = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(keys[0], (_BATCH.value, size, size, cin))
+  kernel = 0.05 * jax.random.normal(keys[1], (k, k, cin, cout))
+  grad = jax.random.normal(keys[2], (_BATCH.value, size, size, cout))
+  return x, kernel, grad, ((k // 2, k // 2), (k // 2, k // 2))
+
+
 def main(argv):
   del argv
   print(f'{jax.devices()[0].device_kind}, batch {_BATCH.value}, float32; '
@@ -53,11 +62,7 @@ def main(argv):
         'kernel grad (matmuls) | speed-up | max rel. diff |')
   print('|---|---|---|---|---|---|---|---|')
   for size, k, cin, cout in LAYERS:
-    keys = jax.random.split(jax.random.key(0), 3)
-    x = jax.random.normal(keys[0], (_BATCH.value, size, size, cin))
-    kernel = 0.05 * jax.random.normal(keys[1], (k, k, cin, cout))
-    grad = jax.random.normal(keys[2], (_BATCH.value, size, size, cout))
-    padding = ((k // 2, k // 2), (k // 2, k // 2))
+    x, kernel, grad, padding = _layer_inputs(size, k, cin, cout)
 
     def forward(x, kernel):
       return lax.conv_general_dilated(x, kernel, (1, 1), padding,
@@ -83,11 +88,7 @@ def main(argv):
   dimensions = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1),
                                           ('NHWC', 'HWIO', 'NHWC'))
   for size, k, cin, cout in LAYERS:
-    keys = jax.random.split(jax.random.key(0), 3)
-    x = jax.random.normal(keys[0], (_BATCH.value, size, size, cin))
-    kernel = 0.05 * jax.random.normal(keys[1], (k, k, cin, cout))
-    grad = jax.random.normal(keys[2], (_BATCH.value, size, size, cout))
-    padding = ((k // 2, k // 2), (k // 2, k // 2))
+    x, kernel, grad, padding = _layer_inputs(size, k, cin, cout)
     plain = functools.partial(conv.conv, window_strides=(1, 1),
                               padding=padding, dimension_numbers=dimensions)
     fast = functools.partial(winograd.conv, padding=padding, m=4)

@@ -23,16 +23,11 @@ import time
 from absl import app
 from absl import flags
 import jax
-import numpy as np
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from nin_jax import input_pipeline
-from nin_jax import models
-from nin_jax import optimizer
-from nin_jax import parallel
-from nin_jax import train
+import fixed_batch
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', os.path.join(os.path.dirname(__file__), '..', 'nin_jax',
@@ -75,32 +70,19 @@ def _event_times(trace_dir: str) -> collections.Counter:
 def main(argv):
   del argv
   config = _CONFIG.value
-  shape = input_pipeline.image_shape(config)
-  strategy = parallel.Jit(train.train_step, train.eval_step)
-  lr = optimizer.create_learning_rate_fn(config, 390, 78_000)
-  state = strategy.put_state(train.create_train_state(
-      config, models.create_model(config), shape, jax.random.key(0), lr))
-  key = strategy.put_key(jax.random.key(1))
-  rng = np.random.default_rng(0)
-  batch = strategy.put_batch({
-      'image': rng.normal(size=(config.batch_size,) + shape).astype(
-          np.float32),
-      'label': rng.integers(0, config.num_classes,
-                            config.batch_size).astype(np.int32),
-      'mask': np.ones(config.batch_size, np.float32)})
-  train_batch = {'image': batch['image'], 'label': batch['label']}
+  run = fixed_batch.setup(config)
 
   def step():
-    nonlocal state
     if _STEP.value == 'train':
-      state, metrics = strategy.train_step(state, train_batch, key)
+      run.state, metrics = run.strategy.train_step(run.state, run.train_batch,
+                                                   run.key)
     else:
-      metrics = strategy.eval_step(state, batch)
+      metrics = run.strategy.eval_step(run.state, run.batch)
     jax.block_until_ready(metrics)
 
-  lowered = (strategy.train_step.lower(state, train_batch, key)
+  lowered = (run.strategy.train_step.lower(run.state, run.train_batch, run.key)
              if _STEP.value == 'train' else
-             strategy.eval_step.lower(state, batch))
+             run.strategy.eval_step.lower(run.state, run.batch))
   names = _op_names(lowered.compile().as_text())
   for _ in range(2):
     step()

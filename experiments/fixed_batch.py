@@ -1,0 +1,47 @@
+"""The trainer's compiled steps, a fresh state and one random batch.
+
+Shared by the scripts that time or profile whole steps on a fixed batch
+(`profile_step.py`, `step_ab.py`): what the trainer compiles, without data.
+"""
+
+import dataclasses
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from nin_jax import input_pipeline
+from nin_jax import models
+from nin_jax import optimizer
+from nin_jax import parallel
+from nin_jax import train
+
+
+@dataclasses.dataclass
+class FixedBatch:
+  strategy: parallel.Jit
+  state: Any
+  batch: dict[str, jax.Array]  # image, label, mask: what eval_step takes.
+  key: jax.Array
+
+  @property
+  def train_batch(self) -> dict[str, jax.Array]:
+    return {'image': self.batch['image'], 'label': self.batch['label']}
+
+
+def setup(config: ml_collections.ConfigDict, seed: int = 0) -> FixedBatch:
+  shape = input_pipeline.image_shape(config)
+  strategy = parallel.Jit(train.train_step, train.eval_step)
+  lr = optimizer.create_learning_rate_fn(config, 390, 78_000)
+  state = strategy.put_state(train.create_train_state(
+      config, models.create_model(config), shape, jax.random.key(seed), lr))
+  rng = np.random.default_rng(seed)
+  batch = strategy.put_batch({
+      'image': rng.normal(size=(config.batch_size,) + shape).astype(
+          np.float32),
+      'label': rng.integers(0, config.num_classes,
+                            config.batch_size).astype(np.int32),
+      'mask': np.ones(config.batch_size, np.float32)})
+  return FixedBatch(strategy, state, batch,
+                    strategy.put_key(jax.random.key(seed + 1)))
