@@ -14,8 +14,8 @@ the numbers are those of `flax.linen.Conv` (up to float rounding).
 
 With `use_winograd`, the float32 3x3 and 5x5 convolutions with at least
 `_WINOGRAD_MIN_CHANNELS` input channels go to `winograd.conv` instead: all
-three passes of the NiN's 16x16x96->192 layer in about 440 ms against
-XLA's 990 (the first layer, 3 input channels, is faster as above).
+three passes of the NiN's 16x16x96->192 layer in about 440 ms against 990
+the way above (the first layer, 3 input channels, stays on that way).
 """
 
 import functools

@@ -36,13 +36,15 @@ def max_pool(x: jax.Array, window: Pair, strides: Pair,
 
 
 def _pool_with_argmax(x, window, strides, padding):
-  """The pooled maxima and, as int8, the offset of each window's maximum."""
+  """The pooled maxima and the offset of each window's maximum."""
   (top, bottom), (left, right) = padding
   lowest = jnp.array(-jnp.inf, x.dtype)
   padded = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)),
                    constant_values=lowest)
   out_h = (padded.shape[1] - window[0]) // strides[0] + 1
   out_w = (padded.shape[2] - window[1]) // strides[1] + 1
+  # int8 holds the offsets of windows up to 11x11; larger ones need more.
+  index_dtype = jnp.int8 if window[0] * window[1] <= 127 else jnp.int32
   best = index = None
   for i in range(window[0]):
     for j in range(window[1]):
@@ -51,9 +53,9 @@ def _pool_with_argmax(x, window, strides, padding):
           (padded.shape[0], i + (out_h - 1) * strides[0] + 1,
            j + (out_w - 1) * strides[1] + 1, padded.shape[3]),
           (1, strides[0], strides[1], 1))
-      offset = jnp.int8(i * window[1] + j)
+      offset = jnp.asarray(i * window[1] + j, index_dtype)
       if best is None:
-        best, index = at_offset, jnp.zeros(at_offset.shape, jnp.int8)
+        best, index = at_offset, jnp.zeros(at_offset.shape, index_dtype)
         continue
       better = at_offset > best  # Strictly: an earlier maximum keeps its win.
       best = jnp.where(better, at_offset, best)

@@ -24,6 +24,7 @@ def _ours(window, strides, padding):
     ((2, 8, 8, 2), (2, 2), (2, 2), ((0, 0), (0, 0))),  # Non-overlapping.
     ((2, 9, 6, 2), (3, 2), (1, 2), ((1, 1), (0, 1))),  # Uneven everything.
     ((1, 10, 10, 2), (5, 5), (3, 3), ((2, 2), (2, 2))),
+    ((1, 13, 13, 1), (12, 12), (1, 1), ((0, 0), (0, 0))),  # 144 offsets.
 ])
 @pytest.mark.parametrize('ties', [False, True])
 def test_value_and_gradient_equal_flax(shape, window, strides, padding, ties):
