@@ -31,6 +31,7 @@ import numpy as np
 
 from nin_jax import cli
 from nin_jax import errors
+from nin_jax import files
 from nin_jax import trained
 
 FLAGS = flags.FLAGS
@@ -218,22 +219,16 @@ def write(run: trained.TrainedRun, out: str, export_format: str = 'stablehlo',
   run = portable(run)
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   if export_format == 'stablehlo':
-    _write_file(out, export_stablehlo(run, platforms).serialize())
+    files.write_atomically(out, export_stablehlo(run, platforms).serialize())
   elif export_format == 'onnx':
     platforms = ()  # Whatever runs ONNX.
     model_bytes = export_onnx(run).SerializeToString()
     check_onnx(run, model_bytes)
-    _write_file(out, model_bytes)
+    files.write_atomically(out, model_bytes)
   else:
     write_savedmodel(run, out, platforms)
   with open(out + '.json', 'w', encoding='utf-8') as f:
     json.dump(metadata(run, export_format, platforms), f, indent=2)
-
-
-def _write_file(path: str, data: bytes) -> None:
-  with open(path + '.tmp', 'wb') as f:
-    f.write(data)
-  os.replace(path + '.tmp', path)
 
 
 def _size(path: str) -> int:

@@ -9,6 +9,8 @@ from typing import Mapping
 from absl import logging
 import tensorflow as tf
 
+from nin_jax import files
+
 
 def format_duration(seconds: float) -> str:
   seconds = int(max(seconds, 0))
@@ -69,9 +71,7 @@ class MetricWriter:
                            'metrics.superseded.jsonl'), 'a',
               encoding='utf-8') as f:
       f.writelines(superseded)
-    with open(self.path + '.tmp', 'w', encoding='utf-8') as f:
-      f.writelines(kept)
-    os.replace(self.path + '.tmp', self.path)
+    files.write_atomically(self.path, ''.join(kept))
     logging.info('Moved %d metric rows logged after step %d (which the '
                  'resumed run logs again) to metrics.superseded.jsonl.',
                  len(superseded), step)

@@ -30,6 +30,7 @@ from nin_jax import checkpointing
 from nin_jax import config_checks
 from nin_jax import device_input
 from nin_jax import errors
+from nin_jax import files
 from nin_jax import input_pipeline
 from nin_jax import metric_writers
 from nin_jax import models
@@ -241,13 +242,6 @@ def resolve_steps_per_dispatch(config: ml_collections.ConfigDict) -> int:
   return config.steps_per_dispatch or DEFAULT_STEPS_PER_DISPATCH
 
 
-def _write_atomically(path: str, text: str) -> None:
-  """Replaces a file so that a crash leaves the old or the new one."""
-  with open(path + '.tmp', 'w', encoding='utf-8') as f:
-    f.write(text)
-  os.replace(path + '.tmp', path)
-
-
 def _save_config(config: ml_collections.ConfigDict, workdir: str,
                  resumed_step: int) -> None:
   """Writes config.json; a different earlier config is kept, not overwritten."""
@@ -259,7 +253,7 @@ def _save_config(config: ml_collections.ConfigDict, workdir: str,
     if previous == text:
       return
     os.replace(path, os.path.join(workdir, f'config.before_step{resumed_step}.json'))
-  _write_atomically(path, text)
+  files.write_atomically(path, text)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -493,7 +487,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     if is_writer:
       os.makedirs(workdir, exist_ok=True)
       _save_config(config, workdir, start_step)
-      _write_atomically(os.path.join(workdir, 'dataset.json'),
+      files.write_atomically(os.path.join(workdir, 'dataset.json'),
                         json.dumps(dataclasses.asdict(info), indent=2))
       if not prep_is_recorded:
         preprocessing.record(prep, workdir)
