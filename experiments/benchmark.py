@@ -148,43 +148,29 @@ def bench_nin_jax(config, epoch: bool) -> dict[str, float]:
   """The trainer's compiled steps (and loop) on random data."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from nin_jax import device_input, models, optimizer, parallel, preprocessing, train  # pylint: disable=g-import-not-at-top,g-multiple-import
+  import fixed_batch  # pylint: disable=g-import-not-at-top
+  from nin_jax import device_input, preprocessing, train  # pylint: disable=g-import-not-at-top,g-multiple-import
   batch_size = config.batch_size
   shape = _image_shape(config)
-  strategy = parallel.Jit(train.train_step, train.eval_step)
-  model = models.create_model(config)
-  lr = optimizer.create_learning_rate_fn(config, 390, 78_000)
-  init_key, key = jax.random.split(jax.random.key(0))
-
-  def fresh_state():
-    return strategy.put_state(train.create_train_state(
-        config, model, shape, init_key, lr))
-
-  state = fresh_state()
-  key = strategy.put_key(key)
-  rng = np.random.default_rng(0)
-  batch = strategy.put_batch({
-      'image': rng.normal(size=(batch_size,) + shape).astype(np.float32),
-      'label': rng.integers(0, config.num_classes, batch_size).astype(np.int32),
-      'mask': np.ones(batch_size, np.float32)})
-  train_batch = {k: batch[k] for k in ('image', 'label')}
+  run = fixed_batch.setup(config)
+  strategy, key = run.strategy, run.key
 
   start = time.perf_counter()
-  compiled = strategy.train_step.lower(state, train_batch, key).compile()
+  compiled = strategy.train_step.lower(run.state, run.train_batch,
+                                       key).compile()
   compile_seconds = time.perf_counter() - start
   memory = compiled.memory_analysis()
   step_memory_mb = (memory.temp_size_in_bytes + memory.argument_size_in_bytes
                     + memory.output_size_in_bytes) / 2**20 if memory else None
 
   def train_steps(k):
-    nonlocal state
     for _ in range(k):
-      state, metrics = strategy.train_step(state, train_batch, key)
+      run.state, metrics = strategy.train_step(run.state, run.train_batch, key)
     jax.block_until_ready(metrics)
 
   def eval_steps(k):
     for _ in range(k):
-      metrics = strategy.eval_step(state, batch)
+      metrics = strategy.eval_step(run.state, run.batch)
     jax.block_until_ready(metrics)
 
   result = {'dtype': config.model.dtype,
@@ -193,9 +179,10 @@ def bench_nin_jax(config, epoch: bool) -> dict[str, float]:
             'compile_seconds': compile_seconds,
             'train_step_memory_mb': step_memory_mb}
   if epoch:
-    del state  # Its buffers were donated; the loop starts afresh.
+    run.state = None  # Its buffers were donated; the loop starts afresh.
     config = config.copy_and_resolve_references()
     config.input_pipeline = 'device'
+    rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (_EPOCH_IMAGES.value,) + shape, np.uint8)
     labels = rng.integers(0, config.num_classes, _EPOCH_IMAGES.value)
     channels = shape[-1]
@@ -208,23 +195,23 @@ def bench_nin_jax(config, epoch: bool) -> dict[str, float]:
     per_dispatch = train.resolve_steps_per_dispatch(config)
     fused = strategy.compile_steps(functools.partial(
         train.train_steps, draw=batches.draw))
-    state = fresh_state()
+    state = run.fresh_state()
 
-    def run(first, count):
+    def dispatch(first, count):
       nonlocal state
       state, sums = fused(state, batches.inputs, key, np.int32(first),
                           np.int32(count))
       return sums
 
     start = time.perf_counter()
-    jax.block_until_ready(run(0, per_dispatch))  # Compiles.
+    jax.block_until_ready(dispatch(0, per_dispatch))  # Compiles.
     loop_compile_seconds = time.perf_counter() - start
     times = []
     for repeat in range(_EPOCH_REPEATS.value):
       start = time.perf_counter()
       for first in range(0, steps_per_epoch, per_dispatch):
-        sums = run(repeat * steps_per_epoch + first,
-                   min(per_dispatch, steps_per_epoch - first))
+        sums = dispatch(repeat * steps_per_epoch + first,
+                        min(per_dispatch, steps_per_epoch - first))
       jax.block_until_ready(sums)
       times.append(time.perf_counter() - start)
     result.update({

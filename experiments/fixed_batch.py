@@ -1,11 +1,12 @@
 """The trainer's compiled steps, a fresh state and one random batch.
 
 Shared by the scripts that time or profile whole steps on a fixed batch
-(`profile_step.py`, `step_ab.py`): what the trainer compiles, without data.
+(`benchmark.py`, `profile_step.py`, `step_ab.py`): what the trainer
+compiles, without data.
 """
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -24,6 +25,8 @@ class FixedBatch:
   state: Any
   batch: dict[str, jax.Array]  # image, label, mask: what eval_step takes.
   key: jax.Array
+  # A new copy of the initial state (the train step donates the one given).
+  fresh_state: Callable[[], Any]
 
   @property
   def train_batch(self) -> dict[str, jax.Array]:
@@ -34,8 +37,12 @@ def setup(config: ml_collections.ConfigDict, seed: int = 0) -> FixedBatch:
   shape = input_pipeline.image_shape(config)
   strategy = parallel.Jit(train.train_step, train.eval_step)
   lr = optimizer.create_learning_rate_fn(config, 390, 78_000)
-  state = strategy.put_state(train.create_train_state(
-      config, models.create_model(config), shape, jax.random.key(seed), lr))
+  model = models.create_model(config)
+
+  def fresh_state():
+    return strategy.put_state(train.create_train_state(
+        config, model, shape, jax.random.key(seed), lr))
+
   rng = np.random.default_rng(seed)
   batch = strategy.put_batch({
       'image': rng.normal(size=(config.batch_size,) + shape).astype(
@@ -43,5 +50,5 @@ def setup(config: ml_collections.ConfigDict, seed: int = 0) -> FixedBatch:
       'label': rng.integers(0, config.num_classes,
                             config.batch_size).astype(np.int32),
       'mask': np.ones(config.batch_size, np.float32)})
-  return FixedBatch(strategy, state, batch,
-                    strategy.put_key(jax.random.key(seed + 1)))
+  return FixedBatch(strategy, fresh_state(), batch,
+                    strategy.put_key(jax.random.key(seed + 1)), fresh_state)
