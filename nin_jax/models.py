@@ -127,6 +127,7 @@ class NiN(nn.Module):
     x = images.astype(self.dtype)
     num_blocks = len(self.block_features)
     pad = self.pool_window // 2
+    padding = ((pad, pad), (pad, pad))
     window = (self.pool_window, self.pool_window)
     strides = (self.pool_stride, self.pool_stride)
     for b in range(num_blocks):
@@ -143,13 +144,12 @@ class NiN(nn.Module):
       if last:
         break
       if self.pools[b] == 'max':
-        padding = ((pad, pad), (pad, pad))
         if self.max_pool_fn is None:
           x = nn.max_pool(x, window, strides, padding=padding)
         else:
           x = self.max_pool_fn(x, window, strides, padding)
       else:  # Padding counts in the average, as PyTorch's and Flax's default.
-        x = nn.avg_pool(x, window, strides, padding=((pad, pad), (pad, pad)),
+        x = nn.avg_pool(x, window, strides, padding=padding,
                         count_include_pad=True)
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     self.sow('intermediates', 'class_maps', x)

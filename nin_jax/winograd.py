@@ -85,13 +85,17 @@ def _tile_counts(height, width, m):
   return -(-height // m), -(-width // m)
 
 
+def _output_size(x, r, padding):
+  (top, bottom), (left, right) = padding
+  return x.shape[1] + top + bottom - r + 1, x.shape[2] + left + right - r + 1
+
+
 def _input_tiles(x, m, r, padding):
   """B^T d B of every overlapping input tile: [a * a, tiles, channels]."""
   a = m + r - 1
   batch, height, width, channels = x.shape
-  (top, bottom), (left, right) = padding
-  out_h, out_w = height + top + bottom - r + 1, width + left + right - r + 1
-  tiles_h, tiles_w = _tile_counts(out_h, out_w, m)
+  (top, _), (left, _) = padding
+  tiles_h, tiles_w = _tile_counts(*_output_size(x, r, padding), m)
   # Extra zeros at the bottom and right complete the last tiles.
   padded = jnp.pad(x, ((0, 0), (top, tiles_h * m + r - 1 - height - top),
                        (left, tiles_w * m + r - 1 - width - left), (0, 0)))
@@ -155,12 +159,10 @@ def _products(tiles, kernel_tiles):
 
 def _forward_conv(x, kernel, padding, m):
   r = kernel.shape[0]
-  (top, bottom), (left, right) = padding
-  out_h = x.shape[1] + top + bottom - r + 1
-  out_w = x.shape[2] + left + right - r + 1
   tiles = _input_tiles(x, m, r, padding)
   products = _products(tiles, _kernel_tiles(kernel, m))
-  return _output_from_tiles(products, m, r, x.shape[0], out_h, out_w), tiles
+  return _output_from_tiles(products, m, r, x.shape[0],
+                            *_output_size(x, r, padding)), tiles
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -180,11 +182,10 @@ def _conv_backward(padding, m, residuals, grad):
   r = kernel.shape[0]
   (top, bottom), (left, right) = padding
   # The input gradient: the flipped kernel, in and out swapped, over the
-  # output gradient padded by r - 1 - padding.
+  # output gradient padded by r - 1 - padding (which gives x's size).
   flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
   x_grad = _forward_conv(grad, flipped, ((r - 1 - top, r - 1 - bottom),
                                          (r - 1 - left, r - 1 - right)), m)[0]
-  x_grad = x_grad[:, :x.shape[1], :x.shape[2]]
   accumulate = jnp.promote_types(x.dtype, jnp.float32)
   tile_grad = jnp.einsum('stc,sto->sco', tiles, _gradient_tiles(grad, m, r),
                          preferred_element_type=accumulate)
