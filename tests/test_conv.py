@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from nin_jax import conv
-from nin_jax import models
 from nin_jax import winograd
 from nin_jax.configs import test as test_config
+import model_gradients
 
 winograd_conv = winograd.conv
 
@@ -58,20 +58,11 @@ def test_model_gradients_are_the_same_with_each_implementation(impl,
   config = test_config.get_config()
   # Wide enough (16 channels into the 5x5 and 3x3 layers) for Winograd.
   config.model.block_features = ((16, 8, 16), (16, 16, 16), (16, 16))
-  config.model.conv_impl = impl
-  fast = models.create_model(config)
-  config.model.conv_impl = 'xla'
-  plain = models.create_model(config)
-  images = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
-  params = plain.init(jax.random.key(1), images)['params']
   winograd_calls = []
   monkeypatch.setattr(winograd, 'conv', lambda *args: winograd_calls.append(
       args[1].shape) or winograd_conv(*args))
-
-  def loss(params, model):
-    return jnp.sum(model.apply({'params': params}, images) ** 2)
-  grad = jax.jit(jax.grad(loss), static_argnums=1)
-  fast_grads, plain_grads = grad(params, fast), grad(params, plain)
+  fast_grads, plain_grads = model_gradients.gradients(
+      config, 'conv_impl', (impl, 'xla'))
   # The first layer (1 input channel) stays on the matmul path.
   assert winograd_calls == ([(5, 5, 16, 16), (3, 3, 16, 16)]
                             if impl == 'winograd' else [])

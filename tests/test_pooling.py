@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nin_jax import models
 from nin_jax import pooling
 from nin_jax.configs import test as test_config
+import model_gradients
 
 
 def _flax(window, strides, padding):
@@ -52,16 +52,7 @@ def test_bfloat16_gradient_keeps_the_dtype():
 
 def test_model_gradients_are_the_same_with_either_implementation():
   config = test_config.get_config()
-  config.model.pool_impl = 'saved_argmax'
-  ours = models.create_model(config)
-  config.model.pool_impl = 'xla'
-  plain = models.create_model(config)
-  images = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
-  params = plain.init(jax.random.key(1), images)['params']
-
-  def loss(params, model):
-    return jnp.sum(model.apply({'params': params}, images) ** 2)
-  grad = jax.jit(jax.grad(loss), static_argnums=1)
-  for a, b in zip(jax.tree.leaves(grad(params, ours)),
-                  jax.tree.leaves(grad(params, plain))):
+  ours, plain = model_gradients.gradients(config, 'pool_impl',
+                                          ('saved_argmax', 'xla'))
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(plain)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
