@@ -11,13 +11,17 @@ from nin_jax import models
 
 
 def gradients(config, field, values):
-  """Gradients of sum(logits^2) for each `config.model.<field>` value."""
+  """Gradients of sum(logits^2) for each `config.model.<field>` value.
+
+  The parameters are initialized by the last variant (the reference), so
+  that only the gradients trace the others.
+  """
   variants = []
   for value in values:
     config.model[field] = value
     variants.append(models.create_model(config))
   images = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
-  params = variants[0].init(jax.random.key(1), images)['params']
+  params = variants[-1].init(jax.random.key(1), images)['params']
 
   def loss(params, model):
     return jnp.sum(model.apply({'params': params}, images) ** 2)
