@@ -53,6 +53,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     'gcn_scale': _positive,
     'zca_filter_bias': _positive,
     'model.init_std': _positive,
+    'image_size': _non_negative,
 }
 _CHOICES = {
     'input_pipeline': input_pipeline.INPUT_PIPELINES,
@@ -61,9 +62,11 @@ _CHOICES = {
     'optimizer': optimizer.OPTIMIZERS,
     'lr_schedule': optimizer.SCHEDULES,
     'model.dtype': ('float32', 'bfloat16'),
+    'image_channels': (0, 1, 3),
 }
 # Changing these would make the checkpoint meaningless or unloadable.
 _FIXED_FOR_A_RUN = ('dataset', 'num_classes', 'train_split', 'validation_size',
+                    'image_channels', 'image_size',
                     'optimizer', 'lr_multipliers', 'preprocessing', 'gcn_scale',
                     'zca_filter_bias', 'model.')
 # Free to change on resume, although the trajectory then differs.
@@ -120,8 +123,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise errors.ConfigError(
           f'config.{name}={values[name]!r} is not one of {choices}.')
   if not config.dataset:
-    raise errors.ConfigError('config.dataset is empty; name a TFDS dataset '
-                             "or 'digits'.")
+    raise errors.ConfigError('config.dataset is empty; name a TFDS dataset, '
+                             "'digits' or 'folder:ROOT'.")
   if config.num_train_steps <= 0 and config.num_epochs <= 0:
     raise errors.ConfigError('Set config.num_epochs or config.num_train_steps '
                              'to a positive value.')

@@ -140,6 +140,10 @@ class DeviceTrainBatches:
     shard_size = info.num_train // jax.device_count()
 
     def read_shard(shard, num_shards):
+      if dataset.in_memory:  # Digits or a folder: no TensorFlow involved.
+        images, labels = dataset.arrays(input_pipeline.TRAIN, shard,
+                                        num_shards, drop_remainder=True)
+        return {'image': images, 'label': labels}
       return next(dataset.source(
           input_pipeline.TRAIN, shard, num_shards,
           drop_remainder=True).batch(shard_size).as_numpy_iterator())

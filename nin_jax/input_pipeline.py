@@ -1,7 +1,12 @@
-"""Input pipeline: TFDS (or scikit-learn digits) -> preprocessed, augmented batches.
+"""Input pipeline: TFDS, a folder of images or scikit-learn's digits ->
+preprocessed, augmented batches.
 
-This is the streaming path: tf.data on the host, for any dataset size. (The
-device-resident path for small datasets is in device_input.py.)
+Training batches come from the streaming path here (tf.data on the host,
+for any dataset size) or from the device-resident path (device_input.py).
+Folder and digits data are held in memory as numpy arrays; with the device
+path they need no TensorFlow at all (evaluation batches are built with
+numpy). TensorFlow and TFDS are imported only for TFDS datasets and the
+streaming path.
 
 Every random choice (shuffle order, crop offset, flip) is a pure function of
 (seed, epoch, example index), so a run resumed at step s sees exactly the
@@ -22,17 +27,49 @@ import socket
 import urllib.parse
 from typing import Iterator
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
-from tensorflow_datasets.core.download import download_manager
 
 from nin_jax import errors
+from nin_jax import image_folder
 from nin_jax import preprocessing
 
 Batch = dict[str, np.ndarray]
+
+
+def tensorflow(needed_for: str):
+  """TensorFlow, imported on first use and kept off the accelerators."""
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise errors.ConfigError(
+        f'{needed_for} needs TensorFlow, which cannot be imported ({e}). '
+        'Install it (pip install tensorflow-cpu), or train on a folder of '
+        "images or the digits with --config.input_pipeline=device, which "
+        'need no TensorFlow.') from None
+  # TensorFlow only feeds data; keep it off the devices JAX uses. (Refused,
+  # harmlessly, once TensorFlow has initialized its devices.)
+  for kind in ('GPU', 'TPU'):
+    try:
+      tf.config.set_visible_devices([], kind)
+    except RuntimeError:
+      pass
+  return tf
+
+
+def tensorflow_datasets(needed_for: str):
+  """TFDS, imported on first use, with the error a user can act on."""
+  tensorflow(needed_for)
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise errors.ConfigError(
+        f'{needed_for} needs tensorflow-datasets, which cannot be imported '
+        f'({e}). Install it (pip install tensorflow-datasets), or use '
+        "--config.dataset=folder:ROOT or 'digits'.") from None
+  return tfds
 
 DIGITS = 'digits'
 # Size of the held-out test split of the digits data (of 1,797 images).
@@ -92,22 +129,74 @@ def _host_reachable(url: str, timeout: float = 5.0) -> bool:
     return False
 
 
-def _builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+def _builder(name: str, data_dir: str | None):
+  """The TFDS builder of `name` (a tfds.core.DatasetBuilder)."""
+  tfds = tensorflow_datasets(f'TFDS dataset {name!r}')
   try:
     return tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
     raise errors.DatasetUnavailableError(
-        f'Unknown dataset {name!r}: it is neither {DIGITS!r} nor a TFDS dataset '
+        f'Unknown dataset {name!r}: it is neither {DIGITS!r}, nor '
+        f"'{image_folder.PREFIX}ROOT' (a folder of images), nor a TFDS dataset "
         'name (see https://www.tensorflow.org/datasets/catalog). Fix '
         '--config.dataset.') from None
 
 
-def _prepare_tfds(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+def _manual_checksum_mismatches(builder, manual_dir: str) -> list[tuple]:
+  """(url, path, expected, actual) UrlInfos of each file in `manual_dir`
+  whose size or sha256 differs from what TFDS recorded: TFDS refuses those."""
+  from tensorflow_datasets.core.download import checksums  # pylint: disable=g-import-not-at-top
+  mismatches = []
+  for url, expected in (builder.url_infos or {}).items():
+    path = os.path.join(manual_dir, expected.filename or '')
+    if expected.filename and os.path.isfile(path):
+      actual = checksums.compute_url_info(path)
+      if actual != expected:  # Compares size and sha256.
+        mismatches.append((url, path, expected, actual))
+  return mismatches
+
+
+def _describe_url_info(info) -> str:
+  return f'{int(info.size)} bytes, sha256 {info.checksum}'
+
+
+def _expect_actual_checksums(builder, accepted: dict) -> None:
+  """Makes `builder` check the given URLs' files against these UrlInfos.
+
+  TFDS has no switch to accept a manual file with another checksum: it checks
+  it against DatasetBuilder.url_infos, read from its installed package (never
+  to be edited; DownloadConfig.register_checksums would write there). So the
+  download manager made for this builder instance alone expects the accepted
+  files' own size and sha256; every other file is checked as usual.
+  """
+  make = builder._make_download_manager  # pylint: disable=protected-access
+
+  def make_accepting(*args, **kwargs):
+    dl_manager = make(*args, **kwargs)
+    expected = getattr(dl_manager, '_url_infos', None)
+    if not isinstance(expected, dict):
+      raise errors.DatasetUnavailableError(
+          'config.accept_manual_checksums=True is not supported with this '
+          'version of tensorflow-datasets (its download manager changed). '
+          f'Train on a folder of images with '
+          f'--config.dataset={image_folder.PREFIX}ROOT instead.')
+    expected.update(accepted)
+    return dl_manager
+
+  builder._make_download_manager = make_accepting  # pylint: disable=protected-access
+
+
+def _prepare_tfds(name: str, data_dir: str | None,
+                  accept_manual_checksums: bool = False):
   """Returns a prepared TFDS builder, or raises one clear error.
 
   TFDS retries a failed download for minutes; without network we fail in
-  seconds instead and name the manual-download route.
+  seconds instead and name the manual-download route. A manual file with the
+  right content but other bytes (re-gzipped by a Linux distribution) fails
+  TFDS's checksum; `accept_manual_checksums` accepts it deliberately.
   """
+  tfds = tensorflow_datasets(f'TFDS dataset {name!r}')
+  from tensorflow_datasets.core.download import download_manager  # pylint: disable=g-import-not-at-top
   builder = _builder(name, data_dir)
   if builder.is_prepared():
     return builder
@@ -127,17 +216,61 @@ def _prepare_tfds(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
         f'as shown (TFDS checks their checksums and prepares the dataset '
         f'from them):\n{wanted}\n'
         f'or pass --config.data_dir=DIR for a directory that already holds '
-        f'the prepared dataset, or run the offline demo on bundled data:\n'
+        f'the prepared dataset, or train on a folder of images laid out as '
+        f'ROOT/train/<class>/<image> with --config.dataset={image_folder.PREFIX}ROOT, '
+        f'or run the offline demo on bundled data:\n'
         f'  python -m nin_jax.main --workdir=/tmp/nin_digits '
         f'--config=nin_jax/configs/digits.py')
+  accepted = []
+  if accept_manual_checksums:
+    accepted = _manual_checksum_mismatches(builder, manual_dir)
+    for url, path, expected, actual in accepted:
+      logging.warning(
+          'config.accept_manual_checksums=True: accepting %s (%s) for %s '
+          'although TFDS recorded %s for it.', path,
+          _describe_url_info(actual), url, _describe_url_info(expected))
+    if accepted:
+      _expect_actual_checksums(
+          builder, {url: actual for url, _, _, actual in accepted})
   download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
   try:
     builder.download_and_prepare(download_config=download_config)
   except download_manager.NonMatchingChecksumError as e:
+    mismatches = ([] if accept_manual_checksums else
+                  _manual_checksum_mismatches(builder, manual_dir))
+    if not mismatches:  # A file TFDS downloaded itself (in its cache).
+      raise errors.DatasetUnavailableError(
+          f'A downloaded file for {name!r} does not have the expected '
+          f'checksum (truncated, or changed on the server?). Delete the file '
+          f'TFDS names below and run again.\nTFDS said: {e}') from None
+    files = '\n'.join(
+        f'  {path} ({_describe_url_info(actual)})\n'
+        f'    expected for {url}: {_describe_url_info(expected)}'
+        for url, path, expected, actual in mismatches)
     raise errors.DatasetUnavailableError(
-        f'A downloaded file for {name!r} does not have the expected checksum '
-        f'(truncated or wrong file?). Delete it from {manual_dir} and download '
-        f'it again.\nTFDS said: {e}') from None
+        f'Checksum mismatch: the manually downloaded file(s) for TFDS dataset '
+        f'{name!r} differ from the ones TFDS recorded:\n{files}\n'
+        f'The content may still be right: a repackaged copy (Linux '
+        f'distributions re-gzip the archives they ship) has other bytes and '
+        f'another sha256; it may also be a truncated or wrong file. To use it '
+        f'anyway, accept it deliberately with '
+        f'--config.accept_manual_checksums=True (TFDS then fails if the '
+        f'content is wrong); or place the original file from the URL above; '
+        f'or train on a folder of images laid out as '
+        f'ROOT/train/<class>/<image> and ROOT/test/<class>/<image> with '
+        f'--config.dataset={image_folder.PREFIX}ROOT.') from None
+  except errors.UserError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    if not accepted:
+      raise
+    files = ', '.join(path for _, path, _, _ in accepted)
+    raise errors.DatasetUnavailableError(
+        f'TFDS could not prepare {name!r} from {files}, accepted with '
+        f'config.accept_manual_checksums=True despite its checksum: the '
+        f'content is not what TFDS expects ({type(e).__name__}: {e}). Place '
+        f'the original file from {accepted[0][0]}, or train on a folder of '
+        f'images with --config.dataset={image_folder.PREFIX}ROOT.') from e
   return builder
 
 
@@ -163,7 +296,7 @@ TRAIN, VALIDATION, TEST = 'train', 'validation', 'test'
 
 
 def pixel_max(dataset_name: str) -> int:
-  """The largest raw pixel value: 255 for TFDS images, 16 for the digits."""
+  """The largest raw pixel value: 16 for the digits, 255 for other images."""
   return DIGITS_PIXEL_MAX if dataset_name == DIGITS else 255
 
 
@@ -175,37 +308,67 @@ KNOWN_IMAGE_SHAPES = {DIGITS: (8, 8, 1), 'cifar10': (32, 32, 3),
 
 
 def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
-  """(height, width, channels) of config.dataset, without reading its data."""
+  """(height, width, channels) of config.dataset, reading as little as it can."""
   if config.dataset in KNOWN_IMAGE_SHAPES:
     return KNOWN_IMAGE_SHAPES[config.dataset]
+  if image_folder.is_folder(config.dataset):
+    return get_info(Dataset(config)).image_shape
   builder = _builder(config.dataset, config.data_dir)
   return tuple(int(d) for d in builder.info.features['image'].shape)
 
 
-class Dataset:
-  """One dataset's logical splits as tf.data sources of {'image', 'label'}.
+Arrays = tuple[np.ndarray, np.ndarray]  # (uint8 images, int labels)
 
-  Every source is a contiguous, deterministic range of examples, so a process
-  reads only the examples it trains or evaluates on, and the validation
-  examples are never trained on.
+
+class Dataset:
+  """One dataset's logical splits: training, validation and test.
+
+  Every logical split is a contiguous, deterministic range of examples of a
+  stored split, so a process reads only the examples it trains or evaluates
+  on, and the validation examples are never trained on. Digits and folder
+  datasets are held in memory as numpy arrays (`in_memory`) and read with
+  `arrays`; TFDS datasets are read with tf.data through `source`, which also
+  serves in-memory data to the streaming path.
   """
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.name = config.dataset
     self._sources = {}
+    self._builder = None
+    self._arrays: dict[str, Arrays] | None = None
+    stored = {config.train_split, config.eval_split}
+    validation_folder = False
     if self.name == DIGITS:
-      self._builder = None
+      self._arrays = {split: _digits_arrays(split)
+                      for split in _split_parts(stored)}
       self.class_names = tuple(str(d) for d in range(10))
       self.version = 'sklearn'
+    elif image_folder.is_folder(self.name):
+      folder = image_folder.load(config, _split_parts(stored))
+      self._arrays = folder.arrays
+      self.class_names = folder.class_names
+      self.version = 'folder'
+      validation_folder = image_folder.VALIDATION_FOLDER in folder.arrays
+      if validation_folder and config.validation_size:
+        raise errors.ConfigError(
+            f'{folder.root} has a {image_folder.VALIDATION_FOLDER}/ folder, '
+            f'which is the validation split; config.validation_size='
+            f'{config.validation_size} would hold out another one from '
+            f'{config.train_split!r}. Pass --config.validation_size=0, or '
+            f'remove the {image_folder.VALIDATION_FOLDER}/ folder.')
+      if validation_folder:
+        stored.add(image_folder.VALIDATION_FOLDER)
     else:
-      self._builder = _prepare_tfds(self.name, config.data_dir)
+      self._builder = _prepare_tfds(
+          self.name, config.data_dir,
+          config.accept_manual_checksums)
       label = self._builder.info.features['label']
       self.class_names = tuple(label.names)
       self.version = str(self._builder.version)
     self.pixel_max = pixel_max(self.name)
-    # Each TFDS split name ('train+extra' too) as (component, size) pairs.
+    # Each split name ('train+extra' too) as (component, size) pairs.
     self._parts = {name: [(part, self._size(part)) for part in name.split('+')]
-                   for name in {config.train_split, config.eval_split}}
+                   for name in stored}
     num_train = sum(size for _, size in self._parts[config.train_split])
     held_out = config.validation_size
     if not 0 <= held_out < num_train:
@@ -218,10 +381,18 @@ class Dataset:
         VALIDATION: (config.train_split, num_train - held_out, num_train),
         TEST: (config.eval_split, 0, num_test),
     }
+    if validation_folder:
+      size = self._size(image_folder.VALIDATION_FOLDER)
+      self._ranges[VALIDATION] = (image_folder.VALIDATION_FOLDER, 0, size)
+
+  @property
+  def in_memory(self) -> bool:
+    """Whether the examples are numpy arrays (no TensorFlow needed)."""
+    return self._arrays is not None
 
   def _size(self, part: str) -> int:
-    if self._builder is None:
-      return len(_digits_arrays(part)[1])
+    if self._arrays is not None:
+      return len(self._arrays[part][1])
     n = int(self._builder.as_dataset(split=part).cardinality())
     if n < 0:
       raise errors.DatasetUnavailableError(
@@ -239,15 +410,39 @@ class Dataset:
     digest = hashlib.sha256()
     ends = ((start, min(start + 8, stop)), (max(stop - 8, start), stop))
     for lo, hi in ends:
-      for example in self._read(name, lo, hi).as_numpy_iterator():
+      if self.in_memory:
+        images, labels = self._read_arrays(name, lo, hi)
+        examples = [{'image': i, 'label': l} for i, l in zip(images, labels)]
+      else:
+        examples = self._read(name, lo, hi).as_numpy_iterator()
+      for example in examples:
         digest.update(example['image'].tobytes())
-        digest.update(example['label'].tobytes())
+        digest.update(np.int64(example['label']).tobytes())
     return (f'{self.name}:{self.version}:{name}[{start}:{stop}]:'
             f'{digest.hexdigest()[:16]}')
 
+  def arrays(self, split: str, shard: int = 0, num_shards: int = 1,
+             drop_remainder: bool = False) -> Arrays:
+    """Shard `shard` of `num_shards` of a logical split of in-memory data."""
+    name, first, last = self._ranges[split]
+    start, stop = even_shard(last - first, shard, num_shards, drop_remainder)
+    return self._read_arrays(name, first + start, first + stop)
+
+  def _read_arrays(self, name: str, start: int, stop: int) -> Arrays:
+    """Examples [start, stop) of a split name such as 'train+extra'."""
+    images, labels, offset = [], [], 0
+    for part, size in self._parts[name]:
+      lo, hi = max(start - offset, 0), min(stop - offset, size)
+      part_images, part_labels = self._arrays[part]
+      images.append(part_images[lo:max(lo, hi)])
+      labels.append(part_labels[lo:max(lo, hi)])
+      offset += size
+    return np.concatenate(images), np.concatenate(labels).astype(np.int64)
+
   def source(self, split: str, shard: int = 0, num_shards: int = 1,
-             drop_remainder: bool = False) -> tf.data.Dataset:
-    """Shard `shard` of `num_shards` of a logical split, cached in memory."""
+             drop_remainder: bool = False):
+    """Shard `shard` of `num_shards` of a logical split as a tf.data.Dataset,
+    cached in memory."""
     key = (split, shard, num_shards, drop_remainder)
     if key not in self._sources:
       self._sources[key] = self._load(*key).cache()
@@ -255,24 +450,32 @@ class Dataset:
 
   def head(self, split: str, count: int) -> dict[str, np.ndarray]:
     """The first `count` raw examples of a split, read without the cache."""
-    ds = self._load(split, 0, 1, False).take(count).batch(count)
-    batch = next(ds.as_numpy_iterator(), None)
-    if batch is None:
+    if self.in_memory:
+      images, labels = self.arrays(split)
+      batch = {'image': images[:count], 'label': labels[:count]}
+      empty = not len(labels)
+    else:
+      ds = self._load(split, 0, 1, False).take(count).batch(count)
+      batch = next(ds.as_numpy_iterator(), None)
+      empty = batch is None
+    if empty:
       raise errors.ConfigError(f'The {split} split of {self.name} is empty.')
     return batch
 
   def _load(self, split: str, shard: int, num_shards: int,
-            drop_remainder: bool) -> tf.data.Dataset:
+            drop_remainder: bool):
     name, first, last = self._ranges[split]
     start, stop = even_shard(last - first, shard, num_shards, drop_remainder)
     return self._read(name, first + start, first + stop)
 
-  def _read(self, name: str, start: int, stop: int) -> tf.data.Dataset:
-    """Examples [start, stop) of a TFDS split name such as 'train+extra'."""
-    if self._builder is None:
-      images, labels = _digits_arrays(name)
+  def _read(self, name: str, start: int, stop: int):
+    """Examples [start, stop) of a split name such as 'train+extra'."""
+    if self.in_memory:
+      tf = tensorflow('The streaming input pipeline')
+      images, labels = self._read_arrays(name, start, stop)
       return tf.data.Dataset.from_tensor_slices(
-          {'image': images[start:stop], 'label': labels[start:stop]})
+          {'image': images, 'label': labels})
+    tfds = tensorflow_datasets(f'TFDS dataset {self.name!r}')
     # [start, stop) of the concatenated parts, as a TFDS slicing string.
     pieces, offset = [], 0
     for part, size in self._parts[name]:
@@ -289,10 +492,18 @@ class Dataset:
     return ds.map(lambda x: {'image': x['image'], 'label': x['label']})
 
 
+def _split_parts(names: set[str]) -> set[str]:
+  """The stored splits behind split names such as 'train+extra'."""
+  return {part for name in names for part in name.split('+')}
+
+
 def get_info(dataset: Dataset) -> DatasetInfo:
   """Sizes, shapes and class names (the same on every process)."""
-  train = dataset.source(TRAIN)
-  image_shape = tuple(int(d) for d in train.element_spec['image'].shape)
+  if dataset.in_memory:
+    image_shape = tuple(int(d) for d in dataset.head(TRAIN, 1)['image'].shape[1:])
+  else:
+    train = dataset.source(TRAIN)
+    image_shape = tuple(int(d) for d in train.element_spec['image'].shape)
   return DatasetInfo(
       name=dataset.name,
       num_classes=len(dataset.class_names),
@@ -311,8 +522,12 @@ def fit_preprocessing(dataset: Dataset, info: DatasetInfo,
   Every process fits on the same examples, so all get the same transform
   whatever the topology.
   """
-  batches = (b['image'] for b in
-             dataset.source(TRAIN).batch(1024).as_numpy_iterator())
+  if dataset.in_memory:
+    images = dataset.arrays(TRAIN)[0]
+    batches = (images[i:i + 1024] for i in range(0, len(images), 1024))
+  else:
+    batches = (b['image'] for b in
+               dataset.source(TRAIN).batch(1024).as_numpy_iterator())
   return preprocessing.fit_cached(config, dataset.fingerprint(TRAIN), batches,
                                   info.image_shape[-1], dataset.pixel_max)
 
@@ -358,13 +573,13 @@ def full_batches(num_examples: int, shards: int, batch_size: int) -> int:
 # --- Preprocessing -------------------------------------------------------------
 
 
-def _augment(image: tf.Tensor, seed: tf.Tensor, pad: int,
-             flip: bool) -> tf.Tensor:
+def _augment(image, seed, pad: int, flip: bool):
   """Random translation by zero-pad + crop, and random horizontal flip.
 
   Runs after preprocessing, so after standardization the padding is the mean
   colour (as in the paper, which translated whitened images).
   """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   crop_seed, flip_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, num=2))
   if pad > 0:
@@ -389,6 +604,7 @@ def train_batches(dataset: Dataset, info: DatasetInfo,
   a permutation seeded by (seed, epoch, shard); incomplete last batches are
   dropped.
   """
+  tf = tensorflow('The streaming input pipeline')
   shards = num_data_shards(config, process_count)
   per_process = shards // process_count
   shard_batch = config.batch_size // shards
@@ -400,7 +616,7 @@ def train_batches(dataset: Dataset, info: DatasetInfo,
   sources = {j: dataset.source(TRAIN, j, shards,
                                drop_remainder=True).enumerate() for j in own}
 
-  def shard_epoch(j: int, epoch: int) -> tf.data.Dataset:
+  def shard_epoch(j: int, epoch: int):
     first = tf.constant(epoch * info.num_train + j * shard_size, tf.int64)
 
     def preprocess(index, example):
@@ -425,6 +641,29 @@ def train_batches(dataset: Dataset, info: DatasetInfo,
     yield from ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
 
+def _raw_eval_batches(dataset: Dataset, split: str, local_batch_size: int,
+                      process_index: int, process_count: int,
+                      prep: preprocessing.Preprocessing) -> Iterator[Batch]:
+  """This process's examples of `split`, preprocessed, in batches (the last
+  one may be short)."""
+  if dataset.in_memory:
+    images, labels = dataset.arrays(split, process_index, process_count)
+    for i in range(0, len(labels), local_batch_size):
+      rows = slice(i, i + local_batch_size)
+      yield {'image': prep.apply_np(images[rows]),
+             'label': labels[rows].astype(np.int32),
+             'mask': np.ones(len(labels[rows]), np.float32)}
+    return
+  tf = tensorflow(f'TFDS dataset {dataset.name!r}')
+  ds = dataset.source(split, process_index, process_count)
+  ds = ds.batch(local_batch_size).map(
+      lambda x: {'image': prep.apply_tf(x['image']),
+                 'label': tf.cast(x['label'], tf.int32),
+                 'mask': tf.ones_like(x['label'], tf.float32)},
+      num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+  yield from ds.as_numpy_iterator()
+
+
 def eval_batches(dataset: Dataset, info: DatasetInfo,
                  prep: preprocessing.Preprocessing, local_batch_size: int,
                  process_index: int = 0, process_count: int = 1,
@@ -435,18 +674,13 @@ def eval_batches(dataset: Dataset, info: DatasetInfo,
   them (collectives need that): short or missing batches are zero-padded,
   and `mask` is 1 for real examples only.
   """
-  ds = dataset.source(split, process_index, process_count)
-  ds = ds.batch(local_batch_size).map(
-      lambda x: {'image': prep.apply_tf(x['image']),
-                 'label': tf.cast(x['label'], tf.int32),
-                 'mask': tf.ones_like(x['label'], tf.float32)},
-      num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+  batches = _raw_eval_batches(dataset, split, local_batch_size, process_index,
+                              process_count, prep)
   largest_shard = -(-dataset.num_examples(split) // process_count)
   count = -(-largest_shard // local_batch_size)  # The same on every process.
   shapes = {'image': (local_batch_size,) + info.image_shape,
             'label': (local_batch_size,), 'mask': (local_batch_size,)}
   dtypes = {'image': np.float32, 'label': np.int32, 'mask': np.float32}
-  batches = ds.as_numpy_iterator()
   for _ in range(count):
     batch = next(batches, None)
     if batch is None:

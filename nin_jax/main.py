@@ -61,13 +61,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   logging.get_absl_logger().addFilter(cli.QuietLibraries())
-  # Imported after flag parsing so that --help stays fast.
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  # Imported after flag parsing so that --help stays fast. TensorFlow is
+  # imported (and kept off the accelerators) only where TFDS data or the
+  # streaming input pipeline need it: input_pipeline.tensorflow.
   from nin_jax import train  # pylint: disable=g-import-not-at-top
 
-  # TensorFlow only feeds data; keep it off the accelerators JAX uses.
-  tf.config.set_visible_devices([], 'GPU')
-  tf.config.set_visible_devices([], 'TPU')
   initialize_distributed()
   if jax.process_index() != 0:  # Process 0 speaks for the run.
     logging.set_verbosity(logging.WARNING)

@@ -7,7 +7,9 @@ import time
 from typing import Mapping
 
 from absl import logging
-import tensorflow as tf
+from tensorboard.compat.proto import event_pb2
+from tensorboard.compat.proto import summary_pb2
+from tensorboard.summary.writer import event_file_writer
 
 from nin_jax import files
 
@@ -91,11 +93,14 @@ class MetricWriter:
     self._jsonl.flush()
     self._logged.add((int(step), split))
     if split not in self._tb:
-      self._tb[split] = tf.summary.create_file_writer(
+      # TensorBoard's own event writer: no TensorFlow needed.
+      self._tb[split] = event_file_writer.EventFileWriter(
           os.path.join(self._tb_dir, split))
-    with self._tb[split].as_default(step=int(step)):
-      for name, value in metrics.items():
-        tf.summary.scalar(name, float(value))
+    summary = summary_pb2.Summary(value=[
+        summary_pb2.Summary.Value(tag=name, simple_value=float(value))
+        for name, value in metrics.items()])
+    self._tb[split].add_event(event_pb2.Event(
+        wall_time=record['time'], step=int(step), summary=summary))
     self._tb[split].flush()
 
   def close(self) -> None:

@@ -19,7 +19,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from typing import Iterable
 
 from absl import logging
@@ -27,9 +26,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import tensorflow as tf
 
 from nin_jax import errors
+from nin_jax import files
 
 KINDS = ('standardize', 'gcn_zca', 'none')
 RECORD_FILE = 'preprocessing.npz'
@@ -57,8 +56,10 @@ class Preprocessing:
     return {'kind': self.kind, 'gcn_scale': self.gcn_scale,
             'zca_filter_bias': self.zca_filter_bias}
 
-  def apply_tf(self, images: tf.Tensor) -> tf.Tensor:
-    """Images (..., H, W, C) of any dtype -> float32, in TensorFlow."""
+  def apply_tf(self, images):
+    """Images (..., H, W, C) of any dtype -> float32, in TensorFlow (the
+    streaming input pipeline and TFDS evaluation)."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
     x = tf.cast(images, tf.float32)
     if self.zca is None:
       return (x - self.shift) * self.scale
@@ -67,6 +68,18 @@ class Preprocessing:
     flat = _gcn_tf(flat, self.gcn_scale)
     flat = tf.matmul(flat - self.shift, self.zca)
     return tf.reshape(flat, shape)
+
+  def apply_np(self, images: np.ndarray) -> np.ndarray:
+    """The same transform in numpy (evaluation of in-memory datasets)."""
+    x = np.asarray(images).astype(np.float32)
+    if self.zca is None:
+      return (x - self.shift) * self.scale
+    flat = x.reshape(-1, self.zca.shape[0])
+    flat = flat - flat.mean(axis=1, keepdims=True)
+    norm = np.sqrt(np.sum(flat * flat, axis=1, keepdims=True))
+    flat = flat * (np.float32(self.gcn_scale)
+                   / np.where(norm < GCN_MIN_NORM, np.float32(1), norm))
+    return ((flat - self.shift) @ self.zca).reshape(x.shape)
 
   def apply_jax(self, images: jax.Array) -> jax.Array:
     """The same transform in JAX, for compiled code."""
@@ -88,12 +101,7 @@ class Preprocessing:
               'settings': np.array(json.dumps(self.settings()))}
     if self.zca is not None:
       arrays['zca'] = self.zca
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=directory, suffix='.npz.tmp',
-                                     delete=False) as f:
-      np.savez(f, **arrays)
-    os.replace(f.name, path)
+    files.write_npz_atomically(path, **arrays)
 
   @classmethod
   def load(cls, path: str) -> 'Preprocessing':
@@ -103,7 +111,8 @@ class Preprocessing:
                  zca=data['zca'] if 'zca' in data else None, **settings)
 
 
-def _gcn_tf(flat: tf.Tensor, scale: float) -> tf.Tensor:
+def _gcn_tf(flat, scale: float):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   flat = flat - tf.reduce_mean(flat, axis=1, keepdims=True)
   norm = tf.sqrt(tf.reduce_sum(flat * flat, axis=1, keepdims=True))
   return flat * (scale / tf.where(norm < GCN_MIN_NORM, 1.0, norm))
@@ -187,9 +196,7 @@ def fit(kind: str, batches: Iterable[np.ndarray], num_channels: int,
 
 def cache_root(config: ml_collections.ConfigDict) -> str:
   """Where fitted transforms are cached: beside the TFDS data."""
-  data_dir = (config.data_dir or os.environ.get('TFDS_DATA_DIR')
-              or os.path.join(os.path.expanduser('~'), 'tensorflow_datasets'))
-  return os.path.join(data_dir, 'nin_jax_preprocessing')
+  return os.path.join(files.data_root(config), 'nin_jax_preprocessing')
 
 
 def config_settings(config: ml_collections.ConfigDict) -> dict[str, object]:

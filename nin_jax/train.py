@@ -31,6 +31,7 @@ from nin_jax import config_checks
 from nin_jax import device_input
 from nin_jax import errors
 from nin_jax import files
+from nin_jax import image_folder
 from nin_jax import input_pipeline
 from nin_jax import metric_writers
 from nin_jax import models
@@ -434,6 +435,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   workdir = os.path.abspath(workdir)
   # Everything a user can get wrong is checked before data is read.
   config_checks.validate(config)
+  if image_folder.is_folder(config.dataset):
+    # Recorded with an absolute root, so evaluate/predict work from anywhere.
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.dataset = image_folder.PREFIX + image_folder.root_of(config.dataset)
   parallel.check_batch_size('batch_size', config.batch_size)
   parallel.check_batch_size('eval_batch_size', config.eval_batch_size)
   _check_same_config_everywhere(config)

@@ -40,11 +40,23 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
 
   # --- Data --------------------------------------------------------------
-  # TFDS dataset name, or 'digits' for scikit-learn's bundled 8x8 digits.
+  # TFDS dataset name, 'digits' for scikit-learn's bundled 8x8 digits, or
+  # 'folder:ROOT' for images in ROOT/<split>/<class>/<image> (image_folder.py).
   config.dataset = 'cifar10'
-  # TFDS data directory; None uses TFDS's default (~/tensorflow_datasets).
+  # TFDS data directory; None uses $TFDS_DATA_DIR or ~/tensorflow_datasets.
   # A manually downloaded archive goes in <data_dir>/downloads/manual/.
+  # Fitted preprocessing and decoded folder images are cached here too.
   config.data_dir = ml_collections.config_dict.placeholder(str)
+  # Accept files in <data_dir>/downloads/manual/ whose checksum differs from
+  # TFDS's record (e.g. re-gzipped by a Linux distribution: same content, other
+  # bytes). Risk: a wrong or tampered file is only caught if it fails to parse.
+  config.accept_manual_checksums = False
+  # Folder datasets only: channels of the decoded images (1: grey, 3: RGB;
+  # alpha is dropped) and their size (resized to image_size x image_size).
+  # 0 keeps what the files hold (grey only if every image is grey; one size
+  # for all images).
+  config.image_channels = 0
+  config.image_size = 0
   # Number of classes; must match the dataset (checked at start-up).
   config.num_classes = 10
   # Split names used for training and for evaluation.
