@@ -28,7 +28,7 @@ the CIFAR-10 NiN at full width on 32x32x3 inputs, batch 128):
     8192^2 on accelerators), to put the achieved FLOP/s in proportion.
 
 A training image of the CIFAR-10 NiN costs 3 x 0.445 GFLOP, an evaluation
-image 0.445 (DESIGN.md). MFU is achieved FLOP/s over the chip's datasheet
+image 0.445 (`python -m nin_jax.summary`). MFU is achieved FLOP/s over the chip's datasheet
 peak for the dtype (dense bfloat16; TF32 for float32, which is what the
 convolutions of both frameworks use on NVIDIA GPUs by default), where the
 chip is known. Prints a Markdown table and writes JSON (--out) as it goes,
@@ -71,7 +71,7 @@ _TORCH = flags.DEFINE_enum('torch', 'auto', ['auto', 'no'],
                            'PyTorch columns: auto runs them when possible.')
 _OUT = flags.DEFINE_string('out', None, 'Where to write the JSON results.')
 
-FORWARD_GFLOP = 2 * 222.49e6 / 1e9  # Per 32x32 image (DESIGN.md section 1).
+FORWARD_GFLOP = 2 * 222.49e6 / 1e9  # Per 32x32 image (nin_jax.summary).
 TRAIN_GFLOP = 3 * FORWARD_GFLOP  # Forward + backward (about 2x forward).
 # Dense datasheet peaks in TFLOP/s: bfloat16, and TF32 for float32 (the SXM
 # parts; an H200 has the H100's arithmetic).

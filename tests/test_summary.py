@@ -11,7 +11,7 @@ from nin_jax.configs import default
 def test_cifar10_nin_totals_and_layers():
   rows = summary.layers(summary.models.create_model(default.get_config()),
                         (32, 32, 3))
-  assert sum(r.params for r in rows) == 966_986  # DESIGN.md section 1.
+  assert sum(r.params for r in rows) == 966_986  # The paper's CIFAR-10 NiN.
   assert round(sum(r.macs for r in rows) / 1e6, 2) == 222.49
   assert [r.name for r in rows][:3] == ['mlpconv1/conv', 'mlpconv1/mlp1',
                                         'mlpconv1/mlp2']

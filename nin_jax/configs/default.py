@@ -3,9 +3,10 @@
 Run:
   python -m nin_jax.main --workdir=/tmp/nin_cifar10
 
-Architecture: DESIGN.md section 1 (966,986 parameters, 222.49 M multiply-adds
-per image). Data: TFDS `cifar10`, per-channel standardization, 4-pixel
-translation and horizontal flips.
+Architecture: the paper's CIFAR-10 NiN (966,986 parameters, 222.49 M
+multiply-adds per image; python -m nin_jax.summary lists every layer).
+Data: TFDS `cifar10`, per-channel standardization, 4-pixel translation and
+horizontal flips.
 
 What to expect, and where the numbers come from:
   * The authors' Caffe model (model zoo `cifar10_nin`, same net, batch 128,
@@ -149,6 +150,18 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.pool_impl = 'auto'
   # Compute dtype ('float32' or 'bfloat16'); parameters stay float32.
   config.model.dtype = 'float32'
+
+  # --- Starting point ----------------------------------------------------
+  # '' starts from random initialization. Otherwise a new run starts from
+  # trained parameters: a workdir (its newest checkpoint) or a published
+  # model (a name in nin_jax/pretrained/ such as 'cifar10', or the path of
+  # one; python -m nin_jax.publish). Parameters and BatchNorm statistics
+  # only: optimizer, step and preprocessing start afresh. config.model must
+  # describe the source's architecture; if only num_classes differs, the
+  # class-map layer (and an 'fc' head) keeps its fresh initialization. Read
+  # only while the workdir has no checkpoint: a resumed run continues from
+  # its own checkpoint and ignores this field (which may then change).
+  config.init_from = ''
 
   # --- Optimization ------------------------------------------------------
   # 'sgd' (momentum), 'adam' (L2 added to the gradient) or 'adamw'

@@ -12,7 +12,7 @@ average pool, dropout 0.5, global average pooling of 10 class maps) at about a
 third of its widths, so that it trains in well under a minute on 2 CPU
 cores. On 8x8 inputs the maps go 8 -> 4 -> 2. AdamW is used instead of SGD:
 on this tiny dataset it trains reliably, where SGD without BatchNorm often
-stalls or lets the last ReLU die (see DESIGN.md).
+stalls or lets the last ReLU die (see experiments/README.md).
 
 Expect about 98% test accuracy in well under a minute on 2 CPU cores,
 compilation included. Measured on 2 CPU cores: 98.33% (seed 0), 97.78%
