@@ -167,6 +167,14 @@ class Checkpointer:
     self._manager.close()
 
 
+def has_checkpoint(workdir: str) -> bool:
+  """Whether `workdir` holds a finished save: a directory named by its step
+  (what Orbax renames a save to when it is complete); nothing is read."""
+  directory = os.path.join(workdir, 'checkpoints')
+  return os.path.isdir(directory) and any(
+      name.isdigit() for name in os.listdir(directory))
+
+
 def state_is_finite(state: Any) -> bool:
   """Whether every floating-point array of the state is finite."""
   leaves = [x for x in jax.tree.leaves(state)

@@ -70,11 +70,18 @@ def check_command_line(argv: list[str], *positive_flags: str) -> None:
 
 
 def define_run_flags(reads_data: bool) -> None:
-  """Flags of the commands that load a trained run from its workdir."""
+  """Flags of the commands that load a trained run: its workdir, or a
+  published model."""
   flags.DEFINE_string('workdir', None, 'Workdir of a training run (the '
-                      '--workdir given to python -m nin_jax.main).',
-                      required=True)
-  flags.DEFINE_integer('step', None, 'Checkpoint step (default: the newest).')
+                      '--workdir given to python -m nin_jax.main). Give this '
+                      'or --pretrained.')
+  flags.DEFINE_string(
+      'pretrained', None, 'A published model instead of --workdir: its name '
+      'in nin_jax/pretrained/ (e.g. cifar10) or the path of its directory '
+      '(python -m nin_jax.publish writes them). Nothing is ever written into '
+      'it.')
+  flags.DEFINE_integer('step', None, 'Checkpoint step (default: the newest; '
+                       'a published model has one).')
   if reads_data:
     flags.DEFINE_enum(
         'split', 'test', ['test', 'validation', 'train'],
@@ -82,6 +89,17 @@ def define_run_flags(reads_data: bool) -> None:
         'training split (if the run held one out); train: the rest of it.')
     flags.DEFINE_string('data_dir', None, 'Where the TFDS data is, if not '
                         'where the run read it from.')
+
+
+def load_run():
+  """The trained.TrainedRun that --workdir or --pretrained names, at --step."""
+  from nin_jax import trained  # pylint: disable=g-import-not-at-top
+  workdir, pretrained = flags.FLAGS.workdir, flags.FLAGS.pretrained
+  if bool(workdir) == bool(pretrained):
+    fail('give --workdir=DIR (a training run) or --pretrained=NAME (a '
+         'published model)' + (', not both' if workdir else ''))
+  directory = workdir if workdir else trained.find_published(pretrained)
+  return trained.load(directory, flags.FLAGS.step)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

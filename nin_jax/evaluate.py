@@ -2,11 +2,13 @@
 
   python -m nin_jax.evaluate --workdir=DIR [--split=test] [--step=N]
       [--top_k=5] [--out=DIR] [--data_dir=DIR]
+  python -m nin_jax.evaluate --pretrained=NAME --out=DIR [--split=test] ...
 
 Every example of the split is evaluated exactly once (the last batch is
 padded and masked), with the run's own preprocessing, from the newest
 checkpoint or --step. Writes `report.json` and `confusion.png` to --out
-(default: DIR/evaluation/<split>_step<N>/) and prints the numbers.
+(default: DIR/evaluation/<split>_step<N>/; a published model needs --out)
+and prints the numbers.
 """
 
 import json
@@ -77,13 +79,18 @@ def define_flags() -> None:
   cli.define_run_flags(reads_data=True)
   flags.DEFINE_integer('top_k', 5, 'Also report top-k accuracy.')
   flags.DEFINE_string('out', None, 'Output directory (default: '
-                      'WORKDIR/evaluation/<split>_step<N>).')
+                      'WORKDIR/evaluation/<split>_step<N>; required with '
+                      '--pretrained, whose directory is never written to).')
 
 
 def write_report(run: trained.TrainedRun, split: str, top_k: int,
                  out: str | None = None, data_dir: str | None = None
                  ) -> tuple[dict[str, Any], str]:
   """Evaluates, writes report.json and confusion.png; (report, directory)."""
+  if out is None and run.published:
+    raise errors.ConfigError(
+        f'{run.workdir} is a published model, which is never written to: '
+        'pass --out=DIR for the report.')
   logits, labels = predictions(run, split, data_dir)
   result = {'workdir': run.workdir, 'step': run.step, 'split': split,
             'dataset': run.info.name,
@@ -102,7 +109,7 @@ def write_report(run: trained.TrainedRun, split: str, top_k: int,
 
 def main(argv: list[str]) -> None:
   cli.check_command_line(argv, 'top_k')
-  run = trained.load(FLAGS.workdir, FLAGS.step)
+  run = cli.load_run()
   result, out = write_report(run, FLAGS.split, FLAGS.top_k, FLAGS.out,
                              FLAGS.data_dir)
   print(f'{run.info.name} {FLAGS.split} split, checkpoint step {run.step}, '

@@ -2,6 +2,7 @@
 
   python -m nin_jax.export --workdir=DIR --out=PATH [--step=N]
       [--format=stablehlo|savedmodel|onnx] [--platforms=cpu,cuda,tpu]
+  python -m nin_jax.export --pretrained=NAME --out=PATH ...
 
 The exported function takes a batch of raw images exactly as the dataset
 stores them (uint8, (batch, H, W, C), any batch size; pixel values 0-255,
@@ -189,6 +190,7 @@ def metadata(run: trained.TrainedRun, export_format: str,
       'dataset': run.info.name,
       'checkpoint_step': run.step,
       'workdir': run.workdir,
+      'published_model': run.published,  # Then `workdir` is its directory.
       'platforms': list(platforms),
   }
 
@@ -253,7 +255,7 @@ def define_flags() -> None:
 
 def main(argv: list[str]) -> None:
   cli.check_command_line(argv)
-  run = trained.load(FLAGS.workdir, FLAGS.step)
+  run = cli.load_run()
   write(run, FLAGS.out, FLAGS.format, tuple(FLAGS.platforms))
   where = ('ONNX Runtime' if FLAGS.format == 'onnx'
            else ', '.join(FLAGS.platforms))

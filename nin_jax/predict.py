@@ -2,6 +2,7 @@
 
   python -m nin_jax.predict --workdir=DIR [--step=N] [--top_k=3] [--json]
       IMAGE [IMAGE ...]
+  python -m nin_jax.predict --pretrained=NAME [--top_k=3] [--json] IMAGE ...
 
 Any PNG, JPEG (or other format Pillow reads) of any size: each is converted
 to the dataset's channels (grey or RGB), resized to its image size, scaled
@@ -85,9 +86,9 @@ def main(argv: list[str]) -> None:
   paths = argv[1:]
   if not paths:
     cli.fail('give at least one image file: python -m nin_jax.predict '
-             '--workdir=DIR IMAGE [IMAGE ...]')
+             '--workdir=DIR (or --pretrained=NAME) IMAGE [IMAGE ...]')
   cli.check_command_line(argv[:1], 'top_k')  # The rest are image files.
-  run = trained.load(FLAGS.workdir, FLAGS.step)
+  run = cli.load_run()
   results = predict_files(run, paths, FLAGS.top_k)
   for result in results:
     if FLAGS.json:

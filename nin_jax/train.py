@@ -38,6 +38,7 @@ from nin_jax import models
 from nin_jax import optimizer
 from nin_jax import parallel
 from nin_jax import preprocessing
+from nin_jax import trained
 
 Metrics = dict[str, jax.Array]
 
@@ -58,6 +59,15 @@ def create_train_state(config: ml_collections.ConfigDict, model: models.NiN,
   tx = optimizer.create_optimizer(config, learning_rate_fn, params)
   return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
                            batch_stats=variables.get('batch_stats', {}))
+
+
+def initialized_from(init_from: str, state: TrainState) -> TrainState:
+  """`state` with the parameters (and BatchNorm statistics) of config.init_from;
+  the optimizer state fits them as it is (it depends on shapes only)."""
+  variables = trained.initial_variables(init_from,
+                                        _variables(state, state.params))
+  return state.replace(params=variables['params'],
+                       batch_stats=variables.get('batch_stats', {}))
 
 
 def compute_metrics(logits: jax.Array, labels: jax.Array,
@@ -469,8 +479,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   learning_rate_fn = optimizer.create_learning_rate_fn(
       config, plan.steps_per_epoch, plan.num_steps)
   init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
-  state = strategy.put_state(create_train_state(
-      config, model, info.image_shape, init_key, learning_rate_fn))
+  state = create_train_state(config, model, info.image_shape, init_key,
+                             learning_rate_fn)
+  # A fresh run's starting point is read here, before the workdir is touched;
+  # a resumed run continues from its checkpoint instead.
+  started_from = (bool(config.init_from)
+                  and not checkpointing.has_checkpoint(workdir))
+  if started_from:
+    state = initialized_from(config.init_from, state)
+  state = strategy.put_state(state)
 
   checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
   with contextlib.ExitStack() as cleanup:
@@ -488,6 +505,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       if changed:
         logging.info('Config fields changed since the last run: %s',
                      ', '.join(changed))
+      if config.init_from:
+        logging.info('config.init_from is ignored: the run resumed.')
+    elif config.init_from and not started_from:  # No checkpoint was readable.
+      state = strategy.put_state(initialized_from(config.init_from,
+                                                  strategy.host_state(state)))
     dropout_key = strategy.put_key(dropout_key)
     if is_writer:
       os.makedirs(workdir, exist_ok=True)

@@ -1,17 +1,24 @@
-"""A trained run, loaded back from its workdir: the model as it was trained.
+"""A trained run, loaded back: the model as it was trained.
 
 Everything inference needs is in the workdir: `config.json` (the model),
 `dataset.json` (class names and image shape), `preprocessing.npz` (the
-fitted pixel transform) and the Orbax checkpoints (the weights). The
-evaluate, predict, visualize and export commands all start here.
+fitted pixel transform) and the Orbax checkpoints (the weights). A published
+model (python -m nin_jax.publish) holds the same three files and one
+checkpoint's weights, without the optimizer state, in `variables.msgpack`.
+The evaluate, predict, visualize and export commands all start here, and so
+does a run with config.init_from.
 """
 
 import dataclasses
 import functools
 import json
 import os
+import re
 from typing import Any
 
+from absl import logging
+from flax import serialization
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -24,17 +31,28 @@ from nin_jax import input_pipeline
 from nin_jax import models
 from nin_jax import preprocessing
 
+VARIABLES_FILE = 'variables.msgpack'
+INFO_FILE = 'info.json'
+# Where published models are looked up by name: nin_jax/pretrained/, unless
+# this variable names another directory (the tests use one of their own).
+PRETRAINED_ROOT_ENV = 'NIN_JAX_PRETRAINED_ROOT'
+# A published model's name: a directory name, never a path.
+NAME_PATTERN = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]*')
+
 
 @dataclasses.dataclass
 class TrainedRun:
   """A checkpoint of a run with what it takes to feed it raw images."""
-  workdir: str
+  workdir: str  # Where it was loaded from: a workdir or a published model.
   step: int
   config: ml_collections.ConfigDict
   info: input_pipeline.DatasetInfo
   prep: preprocessing.Preprocessing
   model: models.NiN
   variables: dict[str, Any]
+  # A published model's directory is read, never written (it may be the
+  # package's own): outputs go where the user says.
+  published: bool = False
 
   @property
   def pixel_max(self) -> int:
@@ -92,8 +110,92 @@ def _read_json(workdir: str, name: str) -> Any:
     return json.load(f)
 
 
+def pretrained_root() -> str:
+  """The directory that published models are looked up in by name."""
+  return (os.environ.get(PRETRAINED_ROOT_ENV)
+          or os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                          'pretrained'))
+
+
+def is_published(directory: str) -> bool:
+  return os.path.isfile(os.path.join(directory, VARIABLES_FILE))
+
+
+def published_names() -> list[str]:
+  """Names of the published models in pretrained_root()."""
+  root = pretrained_root()
+  if not os.path.isdir(root):
+    return []
+  return sorted(name for name in os.listdir(root)
+                if NAME_PATTERN.fullmatch(name)
+                and is_published(os.path.join(root, name)))
+
+
+def _by_name(name: str) -> str | None:
+  path = os.path.join(pretrained_root(), name)
+  return path if NAME_PATTERN.fullmatch(name) and is_published(path) else None
+
+
+def find_published(name_or_dir: str) -> str:
+  """The directory of a published model, given its name or its path.
+
+  A name in pretrained_root() wins over a directory of the same name in the
+  current directory (a workdir called `cifar10`, say).
+  """
+  found = _by_name(name_or_dir)
+  if found:
+    return found
+  if os.path.isdir(name_or_dir):
+    if is_published(name_or_dir):
+      return os.path.abspath(name_or_dir)
+    if os.path.isdir(os.path.join(name_or_dir, 'checkpoints')):
+      raise errors.WorkdirError(
+          f'{name_or_dir} is a training workdir, not a published model: pass '
+          'it as --workdir, or publish it first (python -m nin_jax.publish '
+          f'--workdir={name_or_dir} --name=NAME).')
+    raise errors.WorkdirError(f'{name_or_dir} is not a published model (it '
+                              f'has no {VARIABLES_FILE}).')
+  names = published_names()
+  listing = (f'the published ones are {", ".join(names)}' if names else
+             'none is published there yet (python -m nin_jax.publish)')
+  if not NAME_PATTERN.fullmatch(name_or_dir):
+    raise errors.WorkdirError(
+        f'No directory {name_or_dir}: give the path of a published model, or '
+        f'the name of one in {pretrained_root()} ({listing}).')
+  raise errors.WorkdirError(
+      f'No published model {name_or_dir!r} in {pretrained_root()}; '
+      f'{listing}. A published model directory can also be given by its '
+      'path.')
+
+
+def read_info(directory: str) -> dict[str, Any]:
+  """A published model's info.json: step, source, final evaluations."""
+  return _read_json(directory, INFO_FILE)
+
+
+def read_variables(directory: str, step: int | None = None
+                   ) -> tuple[int, dict[str, Any]]:
+  """(step, {'params', 'batch_stats' if any}) of a workdir's checkpoint
+  (default: the newest) or of a published model, as numpy arrays."""
+  if is_published(directory):
+    published_step = read_info(directory)['step']
+    if step is not None and step != published_step:
+      raise errors.WorkdirError(
+          f'{directory} is a published model of step {published_step} only; '
+          'leave out --step.')
+    with open(os.path.join(directory, VARIABLES_FILE), 'rb') as f:
+      return published_step, serialization.msgpack_restore(f.read())
+  step, arrays, _ = checkpointing.read_checkpoint(directory, step)
+  saved = arrays['train_state']
+  variables = {'params': saved['params']}
+  if saved.get('batch_stats'):
+    variables['batch_stats'] = saved['batch_stats']
+  return step, variables
+
+
 def load(workdir: str, step: int | None = None) -> TrainedRun:
-  """The run in `workdir` at checkpoint `step` (default: the newest)."""
+  """The run in `workdir` at checkpoint `step` (default: the newest), or the
+  published model in that directory (whose one step `step` must then be)."""
   workdir = os.path.abspath(workdir)
   if not os.path.isdir(workdir):
     raise errors.WorkdirError(f'No workdir {workdir}: pass the --workdir of a '
@@ -113,14 +215,112 @@ def load(workdir: str, step: int | None = None) -> TrainedRun:
     raise errors.WorkdirError(
         f'{workdir} has no {preprocessing.RECORD_FILE}: the run did not get '
         'far enough to record its preprocessing.')
-  step, arrays, _ = checkpointing.read_checkpoint(workdir, step)
-  saved = arrays['train_state']
-  variables = {'params': saved['params']}
-  if saved.get('batch_stats'):
-    variables['batch_stats'] = saved['batch_stats']
+  step, variables = read_variables(workdir, step)
   return TrainedRun(workdir=workdir, step=step, config=config, info=info,
                     prep=prep, model=models.create_model(config),
-                    variables=jax.tree.map(jnp.asarray, variables))
+                    variables=jax.tree.map(jnp.asarray, variables),
+                    published=is_published(workdir))
+
+
+# --- Starting a new run from trained parameters (config.init_from) --------
+
+
+def class_layers(params: dict[str, Any]) -> tuple[str, ...]:
+  """Layers whose shapes follow the class count, found in the tree.
+
+  The class-map layer is the last 1x1 layer (mlpK) of the last mlpconv block
+  (`mlpconv3/mlp2` at the default depth), with its BatchNorm (bnK) if any;
+  the 'fc' heads add `fc`.
+  """
+  def last(names, prefix):
+    return max((n for n in names if re.fullmatch(prefix + r'\d+', n)),
+               key=lambda n: int(n[len(prefix):]))
+  block = last(params, 'mlpconv')
+  layer = last(params[block], 'mlp')
+  layers = [f'{block}/{layer}']
+  norm = 'bn' + layer[len('mlp'):]
+  if norm in params[block]:
+    layers.append(f'{block}/{norm}')
+  if 'fc' in params:
+    layers.append('fc')
+  return tuple(layers)
+
+
+def transfer(loaded: dict[str, Any], fresh: dict[str, Any], source: str
+             ) -> tuple[dict[str, Any], tuple[str, ...]]:
+  """`loaded` variables in place of `fresh` ones, and the layers kept fresh.
+
+  Every array must have its fresh shape, except in the class layers
+  (class_layers): a class layer whose shapes differ (another class count)
+  keeps its fresh initialization. Anything else is another architecture: a
+  ConfigError naming the first array (in path order) that differs.
+  """
+  fresh_flat = traverse_util.flatten_dict(fresh, sep='/')
+  loaded_flat = traverse_util.flatten_dict(loaded, sep='/')
+  per_class = set(class_layers(fresh['params']))
+
+  def layer(path: str) -> str:  # params/mlpconv3/mlp2/kernel: mlpconv3/mlp2
+    return path.split('/', 1)[1].rsplit('/', 1)[0]
+
+  def mismatch(detail: str) -> errors.ConfigError:
+    return errors.ConfigError(
+        f'config.init_from={source!r} does not fit this config\'s model: '
+        f'{detail}. Only the class count may differ (its layers then start '
+        'fresh): use the config.model of the source (in its config.json) '
+        'and images of the same channels.')
+
+  kept_fresh = set()
+  # Sorted: the same first difference whatever order the trees were built in.
+  for path in sorted(fresh_flat.keys() | loaded_flat.keys()):
+    if path not in loaded_flat:
+      raise mismatch(f'{path} {np.shape(fresh_flat[path])} is not in the '
+                     'source')
+    if path not in fresh_flat:
+      raise mismatch(f'the source has {path} {np.shape(loaded_flat[path])}, '
+                     'this model not')
+    shape, wanted = np.shape(loaded_flat[path]), np.shape(fresh_flat[path])
+    if shape != wanted:
+      if layer(path) not in per_class:
+        raise mismatch(f'{path} is {shape} there and {wanted} here')
+      kept_fresh.add(layer(path))
+  merged = {path: value if layer(path) in kept_fresh
+            else np.asarray(loaded_flat[path], value.dtype)
+            for path, value in fresh_flat.items()}
+  return (traverse_util.unflatten_dict(merged, sep='/'),
+          tuple(sorted(kept_fresh)))
+
+
+def find_source(init_from: str) -> str:
+  """config.init_from's directory: a workdir, or a published model's."""
+  if not _by_name(init_from) and os.path.isdir(
+      os.path.join(init_from, 'checkpoints')):
+    return os.path.abspath(init_from)
+  try:
+    return find_published(init_from)
+  except errors.WorkdirError as e:
+    raise errors.ConfigError(
+        f'config.init_from={init_from!r} is neither a training workdir nor a '
+        f'published model. {e}') from None
+
+
+def initial_variables(init_from: str, fresh: dict[str, Any]
+                      ) -> dict[str, Any]:
+  """The variables a run with config.init_from starts with (fresh: the
+  model's initialization, for the shapes and the class layers)."""
+  directory = find_source(init_from)
+  step, loaded = read_variables(directory)
+  variables, kept_fresh = transfer(loaded, fresh, init_from)
+  where = init_from if directory == init_from else f'{init_from} ({directory})'
+  if kept_fresh:
+    kernel = f'params/{class_layers(fresh["params"])[0]}/kernel'
+    classes = [np.shape(traverse_util.flatten_dict(v, sep='/')[kernel])[-1]
+               for v in (loaded, fresh)]
+    logging.info('Initialized from %s, step %d, except %s, whose shapes '
+                 'differ (%d classes there, %d here): they start fresh.',
+                 where, step, ', '.join(kept_fresh), *classes)
+  else:
+    logging.info('Initialized from %s, step %d: every parameter.', where, step)
+  return variables
 
 
 def top_k(probabilities: np.ndarray, k: int) -> np.ndarray:

@@ -2,6 +2,7 @@
 
   python -m nin_jax.visualize --workdir=DIR --out=DIR [--split=test]
       [--num_images=8] [--step=N] [--data_dir=DIR]
+  python -m nin_jax.visualize --pretrained=NAME --out=DIR ...
 
 With global average pooling each logit is the mean of one class map (a
 channel of the last mlpconv, after its ReLU), so that map shows where the
@@ -11,7 +12,8 @@ rest the first correct ones), the image, the map of the predicted class and
 the map of the true class, upsampled bilinearly to the image size and
 overlaid.
 `training_curves.png` plots loss, accuracy and learning rate against step,
-train and evaluation, from the run's metrics.jsonl.
+train and evaluation, from the run's metrics.jsonl (a published model
+carries a copy).
 """
 
 import json
@@ -99,14 +101,15 @@ def define_flags() -> None:
   """Defined when the command runs, not on import: the commands share flag
   names, and tests import their modules together."""
   cli.define_run_flags(reads_data=True)
-  flags.DEFINE_string('out', None, 'Directory for the PNG files.',
+  flags.DEFINE_string('out', None, 'Directory for the PNG files (nothing is '
+                      'written into the workdir or published model).',
                       required=True)
   flags.DEFINE_integer('num_images', 8, 'Images in the grid.')
 
 
 def main(argv: list[str]) -> None:
   cli.check_command_line(argv, 'num_images')
-  run = trained.load(FLAGS.workdir, FLAGS.step)
+  run = cli.load_run()
   os.makedirs(FLAGS.out, exist_ok=True)
   images, labels = pick_examples(run, FLAGS.split, FLAGS.num_images,
                                   FLAGS.data_dir)
