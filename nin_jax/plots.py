@@ -3,6 +3,7 @@
 matplotlib with the Agg backend (files only, no display needed).
 """
 
+import textwrap
 from typing import Any, Sequence
 
 import matplotlib
@@ -80,8 +81,11 @@ def class_maps(images: np.ndarray, predicted_maps: np.ndarray,
       ax.set_title(title, fontsize=9)
       ax.set_xticks([])
       ax.set_yticks([])
-  figure.suptitle(suptitle, fontsize=10)
-  figure.tight_layout()
+  # Wrapped to the figure's width, with room kept for it above the rows.
+  lines = textwrap.wrap(suptitle, 80)
+  figure.suptitle('\n'.join(lines), fontsize=10)
+  height = 2.5 * n
+  figure.tight_layout(rect=(0, 0, 1, 1 - (0.1 + 0.18 * len(lines)) / height))
   _save(figure, path)
 
 
