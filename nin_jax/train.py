@@ -299,6 +299,17 @@ class _Plan:
         (step // every + 1) * every
         for every in (self.log_every, self.eval_every, self.checkpoint_every)])
 
+  def dispatch_end(self, step: int, steps_per_dispatch: int) -> int:
+    """Where the dispatch that starts at `step` ends: at the next event or
+    the next multiple of steps_per_dispatch, whichever comes first.
+
+    A function of the step alone, so a resumed run (which starts where a
+    dispatch of the interrupted one ended) groups its steps, and therefore
+    sums its float32 metrics, exactly as the uninterrupted run did.
+    """
+    return min(self.next_event(step),
+               (step // steps_per_dispatch + 1) * steps_per_dispatch)
+
 
 class _DeadReluMonitor:
   """Warns once the class maps have been all zero for `patience` steps."""
@@ -615,17 +626,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     result = {}
     step = start_step
     while step < plan.num_steps:
-      # One step first, to time the compilation; then up to
-      # steps_per_dispatch, never past a log, evaluation or checkpoint.
-      count = (1 if step == start_step else
-               min(steps_per_dispatch, plan.next_event(step) - step))
+      count = plan.dispatch_end(step, steps_per_dispatch) - step
       state, sums = run_steps(state, step, count)
       window.add(sums, count)
       previous, step = step, step + count
-      if previous == start_step:
+      if previous == start_step:  # Its time is mostly compilation.
         jax.block_until_ready(sums)
-        logging.info('First step (compilation included) took %.1f s.',
-                     window.seconds())
+        logging.info('First dispatch (%d steps, compilation included) took '
+                     '%.1f s.', count, window.seconds())
         window.restart_clock()
 
       last_step = step == plan.num_steps

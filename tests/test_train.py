@@ -4,6 +4,7 @@ import functools
 import json
 import math
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -12,6 +13,7 @@ import tensorflow_datasets as tfds
 
 from nin_jax import evaluate
 from nin_jax import input_pipeline
+from nin_jax import parallel
 from nin_jax import train
 from nin_jax import trained
 from tests import main_runner
@@ -162,3 +164,49 @@ def test_dispatches_end_at_every_log_evaluation_and_checkpoint():
     stops.append(step)
   assert stops == [10, 20, 22, 25, 30, 40, 44, 50, 60, 66, 70, 75, 80, 88, 90,
                    100]
+
+
+
+
+def test_a_resume_inside_a_log_window_logs_the_same_bits(
+    tiny_config, tmp_path, monkeypatch):
+  """A run resumed from step 2 of a 4-step log window must cut its steps into
+  the same dispatches as the uninterrupted run, or the window's float32 loss
+  sum (and so metrics.jsonl) could differ in the last bits."""
+  config = tiny_config
+  config.num_train_steps = 8
+  config.log_every_steps = 4
+  config.checkpoint_every_steps = 2
+  config.eval_every_steps = 8
+  config.keep_checkpoints = 4
+  config.steps_per_dispatch = 3
+  config.lr_schedule = 'step'  # Constant: both runs share one schedule.
+  dispatches = []
+  compile_steps = parallel.Jit.compile_steps
+
+  def recording(self, steps_fn):
+    fused = compile_steps(self, steps_fn)
+
+    def run(state, inputs, key, first, count):
+      dispatches.append((int(first), int(count)))
+      return fused(state, inputs, key, first, count)
+    return run
+
+  monkeypatch.setattr(parallel.Jit, 'compile_steps', recording)
+  straight = tmp_path / 'straight'
+  train.train_and_evaluate(config, str(straight))
+  straight_dispatches, dispatches[:] = list(dispatches), []
+  resumed = tmp_path / 'resumed'
+  shutil.copytree(straight, resumed)
+  for step in ('4', '6', '8'):
+    shutil.rmtree(resumed / 'checkpoints' / step)
+  train.train_and_evaluate(config, str(resumed))
+  assert dispatches == [d for d in straight_dispatches if d[0] >= 2]
+
+  def rows(workdir):
+    with open(workdir / 'metrics.jsonl', encoding='utf-8') as f:
+      return [{k: v for k, v in json.loads(line).items()
+               if k not in ('time', 'images_per_sec')} for line in f]
+
+  assert [r['step'] for r in rows(resumed)] == [4, 8, 8]
+  assert rows(resumed) == rows(straight)
