@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from typing import Iterable
 
 from absl import logging
@@ -225,7 +226,9 @@ def fit_cached(config: ml_collections.ConfigDict, fingerprint: str,
   check_config(config)
   if config.preprocessing == 'none':
     return fit('none', (), num_channels, pixel_max)
-  name = f'{config.dataset.replace("/", "_")}-{config.preprocessing}-{cache_key(fingerprint, config)}.npz'
+  # A file name from the dataset's name ('folder:/data/x' -> 'folder_data_x').
+  dataset = re.sub(r'[^A-Za-z0-9_.-]+', '_', config.dataset)
+  name = f'{dataset}-{config.preprocessing}-{cache_key(fingerprint, config)}.npz'
   path = os.path.join(cache_root(config), name)
   if os.path.exists(path):
     try:
