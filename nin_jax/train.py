@@ -203,6 +203,9 @@ class _Window:
     return self._seconds + running
 
   def stop_clock(self) -> None:
+    # Steps run asynchronously: wait for the dispatched ones, or their time
+    # would fall into the pause (an evaluation) and inflate img/s.
+    jax.block_until_ready(self.sums)
     self._seconds = self.seconds()
     self._since = None
 
