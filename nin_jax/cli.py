@@ -87,8 +87,10 @@ def define_run_flags(reads_data: bool) -> None:
         'split', 'test', ['test', 'validation', 'train'],
         'test: config.eval_split; validation: the held-out tail of the '
         'training split (if the run held one out); train: the rest of it.')
-    flags.DEFINE_string('data_dir', None, 'Where the TFDS data is, if not '
-                        'where the run read it from.')
+    flags.DEFINE_string('data_dir', None, 'Where the data is, if not where '
+                        'the run read it from: the TFDS data directory, or '
+                        'for a run trained on a folder of images, that '
+                        'folder (ROOT, holding train/ and test/).')
 
 
 def load_run():

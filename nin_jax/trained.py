@@ -27,6 +27,7 @@ import numpy as np
 from nin_jax import checkpointing
 from nin_jax import config_checks
 from nin_jax import errors
+from nin_jax import image_folder
 from nin_jax import input_pipeline
 from nin_jax import models
 from nin_jax import preprocessing
@@ -74,12 +75,21 @@ class TrainedRun:
 
   def dataset(self, data_dir: str | None = None) -> input_pipeline.Dataset:
     """The run's dataset, read from `data_dir` if given (the run's config
-    is left as it is)."""
-    config = self.config
-    if data_dir is not None:
-      config = ml_collections.ConfigDict(config.to_dict())
-      config.data_dir = data_dir
-    return input_pipeline.Dataset(config)
+    is left as it is).
+
+    For a run trained on a folder of images, `data_dir` is that folder
+    (ROOT, holding train/ and test/) wherever it is now, e.g. on another
+    machine than the one a published model was trained on; its decoded
+    images are then cached in the default place.
+    """
+    fields = self.config.to_dict()
+    if data_dir is not None and image_folder.is_folder(fields['dataset']):
+      fields['dataset'] = image_folder.PREFIX + image_folder.root_of(
+          image_folder.PREFIX + data_dir)
+      fields['data_dir'] = None
+    elif data_dir is not None:
+      fields['data_dir'] = data_dir
+    return input_pipeline.Dataset(ml_collections.ConfigDict(fields))
 
   def logits_and_class_maps(self, images: Any) -> tuple[jax.Array, jax.Array]:
     """Logits and the last mlpconv's class maps (batch, h, w, classes)."""

@@ -9,9 +9,11 @@ from PIL import Image
 import pytest
 
 from nin_jax import errors
+from nin_jax import evaluate
 from nin_jax import image_folder
 from nin_jax import input_pipeline
 from nin_jax import train
+from nin_jax import trained
 from nin_jax.configs import test as test_config
 
 from main_runner import run_main
@@ -197,6 +199,14 @@ def test_training_on_a_grey_folder_records_its_classes(tmp_path):
   assert info['image_shape'] == [28, 28, 1]
   saved = json.loads((workdir / 'config.json').read_text())
   assert saved['dataset'] == f'{image_folder.PREFIX}{root}'  # Absolute.
+  # The folder moved (or the model went to another machine): --data_dir
+  # names where it is now.
+  moved = root.rename(tmp_path / 'moved')
+  run = trained.load(str(workdir))
+  with pytest.raises(errors.UserError, match='No folder'):
+    evaluate.predictions(run, input_pipeline.TEST)
+  logits, labels = evaluate.predictions(run, input_pipeline.TEST, str(moved))
+  assert logits.shape == (6, 3) and sorted(labels) == [0, 0, 1, 1, 2, 2]
 
 
 def test_the_command_line_reports_a_bad_folder_and_creates_nothing(
