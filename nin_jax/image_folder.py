@@ -57,6 +57,11 @@ def root_of(dataset: str) -> str:
   return os.path.abspath(os.path.expanduser(dataset[len(PREFIX):]))
 
 
+def dataset_name(root: str) -> str:
+  """'folder:ROOT' with ROOT absolute, as a run records it."""
+  return PREFIX + root_of(PREFIX + root)
+
+
 def _image_extensions() -> frozenset[str]:
   from PIL import Image  # pylint: disable=g-import-not-at-top
   return frozenset(Image.registered_extensions())
@@ -146,6 +151,11 @@ def _decode(path: str, channels: int, size: int) -> np.ndarray:
   return array
 
 
+def _as_colour(images: np.ndarray) -> np.ndarray:
+  """Grey images (..., 1) as RGB, each grey level copied to R, G and B."""
+  return np.repeat(images, 3, -1) if images.shape[-1] == 1 else images
+
+
 class _Progress:
   """A progress bar on stderr (tqdm), or nothing when it is unavailable."""
 
@@ -186,8 +196,7 @@ def decode_all(directory: str, paths: tuple[str, ...], channels: int,
   if channels == 0 and len({im.shape[-1] for im in images}) > 1:
     # Grey and colour files mixed: colour wins (grey copied to R, G, B;
     # --config.image_channels=1 makes them all grey instead).
-    images = [np.repeat(im, 3, -1) if im.shape[-1] == 1 else im
-              for im in images]
+    images = [_as_colour(im) for im in images]
   first_of_shape = {}
   for path, image in zip(full, images):
     first_of_shape.setdefault(image.shape[:2], path)
@@ -294,8 +303,7 @@ def load(config: ml_collections.ConfigDict,
             for split in names}
   if len({images.shape[-1] for images, _ in arrays.values()}) > 1:
     # A grey split beside a colour one: colour wins, as within a split.
-    arrays = {split: (np.repeat(images, 3, -1) if images.shape[-1] == 1
-                      else images, labels)
+    arrays = {split: (_as_colour(images), labels)
               for split, (images, labels) in arrays.items()}
   shapes = {split: images.shape[1:] for split, (images, _) in arrays.items()}
   if len(set(shapes.values())) > 1:

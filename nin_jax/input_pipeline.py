@@ -424,9 +424,15 @@ class Dataset:
   def arrays(self, split: str, shard: int = 0, num_shards: int = 1,
              drop_remainder: bool = False) -> Arrays:
     """Shard `shard` of `num_shards` of a logical split of in-memory data."""
+    return self._read_arrays(*self._shard(split, shard, num_shards,
+                                          drop_remainder))
+
+  def _shard(self, split: str, shard: int, num_shards: int,
+             drop_remainder: bool) -> tuple[str, int, int]:
+    """(stored split name, start, stop) of a shard of a logical split."""
     name, first, last = self._ranges[split]
     start, stop = even_shard(last - first, shard, num_shards, drop_remainder)
-    return self._read_arrays(name, first + start, first + stop)
+    return name, first + start, first + stop
 
   def _read_arrays(self, name: str, start: int, stop: int) -> Arrays:
     """Examples [start, stop) of a split name such as 'train+extra'."""
@@ -464,9 +470,7 @@ class Dataset:
 
   def _load(self, split: str, shard: int, num_shards: int,
             drop_remainder: bool):
-    name, first, last = self._ranges[split]
-    start, stop = even_shard(last - first, shard, num_shards, drop_remainder)
-    return self._read(name, first + start, first + stop)
+    return self._read(*self._shard(split, shard, num_shards, drop_remainder))
 
   def _read(self, name: str, start: int, stop: int):
     """Examples [start, stop) of a split name such as 'train+extra'."""

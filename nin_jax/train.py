@@ -462,7 +462,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if image_folder.is_folder(config.dataset):
     # Recorded with an absolute root, so evaluate/predict work from anywhere.
     config = ml_collections.ConfigDict(config.to_dict())
-    config.dataset = image_folder.PREFIX + image_folder.root_of(config.dataset)
+    config.dataset = image_folder.dataset_name(image_folder.root_of(
+        config.dataset))
   parallel.check_batch_size('batch_size', config.batch_size)
   parallel.check_batch_size('eval_batch_size', config.eval_batch_size)
   _check_same_config_everywhere(config)

@@ -84,8 +84,7 @@ class TrainedRun:
     """
     fields = self.config.to_dict()
     if data_dir is not None and image_folder.is_folder(fields['dataset']):
-      fields['dataset'] = image_folder.PREFIX + image_folder.root_of(
-          image_folder.PREFIX + data_dir)
+      fields['dataset'] = image_folder.dataset_name(data_dir)
       fields['data_dir'] = None
     elif data_dir is not None:
       fields['data_dir'] = data_dir
