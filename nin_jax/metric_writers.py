@@ -119,11 +119,14 @@ class ProgressLogger:
     self._steps_per_epoch = steps_per_epoch
 
   def log(self, step: int, metrics: Mapping[str, float],
-          seconds_per_step: float) -> None:
+          steps_per_second: float) -> None:
+    """`steps_per_second` is 0 when no step of the window was timed."""
     epoch = step / self._steps_per_epoch
-    eta = format_duration((self._total - step) * seconds_per_step)
-    logging.info(
-        'step %d/%d (epoch %.2f)  loss %.4f  accuracy %.2f%%  lr %.4g  '
-        '%.1f img/s  ETA %s', step, self._total, epoch, metrics['loss'],
-        100 * metrics['accuracy'], metrics['learning_rate'],
-        metrics['images_per_sec'], eta)
+    line = (f'step {step}/{self._total} (epoch {epoch:.2f})  '
+            f'loss {metrics["loss"]:.4f}  '
+            f'accuracy {100 * metrics["accuracy"]:.2f}%  '
+            f'lr {metrics["learning_rate"]:.4g}')
+    if steps_per_second > 0:
+      eta = format_duration((self._total - step) / steps_per_second)
+      line += f'  {metrics["images_per_sec"]:.1f} img/s  ETA {eta}'
+    logging.info('%s', line)

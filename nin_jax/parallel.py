@@ -150,10 +150,35 @@ class Pmap:
                         local_batch)
 
   def host_state(self, state: Any) -> Any:
-    return jax.tree.map(lambda x: x[0], state)
+    return jax.tree.map(_first_copy, state)
 
   def metrics(self, metrics: Any) -> Any:
-    return jax.tree.map(lambda x: x[0], metrics)  # Already summed over devices.
+    return jax.tree.map(_first_copy, metrics)  # Already summed over devices.
+
+
+def _first_copy(x: jax.Array) -> jax.Array:
+  """The first local device's copy of a stacked pmap value.
+
+  Read from that device alone: `x[0]` would compile a program over every
+  local device with collectives in it, one per leaf, and on XLA:CPU several
+  such independent programs in flight can deadlock (see
+  `waits_for_each_program`).
+  """
+  return x.addressable_data(0).reshape(x.shape[1:])
+
+
+def waits_for_each_program() -> bool:
+  """Whether multi-device programs must run one at a time on this host.
+
+  XLA:CPU runs each device's part of a program on one pool that has a thread
+  per device. Two independent programs with collectives in flight at once
+  (e.g. two evaluation batches) can each hold some of those threads while
+  they wait in a collective for the rest: a deadlock, which XLA ends with
+  an abort after 40 s. Programs that take each other's outputs (the train
+  steps) are safe. GPUs and TPUs have no such pool.
+  """
+  devices = jax.local_devices()
+  return len(devices) > 1 and devices[0].platform == 'cpu'
 
 
 def create(strategy: str, train_step: Callable[..., Any],

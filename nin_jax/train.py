@@ -238,9 +238,12 @@ def evaluate(strategy: parallel.Jit | parallel.Pmap, state: TrainState,
              batches) -> dict[str, float]:
   """Mean metrics over every batch, and the number of examples seen."""
   total = None
+  wait = parallel.waits_for_each_program()
   for batch in batches:
     total = accumulate(total, strategy.eval_step(state,
                                                  strategy.put_batch(batch)))
+    if wait:  # The batches' programs are independent of each other.
+      jax.block_until_ready(total)
   total = strategy.metrics(total)
   summary = summarize(total)
   summary['num_examples'] = float(jax.device_get(total['count']))
@@ -646,9 +649,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         _check_finite(summary['loss'], step, checkpointer)
         steps_per_second = window.steps_per_second()
         summary['learning_rate'] = float(learning_rate_fn(step - 1))
-        summary['images_per_sec'] = steps_per_second * config.batch_size
+        if steps_per_second > 0:  # Unknown while only compilation was timed.
+          summary['images_per_sec'] = steps_per_second * config.batch_size
         writer.write(step, 'train', summary)
-        progress_log.log(step, summary, 1 / max(steps_per_second, 1e-9))
+        progress_log.log(step, summary, steps_per_second)
         dead_relu.update(summary['dead_fraction'],
                          int(jax.device_get(window.sums['count']))
                          // config.batch_size)

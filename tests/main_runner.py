@@ -32,3 +32,14 @@ def run_main(monkeypatch, workdir, *overrides, config=TEST_CONFIG) -> int:
   finally:
     logging.set_verbosity(logging.INFO)  # --verbosity must not leak.
   return 0
+
+
+def failure_tail(output: str, chars: int = 3000) -> str:
+  """The end of a failed subprocess's output, for an assertion message.
+
+  Drops what a crash prints after the cause (Python's list of loaded
+  extension modules, native stack frames), which would fill the tail.
+  """
+  lines = [line for line in output.splitlines()
+           if not line.startswith(('Extension modules:', '    @ '))]
+  return '\n'.join(lines)[-chars:]

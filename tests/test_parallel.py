@@ -22,6 +22,8 @@ import sys
 import numpy as np
 import pytest
 
+from tests import main_runner
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Constant learning rate, so that a run cut short at step 4 and resumed to 6
 # follows the same schedule as a run of 6; eval only at the end.
@@ -54,7 +56,7 @@ def _start(workdir, devices=1, extra=(), distributed=None):
 def _finish(*processes):
   for process in processes:
     out, _ = process.communicate(timeout=300)
-    assert process.returncode == 0, out[-3000:]
+    assert process.returncode == 0, main_runner.failure_tail(out)
 
 
 def _free_port():
@@ -133,6 +135,6 @@ def test_processes_with_different_configs_stop_before_compiling(tmp_path):
       f'--process_id={i}']) for i in range(2)]
   for process in processes:
     out, _ = process.communicate(timeout=300)
-    assert process.returncode == 2, out[-3000:]
+    assert process.returncode == 2, main_runner.failure_tail(out)
     assert 'differs from process 0' in out
   assert not os.path.exists(tmp_path / 'checkpoints')

@@ -21,6 +21,8 @@ from nin_jax import checkpointing
 from nin_jax import errors
 from nin_jax import train
 
+from tests import main_runner
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ['--config=nin_jax/configs/test.py', '--config.num_train_steps=8',
         '--config.log_every_steps=1', '--config.checkpoint_every_steps=2',
@@ -61,7 +63,7 @@ def runs(tmp_path_factory):
     out, _ = process.communicate(timeout=300)
     exits.append((fault, process.returncode, out))
   out, _ = reference.communicate(timeout=300)
-  assert reference.returncode == 0, out[-3000:]
+  assert reference.returncode == 0, main_runner.failure_tail(out)
   return straight, broken, exits
 
 

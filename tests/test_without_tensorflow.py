@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 from test_image_folder import make_folder
+from tests import main_runner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,23 +56,23 @@ def test_every_command_runs_on_a_folder_without_tensorflow(tmp_path):
   train = _run(tmp_path, 'nin_jax.main', f'--workdir={workdir}',
                '--config=' + os.path.join(REPO, 'nin_jax/configs/test.py'),
                f'--config.dataset=folder:{root}', '--config.num_classes=3')
-  assert train.returncode == 0, train.stderr[-3000:]
+  assert train.returncode == 0, main_runner.failure_tail(train.stderr)
   assert 'test at step 4' in train.stderr
   assert os.listdir(os.path.join(workdir, 'tensorboard', 'train'))
 
   evaluate = _run(tmp_path, 'nin_jax.evaluate', f'--workdir={workdir}',
                   f'--out={tmp_path / "eval"}')
-  assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+  assert evaluate.returncode == 0, main_runner.failure_tail(evaluate.stderr)
   image = str(root / 'test' / 'frog' / '000.png')
   predict = _run(tmp_path, 'nin_jax.predict', f'--workdir={workdir}', image)
-  assert predict.returncode == 0, predict.stderr[-3000:]
+  assert predict.returncode == 0, main_runner.failure_tail(predict.stderr)
   assert any(name in predict.stdout for name in ('cat', 'dog', 'frog'))
   visualize = _run(tmp_path, 'nin_jax.visualize', f'--workdir={workdir}',
                    f'--out={tmp_path / "maps"}', '--num_images=2')
-  assert visualize.returncode == 0, visualize.stderr[-3000:]
+  assert visualize.returncode == 0, main_runner.failure_tail(visualize.stderr)
   export = _run(tmp_path, 'nin_jax.export', f'--workdir={workdir}',
                 f'--out={tmp_path / "model.stablehlo"}', '--platforms=cpu')
-  assert export.returncode == 0, export.stderr[-3000:]
+  assert export.returncode == 0, main_runner.failure_tail(export.stderr)
 
   # What does need TensorFlow says so, in one line.
   tfds = _run(tmp_path, 'nin_jax.main', f'--workdir={tmp_path / "tfds"}',

@@ -1,0 +1,31 @@
+"""The console line of each log window."""
+
+import logging
+
+from nin_jax import metric_writers
+
+METRICS = {'loss': 1.5, 'accuracy': 0.25, 'learning_rate': 0.1,
+           'images_per_sec': 256.0}
+
+
+def _line(caplog, steps_per_second, metrics=METRICS):
+  logger = metric_writers.ProgressLogger(total_steps=1000, steps_per_epoch=100)
+  with caplog.at_level(logging.INFO, logger='absl'):
+    logger.log(100, metrics, steps_per_second)
+  return caplog.records[-1].getMessage()
+
+
+def test_speed_and_eta_from_the_timed_steps(caplog):
+  line = _line(caplog, steps_per_second=2.0)
+  assert line.startswith('step 100/1000 (epoch 1.00)  loss 1.5000  '
+                         'accuracy 25.00%  lr 0.1')
+  assert line.endswith('256.0 img/s  ETA 7m30s')  # 900 steps at 2 per second.
+
+
+def test_no_speed_or_eta_when_only_compilation_was_timed(caplog):
+  # The first window can hold just the first dispatch, whose time is left
+  # off the clock: no invented 0 img/s and an ETA of a million hours.
+  metrics = {k: v for k, v in METRICS.items() if k != 'images_per_sec'}
+  line = _line(caplog, steps_per_second=0.0, metrics=metrics)
+  assert 'img/s' not in line and 'ETA' not in line
+  assert line.endswith('lr 0.1')
