@@ -40,8 +40,12 @@ def test_main_trains_cifar10_under_mock_data_then_resume_is_a_no_op(
   train_rows = [r for r in rows if r['split'] == 'train']
   assert [r['step'] for r in train_rows] == [2, 4]
   for row in train_rows:
-    for key in ('loss', 'accuracy', 'learning_rate', 'images_per_sec'):
+    for key in ('loss', 'accuracy', 'learning_rate'):
       assert math.isfinite(row[key]), key
+  # The first window holds only the first dispatch, whose time (mostly
+  # compilation) is left off the clock: its speed is unknown, not 0.
+  assert 'images_per_sec' not in train_rows[0]
+  assert train_rows[1]['images_per_sec'] > 0
   final = rows[-1]
   assert (final['split'], final['step']) == ('test', 4)
   assert 0.0 <= final['accuracy'] <= 1.0
