@@ -248,7 +248,7 @@ def bench_torch(config) -> dict[str, dict] | None:
     print('PyTorch is not installed (pip install torch): its column is '
           'skipped.')
     return None
-  from nin_jax.seed_torch import seed_network  # pylint: disable=g-import-not-at-top
+  from nin_jax.torch_reference import torch_nin  # pylint: disable=g-import-not-at-top
   cuda = _accelerated() and torch.cuda.is_available()
   if _accelerated() and not cuda:
     print('PyTorch sees no CUDA device here: its column is skipped.')
@@ -262,7 +262,7 @@ def bench_torch(config) -> dict[str, dict] | None:
     torch.manual_seed(0)
     memory_format = (torch.channels_last if options.get('channels_last')
                      else torch.contiguous_format)
-    net = seed_network().to(device, memory_format=memory_format)
+    net = torch_nin().to(device, memory_format=memory_format)
     opt = torch.optim.SGD(net.parameters(), lr=0.02, momentum=0.9,
                           nesterov=True, weight_decay=5e-4,
                           **({'foreach': True} if cuda else {}))

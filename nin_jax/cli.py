@@ -94,14 +94,14 @@ def define_run_flags(reads_data: bool) -> None:
 
 
 def load_run():
-  """The trained.TrainedRun that --workdir or --pretrained names, at --step."""
-  from nin_jax import trained  # pylint: disable=g-import-not-at-top
+  """The trained_run.TrainedRun that --workdir or --pretrained names, at --step."""
+  from nin_jax import trained_run  # pylint: disable=g-import-not-at-top
   workdir, pretrained = flags.FLAGS.workdir, flags.FLAGS.pretrained
   if bool(workdir) == bool(pretrained):
     fail('give --workdir=DIR (a training run) or --pretrained=NAME (a '
          'published model)' + (', not both' if workdir else ''))
-  directory = workdir if workdir else trained.find_published(pretrained)
-  return trained.load(directory, flags.FLAGS.step)
+  directory = workdir if workdir else trained_run.find_published(pretrained)
+  return trained_run.load(directory, flags.FLAGS.step)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

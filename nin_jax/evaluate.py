@@ -23,12 +23,12 @@ from nin_jax import cli
 from nin_jax import errors
 from nin_jax import input_pipeline
 from nin_jax import plots
-from nin_jax import trained
+from nin_jax import trained_run
 
 FLAGS = flags.FLAGS
 
 
-def predictions(run: trained.TrainedRun, split: str,
+def predictions(run: trained_run.TrainedRun, split: str,
                 data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
   """(logits, labels) of every example of `split`, in the split's order."""
   if split == input_pipeline.VALIDATION and not run.info.num_validation:
@@ -83,7 +83,7 @@ def define_flags() -> None:
                       '--pretrained, whose directory is never written to).')
 
 
-def write_report(run: trained.TrainedRun, split: str, top_k: int,
+def write_report(run: trained_run.TrainedRun, split: str, top_k: int,
                  out: str | None = None, data_dir: str | None = None
                  ) -> tuple[dict[str, Any], str]:
   """Evaluates, writes report.json and confusion.png; (report, directory)."""

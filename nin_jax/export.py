@@ -33,7 +33,7 @@ import numpy as np
 from nin_jax import cli
 from nin_jax import errors
 from nin_jax import files
-from nin_jax import trained
+from nin_jax import trained_run
 
 FLAGS = flags.FLAGS
 
@@ -46,7 +46,7 @@ ONNX_OPSET = 18
 TOLERANCE = 1e-4
 
 
-def export_stablehlo(run: trained.TrainedRun, platforms: tuple[str, ...]
+def export_stablehlo(run: trained_run.TrainedRun, platforms: tuple[str, ...]
                      ) -> jax.export.Exported:
   """The serving function lowered for `platforms`, batch size symbolic."""
   height, width, channels = run.info.image_shape
@@ -56,7 +56,7 @@ def export_stablehlo(run: trained.TrainedRun, platforms: tuple[str, ...]
                            platforms=platforms)(spec)
 
 
-def write_savedmodel(run: trained.TrainedRun, out: str,
+def write_savedmodel(run: trained_run.TrainedRun, out: str,
                      platforms: tuple[str, ...]) -> None:
   """A TensorFlow SavedModel whose `serve` (and serving_default signature)
   is the serving function, converted by jax2tf (StableHLO inside an
@@ -129,7 +129,7 @@ def _explicit_pool_padding():
     nn.max_pool, nn.avg_pool = max_pool, avg_pool
 
 
-def export_onnx(run: trained.TrainedRun) -> Any:
+def export_onnx(run: trained_run.TrainedRun) -> Any:
   """The serving function as an ONNX model (onnx.ModelProto), batch symbolic,
   the run's metadata in its metadata_props."""
   jax2onnx, onnx, _ = _onnx_modules()
@@ -151,7 +151,7 @@ def export_onnx(run: trained.TrainedRun) -> Any:
   return model
 
 
-def check_onnx(run: trained.TrainedRun, model_bytes: bytes) -> float:
+def check_onnx(run: trained_run.TrainedRun, model_bytes: bytes) -> float:
   """Runs the model in ONNX Runtime on random images against JAX.
 
   Returns the largest probability difference; raises errors.ExportError
@@ -177,7 +177,7 @@ def check_onnx(run: trained.TrainedRun, model_bytes: bytes) -> float:
   return difference
 
 
-def metadata(run: trained.TrainedRun, export_format: str,
+def metadata(run: trained_run.TrainedRun, export_format: str,
              platforms: tuple[str, ...]) -> dict[str, Any]:
   return {
       'format': export_format,
@@ -195,7 +195,7 @@ def metadata(run: trained.TrainedRun, export_format: str,
   }
 
 
-def portable(run: trained.TrainedRun) -> trained.TrainedRun:
+def portable(run: trained_run.TrainedRun) -> trained_run.TrainedRun:
   """The run with XLA's own convolutions and pools, the same function.
 
   The CPU training kernels (conv.py, winograd.py, pooling.py) are there for
@@ -206,7 +206,7 @@ def portable(run: trained.TrainedRun) -> trained.TrainedRun:
       run, model=run.model.clone(conv_fn=None, max_pool_fn=None))
 
 
-def write(run: trained.TrainedRun, out: str, export_format: str = 'stablehlo',
+def write(run: trained_run.TrainedRun, out: str, export_format: str = 'stablehlo',
           platforms: tuple[str, ...] = ('cpu', 'cuda', 'tpu')) -> None:
   """Writes `out` (a file, or a SavedModel directory) and `out`.json."""
   unknown = [p for p in platforms if p not in PLATFORMS]

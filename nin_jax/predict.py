@@ -22,7 +22,7 @@ from PIL import UnidentifiedImageError
 
 from nin_jax import cli
 from nin_jax import errors
-from nin_jax import trained
+from nin_jax import trained_run
 
 FLAGS = flags.FLAGS
 
@@ -53,7 +53,7 @@ def load_image(path: str, image_shape: Sequence[int],
   return pixels
 
 
-def predict_files(run: trained.TrainedRun, paths: Sequence[str], top_k: int
+def predict_files(run: trained_run.TrainedRun, paths: Sequence[str], top_k: int
                   ) -> list[dict[str, Any]]:
   """One result per path: {'file', 'top_k': [(name, p), ...]} or {'error'}."""
   results, images, readable = [], [], []
@@ -70,7 +70,7 @@ def predict_files(run: trained.TrainedRun, paths: Sequence[str], top_k: int
       results[index]['top_k'] = [
           {'class': int(c), 'name': run.info.class_names[c],
            'probability': float(row[c])}
-          for c in trained.top_k(row, top_k)]
+          for c in trained_run.top_k(row, top_k)]
   return results
 
 

@@ -39,7 +39,7 @@ from nin_jax import cli
 from nin_jax import errors
 from nin_jax import files
 from nin_jax import preprocessing
-from nin_jax import trained
+from nin_jax import trained_run
 
 FLAGS = flags.FLAGS
 
@@ -67,24 +67,24 @@ def _size(path: str) -> int:
 
 def publish(workdir: str, name: str, step: int | None = None,
             root: str | None = None, overwrite: bool = False
-            ) -> tuple[str, trained.TrainedRun]:
+            ) -> tuple[str, trained_run.TrainedRun]:
   """Publishes checkpoint `step` (default: the newest) of the run in
-  `workdir` as ROOT/NAME (ROOT: trained.pretrained_root()); returns that
+  `workdir` as ROOT/NAME (ROOT: trained_run.pretrained_root()); returns that
   directory and the run as loaded."""
-  if not trained.NAME_PATTERN.fullmatch(name):
+  if not trained_run.NAME_PATTERN.fullmatch(name):
     raise errors.ConfigError(
         f'--name={name!r}: a model name is letters, digits and _ . - (it '
         'becomes a directory name), not a path.')
   workdir = os.path.abspath(workdir)
-  if trained.is_published(workdir):
+  if trained_run.is_published(workdir):
     raise errors.WorkdirError(f'{workdir} is a published model already; copy '
                               'its directory to give it another name.')
-  root = os.path.abspath(root or trained.pretrained_root())
+  root = os.path.abspath(root or trained_run.pretrained_root())
   target = os.path.join(root, name)
   if os.path.exists(target) and not overwrite:
     raise errors.WorkdirError(f'{target} exists: pass --overwrite to replace '
                               'it, or choose another --name.')
-  run = trained.load(workdir, step)  # Checks every file needed is there.
+  run = trained_run.load(workdir, step)  # Checks every file needed is there.
   os.makedirs(root, exist_ok=True)
   staging = tempfile.mkdtemp(prefix=f'.{name}.publishing-', dir=root)
   try:
@@ -93,7 +93,7 @@ def publish(workdir: str, name: str, step: int | None = None,
       shutil.copyfile(os.path.join(workdir, file_name),
                       os.path.join(staging, file_name))
     variables = jax.tree.map(np.asarray, jax.device_get(run.variables))
-    with open(os.path.join(staging, trained.VARIABLES_FILE), 'wb') as f:
+    with open(os.path.join(staging, trained_run.VARIABLES_FILE), 'wb') as f:
       f.write(serialization.msgpack_serialize(variables))
     rows = _metrics(workdir, run.step)
     with open(os.path.join(staging, METRICS_FILE), 'w', encoding='utf-8') as f:
@@ -116,7 +116,7 @@ def publish(workdir: str, name: str, step: int | None = None,
             for row in rows if row.get('step') == run.step
             and row.get('split') in ('validation', 'test')},
     }
-    files.write_atomically(os.path.join(staging, trained.INFO_FILE),
+    files.write_atomically(os.path.join(staging, trained_run.INFO_FILE),
                            json.dumps(info, indent=2) + '\n')
     if os.path.exists(target):  # --overwrite: the old one goes last.
       old = tempfile.mkdtemp(prefix=f'.{name}.replaced-', dir=root)
@@ -139,7 +139,7 @@ def define_flags() -> None:
                       'nin_jax.main).', required=True)
   flags.DEFINE_string('name', None, 'Name of the published model: it is '
                       'written to nin_jax/pretrained/NAME/ (or '
-                      f'${trained.PRETRAINED_ROOT_ENV}/NAME/) and read with '
+                      f'${trained_run.PRETRAINED_ROOT_ENV}/NAME/) and read with '
                       '--pretrained=NAME.', required=True)
   flags.DEFINE_integer('step', None, 'Checkpoint step (default: the newest).')
   flags.DEFINE_bool('overwrite', False, 'Replace a published model of the '
@@ -151,7 +151,7 @@ def main(argv: list[str]) -> None:
   target, run = publish(FLAGS.workdir, FLAGS.name, FLAGS.step,
                         overwrite=FLAGS.overwrite)
   checkpoint = os.path.join(run.workdir, 'checkpoints', str(run.step))
-  weights = os.path.join(target, trained.VARIABLES_FILE)
+  weights = os.path.join(target, trained_run.VARIABLES_FILE)
   print(f'Published step {run.step} of {run.workdir} as {target}: '
         f'{len(os.listdir(target))} files, {_size(target):,} bytes (weights '
         f'{_size(weights):,}; the checkpoint has {_size(checkpoint):,}).')

@@ -38,7 +38,7 @@ from nin_jax import models
 from nin_jax import optimizer
 from nin_jax import parallel
 from nin_jax import preprocessing
-from nin_jax import trained
+from nin_jax import trained_run
 
 Metrics = dict[str, jax.Array]
 
@@ -64,7 +64,7 @@ def create_train_state(config: ml_collections.ConfigDict, model: models.NiN,
 def initialized_from(init_from: str, state: TrainState) -> TrainState:
   """`state` with the parameters (and BatchNorm statistics) of config.init_from;
   the optimizer state fits them as it is (it depends on shapes only)."""
-  variables = trained.initial_variables(init_from,
+  variables = trained_run.initial_variables(init_from,
                                         _variables(state, state.params))
   return state.replace(params=variables['params'],
                        batch_stats=variables.get('batch_stats', {}))

@@ -27,7 +27,7 @@ import numpy as np
 from nin_jax import cli
 from nin_jax import errors
 from nin_jax import plots
-from nin_jax import trained
+from nin_jax import trained_run
 
 FLAGS = flags.FLAGS
 
@@ -35,7 +35,7 @@ FLAGS = flags.FLAGS
 SEARCHED = 500
 
 
-def class_activation_maps(run: trained.TrainedRun, raw_images: np.ndarray
+def class_activation_maps(run: trained_run.TrainedRun, raw_images: np.ndarray
                           ) -> tuple[np.ndarray, np.ndarray]:
   """(probabilities, maps upsampled to the image size (n, H, W, classes))."""
   if run.config.model.head != 'gap':
@@ -51,7 +51,7 @@ def class_activation_maps(run: trained.TrainedRun, raw_images: np.ndarray
   return (np.asarray(jax.nn.softmax(logits, axis=-1)), np.asarray(upsampled))
 
 
-def pick_examples(run: trained.TrainedRun, split: str, count: int,
+def pick_examples(run: trained_run.TrainedRun, split: str, count: int,
                   data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
   """`count` raw images and labels of `split` worth looking at.
 
@@ -70,7 +70,7 @@ def pick_examples(run: trained.TrainedRun, split: str, count: int,
   return images[chosen], labels[chosen]
 
 
-def draw_class_maps(run: trained.TrainedRun, images: np.ndarray,
+def draw_class_maps(run: trained_run.TrainedRun, images: np.ndarray,
                     labels: np.ndarray, path: str, split: str) -> None:
   probs, maps = class_activation_maps(run, images)
   names = run.info.class_names

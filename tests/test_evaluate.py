@@ -8,7 +8,7 @@ import pytest
 
 from nin_jax import evaluate
 from nin_jax import input_pipeline
-from nin_jax import trained
+from nin_jax import trained_run
 
 
 def test_report_against_hand_counts():
@@ -25,7 +25,7 @@ def test_report_against_hand_counts():
 
 
 def test_digits_split_equals_a_direct_computation(trained_workdir):
-  run = trained.load(trained_workdir)
+  run = trained_run.load(trained_workdir)
   logits, labels = evaluate.predictions(run, 'test')
   images, expected_labels = input_pipeline._digits_arrays('test')
   np.testing.assert_array_equal(labels, expected_labels)  # All 360, in order.
@@ -41,7 +41,7 @@ def test_digits_split_equals_a_direct_computation(trained_workdir):
 
 def test_report_json_and_confusion_png(trained_workdir, tmp_path):
   out = tmp_path / 'eval'
-  result, directory = evaluate.write_report(trained.load(trained_workdir),
+  result, directory = evaluate.write_report(trained_run.load(trained_workdir),
                                             'test', 3, str(out))
   assert directory == str(out) and '3' in result['top_k_accuracy']
   report = json.loads((out / 'report.json').read_text())
@@ -51,10 +51,10 @@ def test_report_json_and_confusion_png(trained_workdir, tmp_path):
 
 
 def test_missing_workdir_and_step_are_clear_errors(trained_workdir, tmp_path):
-  with pytest.raises(trained.errors.WorkdirError, match='not a training'):
+  with pytest.raises(trained_run.errors.WorkdirError, match='not a training'):
     os.makedirs(tmp_path / 'empty')
-    trained.load(str(tmp_path / 'empty'))
-  with pytest.raises(trained.errors.WorkdirError, match='saved steps are 2, 4'):
-    trained.load(trained_workdir, step=3)
-  with pytest.raises(trained.errors.ConfigError, match='no validation'):
-    evaluate.predictions(trained.load(trained_workdir), 'validation')
+    trained_run.load(str(tmp_path / 'empty'))
+  with pytest.raises(trained_run.errors.WorkdirError, match='saved steps are 2, 4'):
+    trained_run.load(trained_workdir, step=3)
+  with pytest.raises(trained_run.errors.ConfigError, match='no validation'):
+    evaluate.predictions(trained_run.load(trained_workdir), 'validation')

@@ -11,7 +11,7 @@ import pytest
 
 from nin_jax import export
 from nin_jax import input_pipeline
-from nin_jax import trained
+from nin_jax import trained_run
 
 # What a consumer runs, with jax or TensorFlow and numpy only (the README
 # shows the same code).
@@ -53,7 +53,7 @@ def test_export_in_a_fresh_process_matches_the_trainer(
   if export_format == 'onnx':  # An optional extra (requirements-export.txt).
     pytest.importorskip('jax2onnx')
     pytest.importorskip('onnxruntime')
-  run = trained.load(trained_workdir)
+  run = trained_run.load(trained_workdir)
   out = str(tmp_path / 'nin.export')
   export.write(run, out, export_format)
   meta = json.loads((tmp_path / 'nin.export.json').read_text())
@@ -89,7 +89,7 @@ def test_onnx_without_its_extra_names_the_install_line(trained_workdir,
     return real_import(name, *args, **kwargs)
 
   monkeypatch.setattr('builtins.__import__', no_onnx)
-  run = trained.load(trained_workdir)
+  run = trained_run.load(trained_workdir)
   with pytest.raises(export.errors.DependencyError,
                      match='pip install -r requirements-export.txt'):
     export.write(run, str(tmp_path / 'nin.onnx'), 'onnx')
@@ -118,8 +118,8 @@ def test_an_onnx_model_that_computes_something_else_is_refused(
     trained_workdir):
   pytest.importorskip('jax2onnx')
   pytest.importorskip('onnxruntime')
-  older = trained.load(trained_workdir, step=2)
+  older = trained_run.load(trained_workdir, step=2)
   model_bytes = export.export_onnx(older).SerializeToString()
   assert export.check_onnx(older, model_bytes) <= export.TOLERANCE
   with pytest.raises(export.errors.ExportError, match='nothing was written'):
-    export.check_onnx(trained.load(trained_workdir), model_bytes)
+    export.check_onnx(trained_run.load(trained_workdir), model_bytes)

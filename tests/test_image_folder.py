@@ -13,7 +13,7 @@ from nin_jax import evaluate
 from nin_jax import image_folder
 from nin_jax import input_pipeline
 from nin_jax import train
-from nin_jax import trained
+from nin_jax import trained_run
 from nin_jax.configs import test as test_config
 
 from main_runner import run_main
@@ -202,7 +202,7 @@ def test_training_on_a_grey_folder_records_its_classes(tmp_path):
   # The folder moved (or the model went to another machine): --data_dir
   # names where it is now.
   moved = root.rename(tmp_path / 'moved')
-  run = trained.load(str(workdir))
+  run = trained_run.load(str(workdir))
   with pytest.raises(errors.UserError, match='No folder'):
     evaluate.predictions(run, input_pipeline.TEST)
   logits, labels = evaluate.predictions(run, input_pipeline.TEST, str(moved))

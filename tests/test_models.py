@@ -8,7 +8,7 @@ import pytest
 from nin_jax import errors
 from nin_jax import models
 from nin_jax.configs import default
-import seed_reference
+import numpy_reference
 
 
 def _param_count(config, image_shape=(32, 32, 3)):
@@ -65,11 +65,11 @@ def test_dropout_is_active_only_in_training(tiny_config):
 def test_logits_match_an_independent_numpy_seed_network():
   """Same weights in the seed's PyTorch layout -> same logits."""
   rng = np.random.default_rng(0)
-  weights = seed_reference.random_torch_weights(rng)
+  weights = numpy_reference.random_torch_weights(rng)
   images = rng.normal(size=(2, 32, 32, 3)).astype(np.float32)
-  expected = seed_reference.seed_logits(images, weights)
+  expected = numpy_reference.seed_logits(images, weights)
   model = models.create_model(default.get_config())
-  params = jax.tree.map(jnp.asarray, seed_reference.to_flax_params(weights))
+  params = jax.tree.map(jnp.asarray, numpy_reference.to_flax_params(weights))
   logits = model.apply({'params': params}, images, train=False)
   assert np.abs(expected).max() > 0.1  # Not a vacuous all-zero comparison.
   np.testing.assert_allclose(logits, expected, rtol=2e-4, atol=2e-5)

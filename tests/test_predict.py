@@ -9,7 +9,7 @@ from PIL import Image
 
 from nin_jax import input_pipeline
 from nin_jax import predict
-from nin_jax import trained
+from nin_jax import trained_run
 
 
 def _digit_files(directory, count=3):
@@ -35,7 +35,7 @@ def test_an_image_at_the_dataset_size_is_the_dataset_image(tmp_path):
 
 
 def test_bad_files_among_good_ones(trained_workdir, tmp_path):
-  run = trained.load(trained_workdir)
+  run = trained_run.load(trained_workdir)
   good, _, _ = _digit_files(tmp_path)
   (tmp_path / 'notes.txt').write_text('not an image')
   (tmp_path / 'cut.png').write_bytes(b'\x89PNG\r\n\x1a\n' + b'\0' * 20)

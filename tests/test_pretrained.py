@@ -23,7 +23,7 @@ from nin_jax import models
 from nin_jax import predict
 from nin_jax import publish
 from nin_jax import train
-from nin_jax import trained
+from nin_jax import trained_run
 from nin_jax import visualize
 from nin_jax.configs import test as test_config
 
@@ -84,7 +84,7 @@ def test_published_model_computes_what_its_checkpoint_does(trained_workdir,
   assert sorted(os.listdir(published)) == [
       'config.json', 'dataset.json', 'info.json', 'metrics.jsonl',
       'preprocessing.npz', 'variables.msgpack']
-  run, source = trained.load(published), trained.load(trained_workdir)
+  run, source = trained_run.load(published), trained_run.load(trained_workdir)
   assert run.published and not source.published and run.step == 4
   assert run.info == source.info
   images, _ = input_pipeline._digits_arrays('test')
@@ -93,7 +93,7 @@ def test_published_model_computes_what_its_checkpoint_does(trained_workdir,
       np.asarray(source.logits(source.preprocess(images))))
 
   # The weights only: no optimizer state, step or dropout key.
-  weights = os.path.join(published, trained.VARIABLES_FILE)
+  weights = os.path.join(published, trained_run.VARIABLES_FILE)
   with open(weights, 'rb') as f:
     stored = serialization.msgpack_restore(f.read())
   assert list(stored) == ['params']  # The tiny model has no BatchNorm.
@@ -109,7 +109,7 @@ def test_published_model_computes_what_its_checkpoint_does(trained_workdir,
   # info.json repeats what metrics.jsonl logged for the final evaluation.
   with open(os.path.join(trained_workdir, 'metrics.jsonl')) as f:
     logged = [json.loads(line) for line in f]
-  info = trained.read_info(published)
+  info = trained_run.read_info(published)
   assert info['step'] == 4 and info['source_workdir'] == trained_workdir
   final = logged[-1]
   assert final['split'] == 'test' and final['step'] == 4
@@ -127,7 +127,7 @@ def test_publish_replaces_only_when_asked_and_leaves_nothing_half_done(
     publish.publish(trained_workdir, 'tiny', root=root)
   target, _ = publish.publish(trained_workdir, 'tiny', root=root,
                               overwrite=True)
-  assert trained.read_info(target)['step'] == 4
+  assert trained_run.read_info(target)['step'] == 4
   with pytest.raises(errors.ConfigError, match='not a path'):
     publish.publish(trained_workdir, '../tiny', root=root)
   with pytest.raises(errors.WorkdirError, match='published model already'):
@@ -141,7 +141,7 @@ def test_publish_replaces_only_when_asked_and_leaves_nothing_half_done(
   with pytest.raises(OSError, match='disk full'):
     publish.publish(trained_workdir, 'tiny', root=root, overwrite=True)
   assert os.listdir(root) == ['tiny']  # No temporary directory left either.
-  assert trained.read_info(target)['step'] == 4
+  assert trained_run.read_info(target)['step'] == 4
 
 
 def test_predict_with_a_published_model(published, tmp_path, monkeypatch,
@@ -150,7 +150,7 @@ def test_predict_with_a_published_model(published, tmp_path, monkeypatch,
   path = str(tmp_path / 'digit.png')
   Image.fromarray((images[0, ..., 0] * (255 / 16)).round().astype(
       np.uint8)).save(path)
-  run = trained.load(published)
+  run = trained_run.load(published)
   (expected,) = predict.predict_files(run, [path], top_k=2)
   names = [p['name'] for p in expected['top_k']]
 
@@ -159,7 +159,7 @@ def test_predict_with_a_published_model(published, tmp_path, monkeypatch,
   assert printed.startswith(f'{path}: 1. {names[0]} ')
   assert f' 2. {names[1]} ' in printed
 
-  monkeypatch.setenv(trained.PRETRAINED_ROOT_ENV, os.path.dirname(published))
+  monkeypatch.setenv(trained_run.PRETRAINED_ROOT_ENV, os.path.dirname(published))
   assert _run(predict, '--pretrained=tiny', path) == 0
   assert capsys.readouterr().out.startswith(f'{path}: 1. {names[0]} ')
   assert _run(predict, '--pretrained=cifar10', path) == 2
@@ -218,14 +218,14 @@ def test_another_class_count_keeps_the_fresh_class_layers(model_fields,
                                                           class_layers):
   loaded = _variables(10, **model_fields)
   fresh = _variables(3, seed=1, **model_fields)
-  merged, kept_fresh = trained.transfer(loaded, fresh, 'source')
+  merged, kept_fresh = trained_run.transfer(loaded, fresh, 'source')
   assert kept_fresh == class_layers
   for path, value in _flat(merged).items():
     layer = path.split('/', 1)[1].rsplit('/', 1)[0]
     wanted = fresh if layer in class_layers else loaded
     np.testing.assert_array_equal(value, _flat(wanted)[path], err_msg=path)
   # The same class count: every array comes from the source.
-  merged, kept_fresh = trained.transfer(
+  merged, kept_fresh = trained_run.transfer(
       loaded, _variables(10, seed=1, **model_fields), 'source')
   assert kept_fresh == ()
   jax.tree.map(np.testing.assert_array_equal, merged, loaded)
@@ -237,11 +237,11 @@ def test_another_architecture_names_the_first_array_that_differs():
   with pytest.raises(errors.ConfigError,
                      match=r"init_from='src' does not fit .*: params/"
                      r'mlpconv2/mlp1/bias is \(8,\) there and \(12,\) here'):
-    trained.transfer(loaded, wider, 'src')
+    trained_run.transfer(loaded, wider, 'src')
   with pytest.raises(errors.ConfigError, match='bn0/.* is not in the source'):
-    trained.transfer(loaded, _variables(10, use_batchnorm=True), 'src')
+    trained_run.transfer(loaded, _variables(10, use_batchnorm=True), 'src')
   with pytest.raises(errors.ConfigError, match='the source has .*bn0'):
-    trained.transfer(_variables(10, use_batchnorm=True), loaded, 'src')
+    trained_run.transfer(_variables(10, use_batchnorm=True), loaded, 'src')
 
 
 def test_a_new_run_starts_from_the_source_and_a_resumed_one_ignores_it(
@@ -255,8 +255,8 @@ def test_a_new_run_starts_from_the_source_and_a_resumed_one_ignores_it(
     train.train_and_evaluate(config, workdir)
     assert f'Initialized from {published}, step 4: every parameter' in (
         caplog.text)
-    step, started = trained.read_variables(workdir)
-    _, source = trained.read_variables(published)
+    step, started = trained_run.read_variables(workdir)
+    _, source = trained_run.read_variables(published)
     assert step == 2
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
                  started, source)
@@ -266,7 +266,7 @@ def test_a_new_run_starts_from_the_source_and_a_resumed_one_ignores_it(
     config.num_train_steps = 4
     train.train_and_evaluate(config, workdir)
     assert 'config.init_from is ignored' in caplog.text
-  assert trained.read_variables(workdir)[0] == 4
+  assert trained_run.read_variables(workdir)[0] == 4
 
 
 def test_a_folder_of_three_classes_starts_from_the_ten_digit_model(
@@ -281,8 +281,8 @@ def test_a_folder_of_three_classes_starts_from_the_ten_digit_model(
     train.train_and_evaluate(config, workdir)
   assert ('except mlpconv3/mlp2, whose shapes differ (10 classes there, 3 '
           'here)') in caplog.text
-  started = _flat(trained.read_variables(workdir)[1])
-  source = _flat(trained.read_variables(published)[1])
+  started = _flat(trained_run.read_variables(workdir)[1])
+  source = _flat(trained_run.read_variables(published)[1])
   init_key = jax.random.split(jax.random.key(config.seed))[0]
   fresh = _flat(models.create_model(config).init(
       {'params': init_key}, np.zeros((1, 8, 8, 1)), train=False))
@@ -303,7 +303,7 @@ def test_bad_init_from_stops_before_the_workdir_is_made(published, tmp_path,
                      match=r'params/mlpconv3/mlp1/bias is \(8,\) there '
                      r'and \(9,\) here'):
     train.train_and_evaluate(config, str(workdir))
-  monkeypatch.setenv(trained.PRETRAINED_ROOT_ENV, os.path.dirname(published))
+  monkeypatch.setenv(trained_run.PRETRAINED_ROOT_ENV, os.path.dirname(published))
   config = test_config.get_config()
   config.init_from = 'tinny'
   with pytest.raises(errors.ConfigError, match='published ones are tiny'):

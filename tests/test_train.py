@@ -15,7 +15,7 @@ from nin_jax import evaluate
 from nin_jax import input_pipeline
 from nin_jax import parallel
 from nin_jax import train
-from nin_jax import trained
+from nin_jax import trained_run
 from tests import main_runner
 
 
@@ -61,7 +61,7 @@ def test_main_trains_cifar10_under_mock_data_then_resume_is_a_no_op(
   # direct computation on the raw images.
   with tfds.testing.mock_data(num_examples=40):
     assert main_runner.run_main(monkeypatch, workdir, *cifar) == 0
-    run = trained.load(workdir)
+    run = trained_run.load(workdir)
     logits, labels = evaluate.predictions(run, 'test')
     raw = input_pipeline.Dataset(run.config).head('test', 100)
   assert read_metrics(workdir) == rows

@@ -6,13 +6,13 @@ import pytest
 from nin_jax import errors
 from nin_jax import input_pipeline
 from nin_jax import plots
-from nin_jax import trained
+from nin_jax import trained_run
 from nin_jax import visualize
 
 
 def test_class_map_is_the_last_channel_and_averages_to_the_logit(
     trained_workdir):
-  run = trained.load(trained_workdir)
+  run = trained_run.load(trained_workdir)
   images, _ = input_pipeline._digits_arrays('test')
   inputs = run.preprocess(images[:6])
   logits, maps = run.logits_and_class_maps(inputs)
@@ -33,7 +33,7 @@ def test_class_map_is_the_last_channel_and_averages_to_the_logit(
 
 
 def test_fc_head_has_no_class_activation_maps(trained_workdir):
-  run = trained.load(trained_workdir)
+  run = trained_run.load(trained_workdir)
   run.config.model.head = 'fc'
   with pytest.raises(errors.ConfigError, match='gap head'):
     visualize.class_activation_maps(run, np.zeros((1, 8, 8, 1), np.uint8))
@@ -41,7 +41,7 @@ def test_fc_head_has_no_class_activation_maps(trained_workdir):
 
 def test_the_pngs_are_drawn(trained_workdir, tmp_path):
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  run = trained.load(trained_workdir)
+  run = trained_run.load(trained_workdir)
   images, labels = visualize.pick_examples(run, 'test', 4)
   assert len(images) == 4
   visualize.draw_class_maps(run, images, labels, str(tmp_path / 'maps.png'),

@@ -5,7 +5,7 @@ dependency (`pip install torch`), imported only when this is called.
 """
 
 
-def seed_network(num_classes: int = 10):
+def torch_nin(num_classes: int = 10):
   """The seed's CIFAR-10 NiN as one `torch.nn.Sequential`, layer for layer."""
   from torch import nn  # pylint: disable=g-import-not-at-top
   return nn.Sequential(

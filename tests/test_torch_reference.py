@@ -11,8 +11,8 @@ import pytest
 
 from nin_jax import models
 from nin_jax.configs import default
-from nin_jax.seed_torch import seed_network
-import seed_reference
+from nin_jax.torch_reference import torch_nin
+import numpy_reference
 
 torch = pytest.importorskip('torch', reason='PyTorch is an optional extra')
 nn = torch.nn
@@ -20,7 +20,7 @@ nn = torch.nn
 
 def test_flax_nin_equals_the_seed_pytorch_network():
   torch.manual_seed(0)
-  net = seed_network().eval()
+  net = torch_nin().eval()
   with torch.no_grad():  # Positive biases so that no class map is all zero.
     for module in net:
       if isinstance(module, nn.Conv2d):
@@ -34,7 +34,7 @@ def test_flax_nin_equals_the_seed_pytorch_network():
   with torch.no_grad():
     expected = net(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
   model = models.create_model(default.get_config())
-  params = jax.tree.map(jnp.asarray, seed_reference.to_flax_params(weights))
+  params = jax.tree.map(jnp.asarray, numpy_reference.to_flax_params(weights))
   logits = np.asarray(model.apply({'params': params}, images, train=False))
   assert np.abs(expected).max() > 0.01
   np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
