@@ -149,7 +149,7 @@ def bench_nin_jax(config, epoch: bool) -> dict[str, float]:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import fixed_batch  # pylint: disable=g-import-not-at-top
-  from nin_jax import device_input, preprocessing, train  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from nin_jax import device_input, preprocessing, steps, train  # pylint: disable=g-import-not-at-top,g-multiple-import
   batch_size = config.batch_size
   shape = _image_shape(config)
   run = fixed_batch.setup(config)
@@ -194,7 +194,7 @@ def bench_nin_jax(config, epoch: bool) -> dict[str, float]:
     steps_per_epoch = _EPOCH_IMAGES.value // batch_size
     per_dispatch = train.resolve_steps_per_dispatch(config)
     fused = strategy.compile_steps(functools.partial(
-        train.train_steps, draw=batches.draw))
+        steps.train_steps, draw=batches.draw))
     state = run.fresh_state()
 
     def dispatch(first, count):

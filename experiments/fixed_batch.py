@@ -13,10 +13,8 @@ import ml_collections
 import numpy as np
 
 from nin_jax import input_pipeline
-from nin_jax import models
-from nin_jax import optimizer
 from nin_jax import parallel
-from nin_jax import train
+from nin_jax import steps
 
 
 @dataclasses.dataclass
@@ -35,13 +33,14 @@ class FixedBatch:
 
 def setup(config: ml_collections.ConfigDict, seed: int = 0) -> FixedBatch:
   shape = input_pipeline.image_shape(config)
-  strategy = parallel.Jit(train.train_step, train.eval_step)
-  lr = optimizer.create_learning_rate_fn(config, 390, 78_000)
-  model = models.create_model(config)
+  strategy = parallel.Jit(steps.train_step, steps.eval_step)
+  config = config.copy_and_resolve_references()
+  config.seed = seed
 
   def fresh_state():
-    return strategy.put_state(train.create_train_state(
-        config, model, shape, jax.random.key(seed), lr))
+    # CIFAR-10's schedule at batch 128: 390 steps an epoch, 200 epochs.
+    return strategy.put_state(steps.initial_state(
+        config, shape, steps_per_epoch=390, num_steps=78_000)[0])
 
   rng = np.random.default_rng(seed)
   batch = strategy.put_batch({
@@ -51,4 +50,4 @@ def setup(config: ml_collections.ConfigDict, seed: int = 0) -> FixedBatch:
                             config.batch_size).astype(np.int32),
       'mask': np.ones(config.batch_size, np.float32)})
   return FixedBatch(strategy, fresh_state(), batch,
-                    strategy.put_key(jax.random.key(seed + 1)), fresh_state)
+                    strategy.put_key(steps.dropout_key(seed)), fresh_state)

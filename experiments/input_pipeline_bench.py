@@ -11,7 +11,7 @@ process:
   * the device-resident path: `device_input.DeviceTrainBatches.batch`;
   * the train step of the same config on a fixed batch (no input at all),
     one step per dispatch;
-  * the trainer's own loop: `train.train_steps`, config.steps_per_dispatch
+  * the trainer's own loop: `steps.train_steps`, config.steps_per_dispatch
     steps per dispatch, each drawing its batch on the device;
 and prints each path's images/sec as a ratio to the step's: the goal is at
 least 10x, so that input never limits training. The loop's rate is what a
@@ -61,9 +61,8 @@ def _images_per_sec(next_batch, count, batch_size):
 def _measure(setting, kind):
   """Images/sec of both paths and of the train step, for one config."""
   import functools  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from nin_jax import device_input, input_pipeline, models, optimizer, parallel, train  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from nin_jax import device_input, input_pipeline, parallel, steps, train  # pylint: disable=g-import-not-at-top,g-multiple-import
   from nin_jax.configs import default, digits  # pylint: disable=g-import-not-at-top,g-multiple-import
   config = (digits if setting == 'digits' else default).get_config()
   config.preprocessing = kind
@@ -72,7 +71,7 @@ def _measure(setting, kind):
   started = time.perf_counter()
   prep = input_pipeline.fit_preprocessing(dataset, info, config)
   fit_seconds = time.perf_counter() - started
-  strategy = parallel.Jit(train.train_step, train.eval_step)
+  strategy = parallel.Jit(steps.train_step, steps.eval_step)
   steps_per_epoch = input_pipeline.steps_per_epoch(info, config, 1)
   result = {'setting': setting, 'preprocessing': kind,
             'batch_size': config.batch_size, 'fit_seconds': fit_seconds}
@@ -91,12 +90,11 @@ def _measure(setting, kind):
   result['device'] = _images_per_sec(lambda: device.batch(next(counter)),
                                      _BATCHES.value, config.batch_size)
 
-  model = models.create_model(config)
-  lr = optimizer.create_learning_rate_fn(config, steps_per_epoch, 1000)
-  init_key, key = jax.random.split(jax.random.key(0))
-  state = strategy.put_state(train.create_train_state(
-      config, model, info.image_shape, init_key, lr))
-  key = strategy.put_key(key)
+  # The schedule's length does not change a step's time.
+  state = strategy.put_state(steps.initial_state(
+      config, info.image_shape, steps_per_epoch,
+      int(config.num_epochs * steps_per_epoch))[0])
+  key = strategy.put_key(steps.dropout_key(config.seed))
   batch = device.batch(0)
 
   def step():
@@ -105,8 +103,8 @@ def _measure(setting, kind):
     return metrics
 
   # A digits step takes milliseconds: time more of them.
-  steps = _STEPS.value * (30 if setting == 'digits' else 1)
-  result['train_step'] = _images_per_sec(step, steps, config.batch_size)
+  num_steps = _STEPS.value * (30 if setting == 'digits' else 1)
+  result['train_step'] = _images_per_sec(step, num_steps, config.batch_size)
 
   # What the trainer runs: either steps_per_dispatch steps per compiled
   # call, each drawing its batch on the device, or (one per dispatch) the
@@ -115,7 +113,7 @@ def _measure(setting, kind):
   result['steps_per_dispatch'] = per_call
   if per_call > 1:
     fused = strategy.compile_steps(functools.partial(
-        train.train_steps, draw=device.draw))
+        steps.train_steps, draw=device.draw))
     calls = iter(range(10**9))
 
     def loop():
@@ -125,7 +123,7 @@ def _measure(setting, kind):
       return sums
 
     result['train_loop'] = per_call * _images_per_sec(
-        loop, max(1, steps // per_call), config.batch_size)
+        loop, max(1, num_steps // per_call), config.batch_size)
   else:
     def draw_and_step():
       nonlocal state
@@ -133,7 +131,7 @@ def _measure(setting, kind):
                                            key)
       return metrics
 
-    result['train_loop'] = _images_per_sec(draw_and_step, steps,
+    result['train_loop'] = _images_per_sec(draw_and_step, num_steps,
                                            config.batch_size)
   return result
 

@@ -52,7 +52,7 @@ def worker(mode: str) -> dict:
   sys.path.insert(0, REPO)
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from nin_jax import models, optimizer, parallel, train  # pylint: disable=g-import-not-at-top
+  from nin_jax import parallel, steps  # pylint: disable=g-import-not-at-top,g-multiple-import
   from nin_jax.configs import default, digits  # pylint: disable=g-import-not-at-top
 
   config = digits.get_config()
@@ -63,15 +63,14 @@ def worker(mode: str) -> dict:
   rng = np.random.default_rng(0)
   batch = {'image': rng.normal(size=(_BATCH.value,) + shape).astype(np.float32),
            'label': rng.integers(0, 10, _BATCH.value).astype(np.int32)}
-  model = models.create_model(config)
-  lr = optimizer.create_learning_rate_fn(config, 100, 10_000)
-  state = train.create_train_state(config, model, shape, jax.random.key(0), lr)
-  key = jax.random.key(1)
+  state = steps.initial_state(config, shape, steps_per_epoch=100,
+                              num_steps=10_000)[0]
+  key = steps.dropout_key(config.seed)
   if mode == 'plain':
-    step = jax.jit(train.train_step, donate_argnums=0)
+    step = jax.jit(steps.train_step, donate_argnums=0)
     seconds = _median_step_seconds(step, state, batch, key, _STEPS.value)
   else:
-    strategy = parallel.Jit(train.train_step, train.eval_step)
+    strategy = parallel.Jit(steps.train_step, steps.eval_step)
     seconds = _median_step_seconds(
         strategy.train_step, strategy.put_state(state),
         strategy.put_batch(batch), strategy.put_key(key), _STEPS.value)

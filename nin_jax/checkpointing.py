@@ -1,9 +1,11 @@
 """Orbax checkpoints in `<workdir>/checkpoints`: everything a resume needs.
 
 A checkpoint holds the train state (parameters, optimizer state, step,
-BatchNorm statistics), the dropout key and a small JSON `progress` record
-(input position, the partly summed metrics of the current log window, the
-dead-ReLU counter), so a resumed run continues bit for bit where it stopped.
+BatchNorm statistics) and a small JSON `progress` record (input position,
+the partly summed metrics of the current log window, the dead-ReLU counter),
+so a resumed run continues bit for bit where it stopped. The dropout key is
+not saved: it follows from config.seed and the step (steps.py). Checkpoints
+of older versions, which hold one, are read all the same.
 
 Orbax writes each step into a temporary directory and renames it when
 complete, so a save cut short by a crash is never taken for a checkpoint. A
@@ -26,8 +28,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from nin_jax import errors
+from nin_jax import workdir_files
 
-UNREADABLE_DIR = 'checkpoints_unreadable'
 # Orbax writes a step into '<step>.orbax-checkpoint-tmp-<time>' and renames
 # it when complete.
 TMP_SUFFIX = '.orbax-checkpoint-tmp'
@@ -40,9 +42,13 @@ def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
           tuple(getattr(leaf, 'shape', ())) for path, leaf in leaves}
 
 
-def _items(state: Any, dropout_key: jax.Array) -> dict[str, Any]:
+# What older versions saved beside the train state; read, then dropped.
+_OLD_DROPOUT_KEY = 'dropout_key'
+
+
+def _items(state: Any) -> dict[str, Any]:
   """The arrays a checkpoint's 'state' item holds (as read_checkpoint returns)."""
-  return {'train_state': state, 'dropout_key': jax.random.key_data(dropout_key)}
+  return {'train_state': state}
 
 
 def _item_handlers() -> dict[str, Any]:
@@ -56,7 +62,7 @@ class Checkpointer:
 
   def __init__(self, workdir: str, keep: int):
     self.workdir = os.path.abspath(workdir)
-    self.directory = os.path.join(self.workdir, 'checkpoints')
+    self.directory = workdir_files.checkpoints_dir(self.workdir)
     self._remove_unfinished_saves()
     self._manager = ocp.CheckpointManager(
         self.directory,
@@ -85,10 +91,9 @@ class Checkpointer:
     """Whether all processes agreed to stop at `step` (multi-process SIGTERM)."""
     return self._manager.reached_preemption(step)
 
-  def save(self, step: int, state: Any, dropout_key: jax.Array,
-           progress: dict[str, Any]) -> None:
+  def save(self, step: int, state: Any, progress: dict[str, Any]) -> None:
     """Writes step `step`; a full or unwritable disk gives a clear error."""
-    items = _items(state, dropout_key)
+    items = _items(state)
     try:
       self._manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(items),
@@ -100,23 +105,27 @@ class Checkpointer:
           f'{self.latest_step()}) is intact; free some space or fix the '
           'permissions, then rerun the same command to resume.') from None
 
-  def restore_latest(self, state: Any, dropout_key: jax.Array
-                     ) -> tuple[int, Any, jax.Array, dict[str, Any]] | None:
-    """(step, state, dropout key, progress) of the newest readable checkpoint.
+  def restore_latest(self, state: Any
+                     ) -> tuple[int, Any, dict[str, Any]] | None:
+    """(step, state, progress) of the newest readable checkpoint.
 
     `state` gives the structure, shapes and shardings to restore into. A
     checkpoint whose shapes differ from it was made with another config: that
     stops with a ConfigError and touches nothing. One that cannot be read is
     moved aside and the next older one tried.
     """
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
-                            _items(state, dropout_key))
+    wanted = jax.tree.map(ocp.utils.to_shape_dtype_struct, _items(state))
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
         saved = self._manager.item_metadata(step)['state']
       except Exception as e:  # pylint: disable=broad-except
         self._set_aside(step, e)
         continue
+      abstract = dict(wanted)
+      if saved is not None and _OLD_DROPOUT_KEY in saved:
+        old_key = saved[_OLD_DROPOUT_KEY]
+        abstract[_OLD_DROPOUT_KEY] = jax.ShapeDtypeStruct(old_key.shape,
+                                                          old_key.dtype)
       self._check_compatible(step, saved, abstract)
       try:
         restored = self._manager.restore(step, args=ocp.args.Composite(
@@ -125,9 +134,7 @@ class Checkpointer:
       except Exception as e:  # pylint: disable=broad-except
         self._set_aside(step, e)  # Damaged files raise many kinds of errors.
         continue
-      key = jax.random.wrap_key_data(restored['state']['dropout_key'],
-                                     impl=jax.random.key_impl(dropout_key))
-      return (step, restored['state']['train_state'], key,
+      return (step, restored['state']['train_state'],
               dict(restored['progress']))
     return None
 
@@ -148,7 +155,7 @@ class Checkpointer:
 
   def _set_aside(self, step: int, error: Exception) -> None:
     """Moves an unreadable checkpoint out of Orbax's way, keeping its files."""
-    target = os.path.join(self.workdir, UNREADABLE_DIR,
+    target = os.path.join(self.workdir, workdir_files.UNREADABLE_CHECKPOINTS,
                           f'{step}-{time.strftime("%Y%m%dT%H%M%S")}')
     if jax.process_index() == 0:
       os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -167,14 +174,6 @@ class Checkpointer:
     self._manager.close()
 
 
-def has_checkpoint(workdir: str) -> bool:
-  """Whether `workdir` holds a finished save: a directory named by its step
-  (what Orbax renames a save to when it is complete); nothing is read."""
-  directory = os.path.join(workdir, 'checkpoints')
-  return os.path.isdir(directory) and any(
-      name.isdigit() for name in os.listdir(directory))
-
-
 def state_is_finite(state: Any) -> bool:
   """Whether every floating-point array of the state is finite."""
   leaves = [x for x in jax.tree.leaves(state)
@@ -188,9 +187,10 @@ def read_checkpoint(workdir: str, step: int | None = None
   """(step, arrays, progress) of a workdir's checkpoint (default: newest).
 
   No config or model is needed: arrays come back as numpy, nested as the
-  train state was ({'train_state': {'params': ...}, 'dropout_key': ...}).
+  train state was ({'train_state': {'params': ...}}; checkpoints of older
+  versions also hold a 'dropout_key').
   """
-  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  directory = workdir_files.checkpoints_dir(os.path.abspath(workdir))
   if not os.path.isdir(directory):
     raise errors.WorkdirError(
         f'No checkpoints in {workdir} (no {directory}): pass the --workdir '

@@ -32,7 +32,7 @@ import numpy as np
 
 from nin_jax import cli
 from nin_jax import errors
-from nin_jax import files
+from nin_jax import workdir_files
 from nin_jax import trained_run
 
 FLAGS = flags.FLAGS
@@ -221,12 +221,12 @@ def write(run: trained_run.TrainedRun, out: str, export_format: str = 'stablehlo
   run = portable(run)
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   if export_format == 'stablehlo':
-    files.write_atomically(out, export_stablehlo(run, platforms).serialize())
+    workdir_files.write_atomically(out, export_stablehlo(run, platforms).serialize())
   elif export_format == 'onnx':
     platforms = ()  # Whatever runs ONNX.
     model_bytes = export_onnx(run).SerializeToString()
     check_onnx(run, model_bytes)
-    files.write_atomically(out, model_bytes)
+    workdir_files.write_atomically(out, model_bytes)
   else:
     write_savedmodel(run, out, platforms)
   with open(out + '.json', 'w', encoding='utf-8') as f:

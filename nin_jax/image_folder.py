@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 
 from nin_jax import errors
-from nin_jax import files
+from nin_jax import workdir_files
 
 PREFIX = 'folder:'
 TRAIN_FOLDER = 'train'
@@ -224,7 +224,7 @@ def _cache_key(directory: str, listing: Listing, channels: int,
 
 
 def cache_dir(config: ml_collections.ConfigDict) -> str:
-  return os.path.join(files.data_root(config), 'nin_jax_folders')
+  return os.path.join(workdir_files.data_root(config), 'nin_jax_folders')
 
 
 def load_split(root: str, split: str, listing: Listing,
@@ -251,7 +251,7 @@ def load_split(root: str, split: str, listing: Listing,
   labels = listing.labels[order]
   try:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    files.write_npz_atomically(path, images=images, labels=labels,
+    workdir_files.write_npz_atomically(path, images=images, labels=labels,
                                paths=np.asarray(paths))
   except OSError as e:
     logging.warning('Could not cache the decoded images in %s (%s); the next '

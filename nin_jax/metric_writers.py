@@ -1,17 +1,24 @@
-"""Where metrics go: `metrics.jsonl`, TensorBoard event files and the console."""
+"""Where metrics go: `metrics.jsonl`, TensorBoard event files and the console.
+
+Also what the loop sums between two log lines (`LogWindow`) and the warning
+that watches those sums for dead class maps (`DeadReluMonitor`).
+"""
 
 import json
 import math
 import os
 import time
-from typing import Mapping
+from typing import Any, Mapping
 
 from absl import logging
+import jax
+import numpy as np
 from tensorboard.compat.proto import event_pb2
 from tensorboard.compat.proto import summary_pb2
 from tensorboard.summary.writer import event_file_writer
 
-from nin_jax import files
+from nin_jax import steps
+from nin_jax import workdir_files
 
 
 def format_duration(seconds: float) -> str:
@@ -43,11 +50,11 @@ class MetricWriter:
     if not enabled:
       return
     os.makedirs(workdir, exist_ok=True)
-    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.path = workdir_files.path(workdir, workdir_files.METRICS)
     self._keep_rows_up_to(resumed_step)
     self._jsonl = open(self.path, 'a', encoding='utf-8')
     self._tb = {}
-    self._tb_dir = os.path.join(workdir, 'tensorboard')
+    self._tb_dir = workdir_files.path(workdir, workdir_files.TENSORBOARD)
 
   def _keep_rows_up_to(self, step: int) -> None:
     if not os.path.exists(self.path):
@@ -70,10 +77,10 @@ class MetricWriter:
       return
     # Kept first, then removed from metrics.jsonl (atomically).
     with open(os.path.join(os.path.dirname(self.path),
-                           'metrics.superseded.jsonl'), 'a',
+                           workdir_files.SUPERSEDED_METRICS), 'a',
               encoding='utf-8') as f:
       f.writelines(superseded)
-    files.write_atomically(self.path, ''.join(kept))
+    workdir_files.write_atomically(self.path, ''.join(kept))
     logging.info('Moved %d metric rows logged after step %d (which the '
                  'resumed run logs again) to metrics.superseded.jsonl.',
                  len(superseded), step)
@@ -130,3 +137,75 @@ class ProgressLogger:
       eta = format_duration((self._total - step) / steps_per_second)
       line += f'  {metrics["images_per_sec"]:.1f} img/s  ETA {eta}'
     logging.info('%s', line)
+
+
+class LogWindow:
+  """Summed metrics and training wall time since the last log line."""
+
+  def __init__(self):
+    self.sums = None
+    self._steps = 0  # Steps whose time is on the clock.
+    self._seconds = 0.0
+    self._since = time.perf_counter()
+
+  def add(self, sums: steps.Metrics, count: int) -> None:
+    """Adds the summed metrics of `count` more steps."""
+    self.sums = steps.accumulate(self.sums, sums)
+    self._steps += count
+
+  def seconds(self) -> float:
+    running = 0.0 if self._since is None else time.perf_counter() - self._since
+    return self._seconds + running
+
+  def stop_clock(self) -> None:
+    # Steps run asynchronously: wait for the dispatched ones, or their time
+    # would fall into the pause (an evaluation) and inflate img/s.
+    jax.block_until_ready(self.sums)
+    self._seconds = self.seconds()
+    self._since = None
+
+  def start_clock(self) -> None:
+    self._since = time.perf_counter()
+
+  def restart_clock(self) -> None:
+    """Forgets the time so far (e.g. compilation) but keeps the metrics."""
+    self._steps, self._seconds = 0, 0.0
+    self.start_clock()
+
+  def progress(self) -> dict[str, Any]:
+    """The sums so far, exactly, for a checkpoint (float32 is exact in JSON)."""
+    if self.sums is None:
+      return {}
+    return {k: float(v) for k, v in jax.device_get(self.sums).items()}
+
+  def restore(self, sums: dict[str, float]) -> None:
+    if sums:
+      self.sums = {k: np.float32(v) for k, v in sums.items()}
+
+  def steps_per_second(self) -> float:
+    # Blocks until the window's steps have run, so the clock is honest.
+    jax.block_until_ready(self.sums)
+    seconds = self.seconds()
+    return self._steps / seconds if self._steps and seconds > 0 else 0.0
+
+
+class DeadReluMonitor:
+  """Warns once the class maps have been all zero for `patience` steps."""
+
+  def __init__(self, patience: int, num_classes: int, dead_steps: int = 0):
+    self._patience = patience
+    self._num_classes = num_classes
+    self.dead_steps = dead_steps  # Consecutive steps, kept in checkpoints.
+
+  def update(self, dead_fraction: float, count: int) -> None:
+    """After a log window of `count` steps with this dead fraction."""
+    before = self.dead_steps
+    self.dead_steps = self.dead_steps + count if dead_fraction == 1.0 else 0
+    if before < self._patience <= self.dead_steps:
+      logging.warning(
+          'Every logit of every example has been exactly 0 for %d steps '
+          '(loss stuck at ln(%d) = %.4f): the ReLU after the last 1x1 layer has '
+          'died and training cannot recover. Restart in a new workdir with a '
+          'lower --config.learning_rate, a longer --config.warmup_epochs, or '
+          '--config.model.use_batchnorm=True.', self.dead_steps,
+          self._num_classes, math.log(self._num_classes))

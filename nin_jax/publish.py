@@ -37,24 +37,19 @@ import numpy as np
 
 from nin_jax import cli
 from nin_jax import errors
-from nin_jax import files
-from nin_jax import preprocessing
+from nin_jax import workdir_files
 from nin_jax import trained_run
 
 FLAGS = flags.FLAGS
 
-COPIED = ('config.json', 'dataset.json', preprocessing.RECORD_FILE)
-METRICS_FILE = 'metrics.jsonl'
+COPIED = (workdir_files.CONFIG, workdir_files.DATASET,
+          workdir_files.PREPROCESSING)
 
 
 def _metrics(workdir: str, step: int) -> list[dict[str, Any]]:
   """The rows of the workdir's metrics.jsonl up to `step` (none if absent)."""
-  path = os.path.join(workdir, METRICS_FILE)
-  if not os.path.exists(path):
-    return []
-  with open(path, encoding='utf-8') as f:
-    rows = [json.loads(line) for line in f if line.strip()]
-  return [row for row in rows if row.get('step', 0) <= step]
+  return [row for row in workdir_files.read_metrics(workdir)
+          if row.get('step', 0) <= step]
 
 
 def _size(path: str) -> int:
@@ -96,7 +91,8 @@ def publish(workdir: str, name: str, step: int | None = None,
     with open(os.path.join(staging, trained_run.VARIABLES_FILE), 'wb') as f:
       f.write(serialization.msgpack_serialize(variables))
     rows = _metrics(workdir, run.step)
-    with open(os.path.join(staging, METRICS_FILE), 'w', encoding='utf-8') as f:
+    with open(os.path.join(staging, workdir_files.METRICS), 'w',
+              encoding='utf-8') as f:
       f.writelines(json.dumps(row) + '\n' for row in rows)
     info = {
         'name': name,
@@ -116,7 +112,7 @@ def publish(workdir: str, name: str, step: int | None = None,
             for row in rows if row.get('step') == run.step
             and row.get('split') in ('validation', 'test')},
     }
-    files.write_atomically(os.path.join(staging, trained_run.INFO_FILE),
+    workdir_files.write_atomically(os.path.join(staging, trained_run.INFO_FILE),
                            json.dumps(info, indent=2) + '\n')
     if os.path.exists(target):  # --overwrite: the old one goes last.
       old = tempfile.mkdtemp(prefix=f'.{name}.replaced-', dir=root)
@@ -150,7 +146,8 @@ def main(argv: list[str]) -> None:
   cli.check_command_line(argv)
   target, run = publish(FLAGS.workdir, FLAGS.name, FLAGS.step,
                         overwrite=FLAGS.overwrite)
-  checkpoint = os.path.join(run.workdir, 'checkpoints', str(run.step))
+  checkpoint = os.path.join(workdir_files.checkpoints_dir(run.workdir),
+                            str(run.step))
   weights = os.path.join(target, trained_run.VARIABLES_FILE)
   print(f'Published step {run.step} of {run.workdir} as {target}: '
         f'{len(os.listdir(target))} files, {_size(target):,} bytes (weights '

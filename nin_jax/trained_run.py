@@ -31,6 +31,7 @@ from nin_jax import image_folder
 from nin_jax import input_pipeline
 from nin_jax import models
 from nin_jax import preprocessing
+from nin_jax import workdir_files
 
 VARIABLES_FILE = 'variables.msgpack'
 INFO_FILE = 'info.json'
@@ -157,7 +158,7 @@ def find_published(name_or_dir: str) -> str:
   if os.path.isdir(name_or_dir):
     if is_published(name_or_dir):
       return os.path.abspath(name_or_dir)
-    if os.path.isdir(os.path.join(name_or_dir, 'checkpoints')):
+    if os.path.isdir(workdir_files.checkpoints_dir(name_or_dir)):
       raise errors.WorkdirError(
           f'{name_or_dir} is a training workdir, not a published model: pass '
           'it as --workdir, or publish it first (python -m nin_jax.publish '
@@ -215,7 +216,7 @@ def load(workdir: str, step: int | None = None) -> TrainedRun:
         f'{workdir} is not a training workdir (it has no readable '
         'config.json): pass the --workdir of a run of python -m nin_jax.main.')
   config = ml_collections.ConfigDict(saved)
-  fields = _read_json(workdir, 'dataset.json')
+  fields = workdir_files.read_dataset_info(workdir)
   info = input_pipeline.DatasetInfo(**{
       **fields, 'class_names': tuple(fields['class_names']),
       'image_shape': tuple(fields['image_shape'])})
@@ -302,7 +303,7 @@ def transfer(loaded: dict[str, Any], fresh: dict[str, Any], source: str
 def find_source(init_from: str) -> str:
   """config.init_from's directory: a workdir, or a published model's."""
   if not _by_name(init_from) and os.path.isdir(
-      os.path.join(init_from, 'checkpoints')):
+      workdir_files.checkpoints_dir(init_from)):
     return os.path.abspath(init_from)
   try:
     return find_published(init_from)

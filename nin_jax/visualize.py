@@ -16,7 +16,6 @@ train and evaluation, from the run's metrics.jsonl (a published model
 carries a copy).
 """
 
-import json
 import os
 from typing import Any
 
@@ -28,6 +27,7 @@ from nin_jax import cli
 from nin_jax import errors
 from nin_jax import plots
 from nin_jax import trained_run
+from nin_jax import workdir_files
 
 FLAGS = flags.FLAGS
 
@@ -90,11 +90,11 @@ def draw_class_maps(run: trained_run.TrainedRun, images: np.ndarray,
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if not os.path.exists(path):
-    raise errors.WorkdirError(f'{workdir} has no metrics.jsonl to plot.')
-  with open(path, encoding='utf-8') as f:
-    return [json.loads(line) for line in f if line.strip()]
+  rows = workdir_files.read_metrics(workdir)
+  if not rows:
+    raise errors.WorkdirError(
+        f'{workdir} has no {workdir_files.METRICS} rows to plot.')
+  return rows
 
 
 def define_flags() -> None:

@@ -20,6 +20,8 @@ import pytest
 from nin_jax import checkpointing
 from nin_jax import errors
 from nin_jax import train
+from nin_jax import workdir_files
+from nin_jax import steps
 
 from tests import main_runner
 
@@ -113,7 +115,7 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(
   assert result['num_examples'] == 360
   assert any('Checkpoint at step 4 cannot be read' in r.getMessage()
              for r in caplog.records)
-  kept = os.listdir(os.path.join(workdir, checkpointing.UNREADABLE_DIR))
+  kept = os.listdir(os.path.join(workdir, workdir_files.UNREADABLE_CHECKPOINTS))
   assert len(kept) == 1 and kept[0].startswith('4-')  # Moved, not deleted.
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == [
       '2', '4', '6']
@@ -123,14 +125,14 @@ def test_nan_stops_training_and_keeps_the_good_checkpoints(
     tiny_config, tmp_path, monkeypatch):
   tiny_config.num_train_steps = 8
   tiny_config.log_every_steps = 1
-  real_step = train.train_step
+  real_step = steps.train_step
 
   def poisoned_step(state, batch, key, axis_name=None):
     state, metrics = real_step(state, batch, key, axis_name)
     poison = jax.numpy.where(state.step >= 5, jax.numpy.nan, 0.0)
     params = jax.tree.map(lambda p: p + poison, state.params)
     return state.replace(params=params), metrics
-  monkeypatch.setattr(train, 'train_step', poisoned_step)
+  monkeypatch.setattr(steps, 'train_step', poisoned_step)
   with pytest.raises(errors.TrainingDiverged) as raised:
     train.train_and_evaluate(tiny_config, str(tmp_path))
   message = str(raised.value)

@@ -14,6 +14,7 @@ import tensorflow_datasets as tfds
 from nin_jax import evaluate
 from nin_jax import input_pipeline
 from nin_jax import parallel
+from nin_jax import steps
 from nin_jax import train
 from nin_jax import trained_run
 from tests import main_runner
@@ -123,20 +124,18 @@ def test_validation_split_is_used_until_the_final_test(tiny_config, tmp_path):
 
 def test_several_steps_per_dispatch_equal_the_steps_one_by_one(tiny_config):
   """train_steps (one compiled loop) against the trainer's per-step path."""
-  from nin_jax import device_input, models, optimizer, parallel  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from nin_jax import device_input, parallel  # pylint: disable=g-import-not-at-top,g-multiple-import
   dataset = input_pipeline.Dataset(tiny_config)
   info = input_pipeline.get_info(dataset)
   prep = input_pipeline.fit_preprocessing(dataset, info, tiny_config)
-  strategy = parallel.Jit(train.train_step, train.eval_step)
+  strategy = parallel.Jit(steps.train_step, steps.eval_step)
   batches = device_input.DeviceTrainBatches.from_dataset(
       dataset, info, prep, tiny_config, strategy)
-  learning_rate_fn = optimizer.create_learning_rate_fn(tiny_config, 10, 100)
-  init_key, key = jax.random.split(jax.random.key(0))
+  key = steps.dropout_key(tiny_config.seed)
 
   def fresh_state():
-    return strategy.put_state(train.create_train_state(
-        tiny_config, models.create_model(tiny_config), info.image_shape,
-        init_key, learning_rate_fn))
+    return strategy.put_state(steps.initial_state(
+        tiny_config, info.image_shape, steps_per_epoch=10, num_steps=100)[0])
 
   one_by_one, sums = fresh_state(), []
   for index in range(5):
@@ -144,7 +143,7 @@ def test_several_steps_per_dispatch_equal_the_steps_one_by_one(tiny_config):
                                               key)
     sums.append(metrics)
   fused = strategy.compile_steps(functools.partial(
-      train.train_steps, draw=batches.draw))
+      steps.train_steps, draw=batches.draw))
   looped, first = fused(fresh_state(), batches.inputs, key, np.int32(0),
                         np.int32(2))
   looped, rest = fused(looped, batches.inputs, key, np.int32(2), np.int32(3))
@@ -160,8 +159,8 @@ def test_several_steps_per_dispatch_equal_the_steps_one_by_one(tiny_config):
 
 
 def test_dispatches_end_at_every_log_evaluation_and_checkpoint():
-  plan = train._Plan(steps_per_epoch=22, num_steps=100, log_every=10,
-                     eval_every=22, checkpoint_every=25)
+  plan = train.Plan(steps_per_epoch=22, num_steps=100, log_every=10,
+                    eval_every=22, checkpoint_every=25)
   step, stops = 0, []
   while step < plan.num_steps:
     step = plan.next_event(step)

@@ -1,0 +1,165 @@
+"""What a run keeps in its workdir: every path, each file's writer and reader.
+
+    config.json                the config (a different earlier one is kept as
+                               config.before_step<N>.json)
+    dataset.json               the dataset's facts: classes, image shape, sizes
+    preprocessing.npz          the fitted input transform (preprocessing.py)
+    metrics.jsonl              one JSON row per log line and evaluation
+    metrics.superseded.jsonl   rows a resumed run replaced
+    tensorboard/               the same metrics as TensorBoard event files
+    checkpoints/<step>/        Orbax checkpoints (checkpointing.py)
+    checkpoints_unreadable/    damaged checkpoints, moved aside, never deleted
+
+The writers and readers of each file sit side by side here, so a format has
+one owner. Also here: writes that a crash cannot leave half done, and the
+data root, where datasets and the caches derived from them live.
+"""
+
+import dataclasses
+import json
+import os
+import tempfile
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from nin_jax import errors
+
+CONFIG = 'config.json'
+DATASET = 'dataset.json'
+PREPROCESSING = 'preprocessing.npz'
+METRICS = 'metrics.jsonl'
+SUPERSEDED_METRICS = 'metrics.superseded.jsonl'
+TENSORBOARD = 'tensorboard'
+CHECKPOINTS = 'checkpoints'
+UNREADABLE_CHECKPOINTS = 'checkpoints_unreadable'
+
+
+def path(workdir: str, name: str) -> str:
+  """`workdir`/`name`, for one of the names above."""
+  return os.path.join(workdir, name)
+
+
+# --- Writes a crash cannot leave half done --------------------------------------
+
+
+def write_atomically(file: str, data: str | bytes | bytearray) -> None:
+  """Replaces `file` with `data`, so that a crash leaves the old or the new
+  file, never part of one (written beside it, then renamed over it)."""
+  binary = not isinstance(data, str)
+  with open(file + '.tmp', 'wb' if binary else 'w',
+            encoding=None if binary else 'utf-8') as f:
+    f.write(data)
+  os.replace(file + '.tmp', file)
+
+
+def write_npz_atomically(file: str, **arrays: np.ndarray) -> None:
+  """np.savez to `file` through a uniquely named file beside it, so that
+  concurrent writers (the processes of one run) and readers never clash."""
+  directory = os.path.dirname(file)
+  os.makedirs(directory, exist_ok=True)
+  with tempfile.NamedTemporaryFile(dir=directory, suffix='.npz.tmp',
+                                   delete=False) as f:
+    try:
+      np.savez(f, **arrays)
+    except BaseException:
+      os.remove(f.name)
+      raise
+  os.replace(f.name, file)
+
+
+def data_root(config: ml_collections.ConfigDict) -> str:
+  """config.data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets: where
+  TFDS data lives and where nin_jax caches what it derives from datasets."""
+  return (config.data_dir or os.environ.get('TFDS_DATA_DIR')
+          or os.path.join(os.path.expanduser('~'), 'tensorflow_datasets'))
+
+
+# --- config.json ------------------------------------------------------------------
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict,
+                 resumed_step: int) -> None:
+  """Writes config.json; a different earlier config is kept, not overwritten."""
+  file = path(workdir, CONFIG)
+  text = config.to_json_best_effort(indent=2, sort_keys=True)
+  if os.path.exists(file):
+    with open(file, encoding='utf-8') as f:
+      previous = f.read()
+    if previous == text:
+      return
+    os.replace(file, path(workdir, f'config.before_step{resumed_step}.json'))
+  write_atomically(file, text)
+
+
+def read_config(workdir: str) -> dict[str, Any] | None:
+  """config.json as a dict; None if there is none or it cannot be parsed."""
+  file = path(workdir, CONFIG)
+  if not os.path.exists(file):
+    return None
+  with open(file, encoding='utf-8') as f:
+    try:
+      saved = json.load(f)
+    except json.JSONDecodeError:
+      return None
+  return saved if isinstance(saved, dict) else None
+
+
+# --- dataset.json -----------------------------------------------------------------
+
+
+def write_dataset_info(workdir: str, info: Any) -> None:
+  """`info`: an input_pipeline.DatasetInfo."""
+  write_atomically(path(workdir, DATASET),
+                   json.dumps(dataclasses.asdict(info), indent=2))
+
+
+def read_dataset_info(workdir: str) -> dict[str, Any]:
+  """dataset.json's fields (lists where DatasetInfo has tuples)."""
+  file = path(workdir, DATASET)
+  if not os.path.exists(file):
+    raise errors.WorkdirError(
+        f'{workdir} is not a training workdir (it has no {DATASET}): pass the '
+        '--workdir of a run of python -m nin_jax.main.')
+  with open(file, encoding='utf-8') as f:
+    return json.load(f)
+
+
+# --- metrics.jsonl ----------------------------------------------------------------
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+  """metrics.jsonl's rows ([] if there is none yet).
+
+  A last line cut short by a crash (or still being written) is skipped.
+  """
+  file = path(workdir, METRICS)
+  if not os.path.exists(file):
+    return []
+  rows = []
+  with open(file, encoding='utf-8') as f:
+    for line in f:
+      if not line.strip():
+        continue
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:
+        if line.endswith('\n'):
+          raise
+  return rows
+
+
+# --- checkpoints/ -----------------------------------------------------------------
+
+
+def checkpoints_dir(workdir: str) -> str:
+  return path(workdir, CHECKPOINTS)
+
+
+def has_checkpoint(workdir: str) -> bool:
+  """Whether `workdir` holds a finished save: a directory named by its step
+  (what Orbax renames a save to when it is complete); nothing is read."""
+  directory = checkpoints_dir(workdir)
+  return os.path.isdir(directory) and any(
+      name.isdigit() for name in os.listdir(directory))
