@@ -14,7 +14,6 @@ stopped. On 2 CPU cores a full-width run takes about 3.5 minutes, a
 digits-width run about 1 minute.
 """
 
-import json
 import os
 import sys
 
@@ -23,6 +22,7 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from nin_jax import train  # pylint: disable=g-import-not-at-top
+from nin_jax import workdir_files  # pylint: disable=g-import-not-at-top
 from nin_jax.configs import default  # pylint: disable=g-import-not-at-top
 from nin_jax.configs import digits  # pylint: disable=g-import-not-at-top
 
@@ -77,8 +77,7 @@ def make_config(overrides: dict, widths: str, epochs: int, seed: int):
 
 
 def _died(workdir: str) -> bool:
-  with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
-    records = [json.loads(line) for line in f]
+  records = workdir_files.read_metrics(workdir)
   return max(r['dead_fraction'] for r in records if r['split'] == 'train') == 1
 
 

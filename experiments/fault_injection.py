@@ -17,7 +17,6 @@ Both runs share a persistent XLA compilation cache (in the workdir), so
 restarts cost seconds; a cached program computes the same bits.
 """
 
-import json
 import os
 import random
 import signal
@@ -33,6 +32,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from nin_jax import checkpointing  # pylint: disable=g-import-not-at-top,wrong-import-position
+from nin_jax import workdir_files  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Root for both runs.',
                                required=True)
@@ -63,23 +63,21 @@ def _env():
 
 
 def _rows(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
-            for line in f]
+  return [{k: v for k, v in row.items() if k not in TIMING}
+          for row in workdir_files.read_metrics(workdir)]
 
 
 def _logged_step(workdir):
   """The last step with a complete row in metrics.jsonl (0 if none)."""
   try:
-    with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
-      lines = [line for line in f if line.endswith('\n')]
-    return json.loads(lines[-1])['step'] if lines else 0
+    rows = workdir_files.read_metrics(workdir)
   except (OSError, ValueError):
     return 0
+  return rows[-1]['step'] if rows else 0
 
 
 def _newest_checkpoint(workdir):
-  directory = os.path.join(workdir, 'checkpoints')
+  directory = workdir_files.checkpoints_dir(workdir)
   if not os.path.isdir(directory):
     return 0
   return max((int(n) for n in os.listdir(directory) if n.isdigit()), default=0)
