@@ -5,13 +5,19 @@ that holds no run) ends in one `error:` line and exit status 2, with a
 traceback only under --verbosity=1.
 """
 
+import contextlib
+from importlib import util as importlib_util
 import logging as std_logging
 import os
+import re
 import sys
+import tempfile
 import traceback
-from typing import Callable
+from typing import Callable, Iterator
 
-# Before TensorFlow is imported anywhere: hide its C++ start-up banners.
+# Before TensorFlow is imported anywhere: hide its C++ start-up banners
+# (given back under --verbosity=1 if the user had not set it: quiet_console).
+_TF_LOG_LEVEL_IS_OURS = 'TF_CPP_MIN_LOG_LEVEL' not in os.environ
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
 
 from absl import app  # pylint: disable=g-import-not-at-top
@@ -25,12 +31,132 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), 'configs',
                               'default.py')
 
 
+def _verbose() -> bool:
+  """--verbosity=1 or more: everything libraries print reaches the console."""
+  return logging.get_verbosity() >= logging.DEBUG
+
+
 class QuietLibraries:
-  """Drops the INFO chatter of Orbax and TensorFlow; their warnings still show."""
+  """Drops library messages that ask nothing of the user, unless verbose.
+
+  Orbax's and TensorFlow's INFO chatter, JAX's probing of absent backends
+  ('Unable to initialize backend tpu'), and TFDS's warning about a version
+  folder without dataset_info.json, which it gives while checking whether
+  the data is prepared (tfds.testing.mock_data's metadata folders are such).
+  Their other warnings still show.
+  """
 
   def filter(self, record) -> bool:
-    noisy = any(part in record.pathname for part in ('/orbax/', '/tensorflow'))
-    return record.levelno >= std_logging.WARNING or not noisy
+    if _verbose():
+      return True
+    if record.levelno < std_logging.WARNING:
+      return not (record.name.startswith('jax._src.xla_bridge') or any(
+          part in record.pathname for part in ('/orbax/', '/tensorflow')))
+    return not ('/tensorflow_datasets/' in record.pathname
+                and str(record.msg).startswith('Variant folder'))
+
+
+# What TensorFlow's C++ code prints while it loads, before it has read
+# TF_CPP_MIN_LOG_LEVEL: absl's notice that logging is not initialized, and
+# INFO lines (the oneDNN notice, once per library that holds a copy of it).
+_TF_IMPORT_NOISE = re.compile(
+    r'WARNING: All log messages before absl::InitializeLog\(\) is called'
+    r'|I\d{4} [\d:.]+ +\d+ \S+:\d+\] ')
+
+
+@contextlib.contextmanager
+def _native_stderr_filtered(noise: re.Pattern[str]) -> Iterator[None]:
+  """Runs the body with file descriptor 2 captured, then replays all but noise.
+
+  Native code writes to the descriptor directly, past Python's logging; a
+  line it prints is shown once the body is over (on a hard crash inside
+  the body, not at all: --verbosity=1 runs without this).
+  """
+  sys.stderr.flush()
+  try:
+    saved = os.dup(2)
+  except OSError:  # No stderr to filter.
+    yield
+    return
+  with tempfile.TemporaryFile() as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      yield
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      captured.seek(0)
+      text = captured.read().decode(errors='replace')
+      kept = [line for line in text.splitlines(keepends=True)
+              if not noise.match(line)]
+      if kept:
+        sys.stderr.write(''.join(kept))
+        sys.stderr.flush()
+
+
+class _QuietLoader:
+  """A module's own loader, with native start-up noise filtered from exec."""
+
+  def __init__(self, loader):
+    self._loader = loader
+
+  def __getattr__(self, name):
+    return getattr(self._loader, name)
+
+  def create_module(self, spec):
+    return self._loader.create_module(spec)
+
+  def exec_module(self, module):
+    if _verbose():
+      self._loader.exec_module(module)
+      return
+    with _native_stderr_filtered(_TF_IMPORT_NOISE):
+      self._loader.exec_module(module)
+
+
+class _QuietTensorFlowImport:
+  """Filters what `import tensorflow` prints, wherever it is imported.
+
+  TensorFlow is imported lazily and from several places (TFDS, the
+  streaming pipeline, TensorBoard's event writer, SavedModel export); its
+  start-up lines come from C++ static initializers, before TensorFlow
+  applies TF_CPP_MIN_LOG_LEVEL, so no setting hides them.
+  """
+
+  def __init__(self):
+    self._finding = False
+
+  def find_spec(self, name, path, target=None):
+    del path, target  # Unused: the other finders look it up.
+    if name != 'tensorflow' or self._finding:
+      return None
+    self._finding = True
+    try:
+      spec = importlib_util.find_spec(name)
+    finally:
+      self._finding = False
+    if spec is not None and spec.loader is not None:
+      spec.loader = _QuietLoader(spec.loader)
+    return spec
+
+
+def quiet_console() -> None:
+  """One line per event on the console: library noise hidden, unless verbose.
+
+  Called once flags are parsed; every filter checks --verbosity when it
+  runs, so --verbosity=1 shows everything.
+  """
+  if _verbose():
+    if _TF_LOG_LEVEL_IS_OURS and 'tensorflow' not in sys.modules:
+      os.environ.pop('TF_CPP_MIN_LOG_LEVEL', None)
+    return
+  for target in (logging.get_absl_logger(), logging.get_absl_handler()):
+    if not any(isinstance(f, QuietLibraries) for f in target.filters):
+      target.addFilter(QuietLibraries())
+  if 'tensorflow' not in sys.modules and not any(
+      isinstance(finder, _QuietTensorFlowImport) for finder in sys.meta_path):
+    sys.meta_path.insert(0, _QuietTensorFlowImport())
 
 
 def fail(message: str) -> None:
@@ -115,7 +241,6 @@ def parse_flags(argv: list[str]) -> list[str]:
     if 'config' in flags.FLAGS:
       # An unloadable file gives a placeholder that raises on first use.
       flags.FLAGS['config'].value.get('dataset')
-    return remaining
   except flags.Error as e:
     message = ' '.join(str(e).split())  # One line.
   except (AttributeError, KeyError) as e:  # config_flags: unknown field.
@@ -125,6 +250,9 @@ def parse_flags(argv: list[str]) -> list[str]:
       e = e.__cause__
     reason = (str(e).strip().splitlines() or [type(e).__name__])[-1].strip()
     message = f'cannot load the --config file: {reason}'
+  else:
+    quiet_console()  # Now that --verbosity is known.
+    return remaining
   fail(message)
   return []  # Not reached.
 
@@ -138,7 +266,7 @@ def report_user_errors(command: Callable[[list[str]], None]
     # --verbosity=0 and up, asked for explicitly).
     if not flags.FLAGS['verbosity'].present:
       logging.set_verbosity(logging.WARNING)
-    logging.get_absl_logger().addFilter(QuietLibraries())
+    quiet_console()
     try:
       command(argv)
     except errors.UserError as e:
