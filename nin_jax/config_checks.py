@@ -1,7 +1,8 @@
 """Config validation: one clear message before any data is read or compiled.
 
-`validate` checks a config against the default's fields and types and each
-value's allowed range; `check_resumable` compares it with the config a
+`validate` checks a config against the default's fields and types, each
+value's allowed range or choices, and then calls each module's check of how
+its fields fit together; `check_resumable` compares it with the config a
 workdir was trained with and refuses changes a checkpoint cannot survive
 (another architecture, class count, optimizer or data), while allowing the
 rest (more epochs, another learning rate) and saying what changed.
@@ -15,11 +16,14 @@ from typing import Any, Callable
 from absl import logging
 import ml_collections
 
+from nin_jax import conv
 from nin_jax import errors
+from nin_jax import image_folder
 from nin_jax import input_pipeline
 from nin_jax import models
 from nin_jax import optimizer
 from nin_jax import parallel
+from nin_jax import pooling
 from nin_jax import preprocessing
 from nin_jax.configs import default
 
@@ -29,15 +33,33 @@ _at_least_one = (lambda v: v >= 1, 'at least 1')
 _steps = (lambda v: v == -1 or v >= 1, '-1 (once per epoch) or at least 1')
 _fraction = (lambda v: 0 <= v < 1, 'in [0, 1)')
 
+# Each single field's range or choices. How fields fit together is checked
+# by the modules that use them (models, optimizer and input_pipeline's
+# check_config), and the batch sizes by parallel.check_batch_size.
 _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    'batch_size': _at_least_one,
-    'eval_batch_size': _at_least_one,
+    # Data and preprocessing (input_pipeline, preprocessing).
+    'validation_size': _non_negative,
+    'augment_pad': _non_negative,
+    'data_shards': _non_negative,
+    'shuffle_buffer': _at_least_one,
+    'image_size': _non_negative,
+    'gcn_scale': (lambda v: v > 0, 'a positive number (the paper: 55)'),
+    'zca_filter_bias': (lambda v: v > 0, 'a positive number (the paper: 0.1)'),
+    # The model (models).
+    'model.num_mlp_layers': (lambda v: v >= -1,
+                             '-1 (all) or a count of at least 0'),
+    'model.pool_window': _at_least_one,
+    'model.pool_stride': _at_least_one,
+    'model.dropout_rate': _fraction,
+    'model.init_std': _positive,
+    # Optimization (optimizer).
     'learning_rate': _positive,
     'momentum': _fraction,
     'weight_decay': _non_negative,
     'warmup_epochs': _non_negative,
     'grad_clip_norm': _non_negative,
     'lr_decay_factor': (lambda v: 0 < v <= 1, 'in (0, 1]'),
+    # The training loop (train).
     'num_epochs': _non_negative,
     'log_every_steps': _at_least_one,
     'steps_per_dispatch': _non_negative,
@@ -45,24 +67,22 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     'checkpoint_every_steps': _steps,
     'keep_checkpoints': _at_least_one,
     'dead_relu_patience': _at_least_one,
-    'validation_size': _non_negative,
-    'augment_pad': _non_negative,
-    'data_shards': _non_negative,
-    'shuffle_buffer': _at_least_one,
-    'seed': _non_negative,
-    'gcn_scale': _positive,
-    'zca_filter_bias': _positive,
-    'model.init_std': _positive,
-    'image_size': _non_negative,
+    # JAX keeps the low 32 bits of a seed, and the streaming input's shuffle
+    # seeds (seed * 4.1e9 + ...) must fit in 64 bits.
+    'seed': (lambda v: 0 <= v < 2**31, f'in [0, {2**31 - 1}]'),
 }
 _CHOICES = {
     'input_pipeline': input_pipeline.INPUT_PIPELINES,
-    'parallelism': parallel.STRATEGIES,
+    'image_channels': (0, 1, 3),
     'preprocessing': preprocessing.KINDS,
+    'model.head': models.HEADS,
+    'model.kernel_init': models.KERNEL_INITS,
+    'model.conv_impl': conv.CONV_IMPLS,
+    'model.pool_impl': pooling.POOL_IMPLS,
+    'model.dtype': models.DTYPES,
     'optimizer': optimizer.OPTIMIZERS,
     'lr_schedule': optimizer.SCHEDULES,
-    'model.dtype': ('float32', 'bfloat16'),
-    'image_channels': (0, 1, 3),
+    'parallelism': parallel.STRATEGIES,
 }
 # Changing these would make the checkpoint meaningless or unloadable.
 _FIXED_FOR_A_RUN = ('dataset', 'num_classes', 'train_split', 'validation_size',
@@ -99,8 +119,24 @@ def _same_type(value: Any, reference: Any) -> bool:
   return isinstance(value, type(reference))
 
 
+def _image_side(config: ml_collections.ConfigDict) -> int | None:
+  """The side of the dataset's square images, if known without reading it."""
+  if config.dataset in input_pipeline.KNOWN_IMAGE_SHAPES:
+    return input_pipeline.KNOWN_IMAGE_SHAPES[config.dataset][0]
+  if image_folder.is_folder(config.dataset) and config.image_size:
+    return config.image_size
+  return None
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises a ConfigError naming the first bad field and how to fix it."""
+  """Raises a ConfigError naming the first bad field and how to fix it.
+
+  Every check of a config alone is here or called from here, so a bad
+  value fails before any data is read or anything compiled, and the
+  factories (models.create_model, optimizer, parallel.create, ...) trust
+  their input. Runs after JAX (and jax.distributed) has started: batch
+  sizes and data shards are checked against the devices and processes.
+  """
   reference = _flatten(default.get_config())
   values = _flatten(config)
   unknown = sorted(set(values) - set(reference))
@@ -118,18 +154,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
     value = values[name]
     if isinstance(value, float) and not math.isfinite(value) or not ok(value):
       raise errors.ConfigError(f'config.{name}={value!r} must be {wanted}.')
+  for name, value in values.items():
+    if isinstance(value, float) and not math.isfinite(value):
+      raise errors.ConfigError(f'config.{name}={value!r} must be finite.')
   for name, choices in _CHOICES.items():
     if values[name] not in choices:
       raise errors.ConfigError(
           f'config.{name}={values[name]!r} is not one of {choices}.')
-  if not config.dataset:
-    raise errors.ConfigError('config.dataset is empty; name a TFDS dataset, '
-                             "'digits' or 'folder:ROOT'.")
   if config.num_train_steps <= 0 and config.num_epochs <= 0:
     raise errors.ConfigError('Set config.num_epochs or config.num_train_steps '
                              'to a positive value.')
-  preprocessing.check_config(config)
-  models.create_model(config)  # Checks the model fields.
+  parallel.check_batch_size('batch_size', config.batch_size)
+  parallel.check_batch_size('eval_batch_size', config.eval_batch_size)
+  input_pipeline.check_config(config)
+  models.check_config(config, _image_side(config))
+  optimizer.check_config(config)
 
 
 def _with_defaults(saved: dict[str, Any], defaults: dict[str, Any]

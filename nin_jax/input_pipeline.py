@@ -79,6 +79,7 @@ DIGITS_TEST_SIZE = 360
 DIGITS_SPLIT_SEED = 0
 # Largest pixel value of the digits images (TFDS images are uint8, 0-255).
 DIGITS_PIXEL_MAX = 16
+DIGITS_SPLITS = ('train', 'test')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +101,8 @@ class DatasetInfo:
 def _digits_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
   """scikit-learn's 8x8 digits as uint8 (N, 8, 8, 1) images in [0, 16].
 
-  The split is stratified and fixed: 1,437 training and 360 test images.
+  The split (one of DIGITS_SPLITS) is stratified and fixed: 1,437 training
+  and 360 test images.
   """
   from sklearn import datasets  # Imported here: only the digits demo needs it.
   from sklearn import model_selection
@@ -110,12 +112,7 @@ def _digits_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
   train_x, test_x, train_y, test_y = model_selection.train_test_split(
       images, labels, test_size=DIGITS_TEST_SIZE, stratify=labels,
       random_state=DIGITS_SPLIT_SEED)
-  if split == 'train':
-    return train_x, train_y
-  if split == 'test':
-    return test_x, test_y
-  raise errors.ConfigError(f"The digits dataset has splits 'train' and 'test', not "
-                   f'{split!r}.')
+  return {'train': (train_x, train_y), 'test': (test_x, test_y)}[split]
 
 
 def _host_reachable(url: str, timeout: float = 5.0) -> bool:
@@ -287,7 +284,8 @@ def even_shard(num_examples: int, index: int, count: int,
   return start, start + size + (index < extra)
 
 
-# config.input_pipeline: host tf.data, or the whole split on the devices.
+# config.input_pipeline: host tf.data, or the whole split on the devices
+# (checked by config_checks.validate).
 INPUT_PIPELINES = ('streaming', 'device')
 
 # Logical splits: training (less any held-out validation tail), validation
@@ -534,6 +532,24 @@ def fit_preprocessing(dataset: Dataset, info: DatasetInfo,
                dataset.source(TRAIN).batch(1024).as_numpy_iterator())
   return preprocessing.fit_cached(config, dataset.fingerprint(TRAIN), batches,
                                   info.image_shape[-1], dataset.pixel_max)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises a ConfigError for data settings that are wrong before any data
+  is read (config_checks.validate calls it; jax.distributed is set up)."""
+  if not config.dataset:
+    raise errors.ConfigError('config.dataset is empty; name a TFDS dataset, '
+                             "'digits' or 'folder:ROOT'.")
+  if config.dataset == DIGITS:
+    for name in (config.train_split, config.eval_split):
+      unknown = _split_parts({name}) - set(DIGITS_SPLITS)
+      if unknown:
+        raise errors.ConfigError(
+            f'The digits dataset has splits {DIGITS_SPLITS}, not '
+            f'{sorted(unknown)[0]!r} (in {name!r}); pass '
+            "--config.train_split=train and --config.eval_split=test.")
+  if config.input_pipeline == 'streaming':
+    num_data_shards(config, jax.process_count())  # Raises if they don't fit.
 
 
 def num_data_shards(config: ml_collections.ConfigDict,

@@ -20,31 +20,31 @@ from nin_jax import pooling
 
 Initializer = Callable[..., jax.Array]
 
+# The choices of config.model's fields, checked by config_checks.validate.
 POOLS = ('max', 'avg')
 # 'gap': global average pooling of the class maps (the paper's model).
 # 'fc': the class maps flattened into one fully connected layer, and
 # 'fc_dropout': the same with dropout before it (the paper's GAP-vs-FC
 # ablation, section 4.6: 10.41% vs 11.59% vs 10.88% CIFAR-10 test error).
 HEADS = ('gap', 'fc', 'fc_dropout')
+KERNEL_INITS = ('he_normal', 'he_uniform', 'lecun_normal', 'glorot_uniform',
+                'normal')
+DTYPES = ('float32', 'bfloat16')
 
 
 def kernel_initializer(name: str, std: float = 0.05) -> Initializer:
-  """Maps a config name to a kernel initializer.
+  """Maps a config name (one of KERNEL_INITS) to a kernel initializer.
 
   'normal' is the Caffe reference's N(0, std); it is the init that lets the
   last ReLU die at lr 0.1, so it is not the default.
   """
-  initializers = {
+  return {
       'he_normal': nn.initializers.he_normal(),
       'he_uniform': nn.initializers.he_uniform(),
       'lecun_normal': nn.initializers.lecun_normal(),
       'glorot_uniform': nn.initializers.glorot_uniform(),
       'normal': nn.initializers.normal(stddev=std),
-  }
-  if name not in initializers:
-    raise errors.ConfigError(f'Unknown kernel_init {name!r}; choose one of '
-                     f'{sorted(initializers)}.')
-  return initializers[name]
+  }[name]
 
 
 class MlpConv(nn.Module):
@@ -163,42 +163,72 @@ class NiN(nn.Module):
     return x.astype(jnp.float32)
 
 
-def create_model(config: ml_collections.ConfigDict,
-                 axis_name: str | None = None) -> NiN:
-  """Builds the NiN that `config.model` and `config.num_classes` describe.
+def _is_count(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
-  `axis_name`: the pmap axis over which BatchNorm averages its statistics.
+
+def check_config(config: ml_collections.ConfigDict,
+                 image_side: int | None = None) -> None:
+  """Raises a ConfigError for a layout `create_model` cannot build.
+
+  config_checks.validate calls it after checking each field's type, range
+  and choice: this checks how the fields fit together (blocks of positive
+  widths, one kernel size per block, one pool between blocks). Where
+  `image_side` is known before any data is read, kernels and pools larger
+  than the images are refused too: they see mostly padding, at a cost that
+  grows with their area.
   """
   m = config.model
-  num_blocks = len(m.block_features)
+  blocks = m.block_features
+  if not blocks or not all(
+      isinstance(block, (tuple, list)) and block and all(map(_is_count, block))
+      for block in blocks):
+    raise errors.ConfigError(
+        f'config.model.block_features={blocks!r} must be a tuple of blocks, '
+        'each a tuple of positive widths (its kxk conv, then its 1x1 layers), '
+        'e.g. ((192, 160, 96), (192, 192, 192), (192, 192)).')
+  num_blocks = len(blocks)
   if len(m.kernel_sizes) != num_blocks:
     raise errors.ConfigError(
         f'config.model.kernel_sizes has {len(m.kernel_sizes)} entries but '
         f'config.model.block_features has {num_blocks} blocks; give one '
         'kernel size per block.')
+  if not all(map(_is_count, m.kernel_sizes)):
+    raise errors.ConfigError(
+        f'config.model.kernel_sizes={m.kernel_sizes!r} must be positive '
+        'integers (the paper: (5, 5, 3)).')
   if len(m.pools) != num_blocks - 1:
     raise errors.ConfigError(
         f'config.model.pools needs {num_blocks - 1} entries (one between each '
         f'pair of blocks), got {len(m.pools)}.')
   for pool in m.pools:
     if pool not in POOLS:
-      raise errors.ConfigError(f'Unknown pool {pool!r} in config.model.pools; use one '
-                       f'of {POOLS}.')
-  if m.head not in HEADS:
-    raise errors.ConfigError(f'Unknown config.model.head {m.head!r}; use one of '
-                     f'{HEADS}.')
-  if m.conv_impl not in conv.CONV_IMPLS:
-    raise errors.ConfigError(f'Unknown config.model.conv_impl {m.conv_impl!r}; '
-                             f'use one of {conv.CONV_IMPLS}.')
-  if m.pool_impl not in pooling.POOL_IMPLS:
-    raise errors.ConfigError(f'Unknown config.model.pool_impl {m.pool_impl!r}; '
-                             f'use one of {pooling.POOL_IMPLS}.')
-  if not 0.0 <= m.dropout_rate < 1.0:
-    raise errors.ConfigError('config.model.dropout_rate must be in [0, 1), got '
-                     f'{m.dropout_rate}.')
-  if m.num_mlp_layers < -1:
-    raise errors.ConfigError('config.model.num_mlp_layers must be -1 (all) or '
-                             f'a count >= 0, got {m.num_mlp_layers}.')
+      raise errors.ConfigError(f'Unknown pool {pool!r} in config.model.pools; '
+                               f'use one of {POOLS}.')
+  if image_side is None:
+    return
+  images = f'the {image_side}x{image_side} images of {config.dataset}'
+  if max(m.kernel_sizes) > image_side:
+    raise errors.ConfigError(
+        f'config.model.kernel_sizes={m.kernel_sizes!r} has a kernel larger '
+        f'than {images}; use sizes of at most {image_side}.')
+  if num_blocks == 1:
+    return  # No pools: their window and stride are unused.
+  for name, paper in (('pool_window', 3), ('pool_stride', 2)):
+    if m[name] > image_side:
+      raise errors.ConfigError(
+          f'config.model.{name}={m[name]} is larger than {images}; use at '
+          f'most {image_side} (the paper: {paper}).')
+
+
+def create_model(config: ml_collections.ConfigDict,
+                 axis_name: str | None = None) -> NiN:
+  """Builds the NiN that `config.model` and `config.num_classes` describe.
+
+  Trusts `config`: config_checks.validate has checked it.
+  `axis_name`: the pmap axis over which BatchNorm averages its statistics.
+  """
+  m = config.model
   keep = None if m.num_mlp_layers == -1 else 1 + m.num_mlp_layers
   return NiN(
       num_classes=config.num_classes,

@@ -1,5 +1,6 @@
 """Learning-rate schedules and the Optax optimizer, all read from config."""
 
+import math
 import re
 from typing import Any
 
@@ -10,14 +11,47 @@ import ml_collections
 from nin_jax import errors
 import optax
 
+# The choices of config.lr_schedule and config.optimizer, checked by
+# config_checks.validate.
 SCHEDULES = ('cosine', 'step')
 OPTIMIZERS = ('sgd', 'adam', 'adamw')
+
+
+def _is_number(value: Any) -> bool:
+  return (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and math.isfinite(value))
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises a ConfigError for lr_boundaries_epochs or lr_multipliers that
+  the factories below could not use (config_checks.validate calls it)."""
+  for epoch in config.lr_boundaries_epochs:
+    if not _is_number(epoch) or epoch < 0:
+      raise errors.ConfigError(
+          f'config.lr_boundaries_epochs={config.lr_boundaries_epochs!r} must '
+          'hold epochs of at least 0, e.g. (100, 150).')
+  for rule in config.lr_multipliers:
+    if not (isinstance(rule, (tuple, list)) and len(rule) == 2
+            and isinstance(rule[0], str) and _is_number(rule[1])
+            and rule[1] >= 0):
+      raise errors.ConfigError(
+          f'config.lr_multipliers entry {rule!r} must be a (regex, factor) '
+          "pair with a factor of at least 0, e.g. ('bias', 2.0).")
+    try:
+      re.compile(rule[0])
+    except re.error as e:
+      raise errors.ConfigError(
+          f'config.lr_multipliers regex {rule[0]!r} does not compile ({e}); '
+          'escape special characters with a backslash.') from None
 
 
 def create_learning_rate_fn(config: ml_collections.ConfigDict,
                             steps_per_epoch: int,
                             num_train_steps: int) -> optax.Schedule:
-  """Linear warm-up from 0 to config.learning_rate, then cosine or step decay."""
+  """Linear warm-up from 0 to config.learning_rate, then cosine or step decay.
+
+  Trusts `config`: config_checks.validate has checked it.
+  """
   peak = config.learning_rate
   warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
   warmup_steps = min(warmup_steps, num_train_steps)
@@ -25,7 +59,7 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict,
   if config.lr_schedule == 'cosine':
     decay = optax.cosine_decay_schedule(
         peak, decay_steps=max(num_train_steps - warmup_steps, 1))
-  elif config.lr_schedule == 'step':
+  else:  # 'step'
     # Boundaries count from the start of training, like the paper's "divide
     # by 10 at iteration k"; join_schedules shifts them by the warm-up.
     boundaries = {
@@ -33,9 +67,6 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict,
             config.lr_decay_factor
         for epoch in config.lr_boundaries_epochs}
     decay = optax.piecewise_constant_schedule(peak, boundaries)
-  else:
-    raise errors.ConfigError(f'Unknown config.lr_schedule {config.lr_schedule!r}; use '
-                     f'one of {SCHEDULES}.')
   if warmup_steps == 0:
     return decay
   return optax.join_schedules([warmup, decay], boundaries=[warmup_steps])
@@ -83,7 +114,10 @@ def scale_by_multipliers(multipliers: Any) -> optax.GradientTransformation:
 def create_optimizer(config: ml_collections.ConfigDict,
                      learning_rate_fn: optax.Schedule,
                      params: Any) -> optax.GradientTransformation:
-  """Gradient clipping, decay of kernels, SGD/Adam(W), per-layer multipliers."""
+  """Gradient clipping, decay of kernels, SGD/Adam(W), per-layer multipliers.
+
+  Trusts `config`: config_checks.validate has checked it.
+  """
   parts = []
   if config.grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
@@ -95,12 +129,9 @@ def create_optimizer(config: ml_collections.ConfigDict,
                            nesterov=config.nesterov))
   elif config.optimizer == 'adam':
     parts.append(optax.adam(learning_rate_fn))
-  elif config.optimizer == 'adamw':  # Decoupled decay, scaled by the lr.
+  else:  # 'adamw': decoupled decay, scaled by the lr.
     parts.append(optax.adamw(learning_rate_fn, weight_decay=config.weight_decay,
                              mask=decay_mask))
-  else:
-    raise errors.ConfigError(f'Unknown config.optimizer {config.optimizer!r}; use one '
-                     f'of {OPTIMIZERS}.')
   if config.lr_multipliers:
     parts.append(scale_by_multipliers(
         learning_rate_multipliers(params, tuple(config.lr_multipliers))))

@@ -19,6 +19,7 @@ import numpy as np
 
 from nin_jax import errors
 
+# The choices of config.parallelism, checked by config_checks.validate.
 STRATEGIES = ('jit', 'pmap')
 PMAP_AXIS = 'batch'
 
@@ -26,6 +27,8 @@ Batch = dict[str, np.ndarray]
 
 
 def check_batch_size(name: str, size: int) -> None:
+  """Every device must get the same, non-empty share of a batch
+  (config_checks.validate calls it once JAX knows every device)."""
   devices = jax.device_count()
   if size <= 0 or size % devices:
     raise errors.ConfigError(
@@ -183,9 +186,5 @@ def waits_for_each_program() -> bool:
 
 def create(strategy: str, train_step: Callable[..., Any],
            eval_step: Callable[..., Any]) -> Jit | Pmap:
-  if strategy == 'jit':
-    return Jit(train_step, eval_step)
-  if strategy == 'pmap':
-    return Pmap(train_step, eval_step)
-  raise errors.ConfigError(f'Unknown config.parallelism {strategy!r}; use one '
-                           f'of {STRATEGIES}.')
+  """The strategy named by a validated config.parallelism."""
+  return {'jit': Jit, 'pmap': Pmap}[strategy](train_step, eval_step)

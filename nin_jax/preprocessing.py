@@ -29,8 +29,9 @@ import ml_collections
 import numpy as np
 
 from nin_jax import errors
-from nin_jax import files
+from nin_jax import workdir_files
 
+# The choices of config.preprocessing, checked by config_checks.validate.
 KINDS = ('standardize', 'gcn_zca', 'none')
 RECORD_FILE = 'preprocessing.npz'
 # A per-image norm below this is left alone by GCN (a blank image).
@@ -102,7 +103,7 @@ class Preprocessing:
               'settings': np.array(json.dumps(self.settings()))}
     if self.zca is not None:
       arrays['zca'] = self.zca
-    files.write_npz_atomically(path, **arrays)
+    workdir_files.write_npz_atomically(path, **arrays)
 
   @classmethod
   def load(cls, path: str) -> 'Preprocessing':
@@ -125,19 +126,6 @@ def global_contrast_normalize(flat: np.ndarray, scale: float) -> np.ndarray:
   flat -= flat.mean(axis=1, keepdims=True)
   norm = np.sqrt(np.sum(flat * flat, axis=1, keepdims=True))
   return flat * (scale / np.where(norm < GCN_MIN_NORM, 1.0, norm))
-
-
-def check_config(config: ml_collections.ConfigDict) -> None:
-  if config.preprocessing not in KINDS:
-    raise errors.ConfigError(
-        f'Unknown config.preprocessing {config.preprocessing!r}; use one of '
-        f'{KINDS}.')
-  if config.preprocessing == 'gcn_zca' and not (
-      config.gcn_scale > 0 and config.zca_filter_bias > 0):
-    raise errors.ConfigError(
-        f'config.gcn_scale={config.gcn_scale} and config.zca_filter_bias='
-        f'{config.zca_filter_bias} must both be positive (the paper: 55 and '
-        '0.1).')
 
 
 def _fit_standardize(batches: Iterable[np.ndarray]) -> Preprocessing:
@@ -184,20 +172,19 @@ def _fit_gcn_zca(batches: Iterable[np.ndarray], gcn_scale: float,
 def fit(kind: str, batches: Iterable[np.ndarray], num_channels: int,
         pixel_max: float, gcn_scale: float = 55.0,
         zca_filter_bias: float = 0.1) -> Preprocessing:
-  """Fits a transform to training images given as uint8 (B, H, W, C) batches."""
+  """Fits a transform (`kind`, one of KINDS) to training images given as
+  uint8 (B, H, W, C) batches."""
   if kind == 'standardize':
     return _fit_standardize(batches)
   if kind == 'gcn_zca':
     return _fit_gcn_zca(batches, gcn_scale, zca_filter_bias)
-  if kind == 'none':
-    return Preprocessing('none', np.zeros(num_channels, np.float32),
-                         np.full(num_channels, 1.0 / pixel_max, np.float32))
-  raise errors.ConfigError(f'Unknown preprocessing {kind!r}; use one of {KINDS}.')
+  return Preprocessing('none', np.zeros(num_channels, np.float32),
+                       np.full(num_channels, 1.0 / pixel_max, np.float32))
 
 
 def cache_root(config: ml_collections.ConfigDict) -> str:
   """Where fitted transforms are cached: beside the TFDS data."""
-  return os.path.join(files.data_root(config), 'nin_jax_preprocessing')
+  return os.path.join(workdir_files.data_root(config), 'nin_jax_preprocessing')
 
 
 def config_settings(config: ml_collections.ConfigDict) -> dict[str, object]:
@@ -221,9 +208,9 @@ def fit_cached(config: ml_collections.ConfigDict, fingerprint: str,
 
   `fingerprint` identifies the training examples (dataset, version, range and
   a digest of some of their bytes), so mock or changed data never reuses a
-  stale fit. An unwritable cache only costs a refit next time.
+  stale fit. An unwritable cache only costs a refit next time. Trusts
+  `config`: config_checks.validate has checked it.
   """
-  check_config(config)
   if config.preprocessing == 'none':
     return fit('none', (), num_channels, pixel_max)
   # A file name from the dataset's name ('folder:/data/x' -> 'folder_data_x').

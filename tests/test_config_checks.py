@@ -2,11 +2,19 @@
 
 import errno
 import os
+import re
 
+import jax
 import orbax.checkpoint as ocp
 import pytest
 
+from nin_jax import config_checks
 from nin_jax import errors
+from nin_jax import input_pipeline
+from nin_jax import models
+from nin_jax import optimizer
+from nin_jax import parallel
+from nin_jax import preprocessing
 from nin_jax import train
 from tests import main_runner
 
@@ -26,7 +34,10 @@ def _error_lines(err):
     ('--config.batch_size=abc', 'invalid literal'),
     ('--config.learning_rate=-1', 'learning_rate=-1.0 must be a positive'),
     ('--config.learning_rate=nan', 'learning_rate=nan must be a positive'),
-    ('--config.model.dropout_rate=1.5', 'dropout_rate must be in [0, 1), got 1.5'),
+    ('--config.model.dropout_rate=1.5', 'dropout_rate=1.5 must be in [0, 1)'),
+    ('--config.model.pool_window=99', 'pool_window=99 is larger than the 8x8'),
+    ('--config.lr_multipliers=(("bias[", 2.0),)', "regex 'bias[' does not"),
+    ('--config.seed=4294967296', 'seed=4294967296 must be in [0, 2147483647]'),
     ('--config.optimizer=lamb', "optimizer='lamb' is not one of"),
     ('--config.eval_every_steps=0', 'eval_every_steps=0 must be -1'),
     ('--config.preprocessing=zca', "preprocessing='zca' is not one of"),
@@ -42,6 +53,81 @@ def test_bad_value_exits_2_with_one_line(override, reason, tmp_path,
   assert len(lines) == 1 and reason in lines[0], err[-2000:]
   assert 'Traceback' not in err
   assert not (tmp_path / 'run' / 'checkpoints').exists()
+
+
+def _set(config, field, value):
+  *parents, name = field.split('.')
+  for parent in parents:
+    config = config[parent]
+  config[name] = value
+
+
+# One bad value for each module's part of the config, and the message.
+_ONE_BAD_VALUE_PER_PART = [
+    ({'dataset': ''}, 'config.dataset is empty'),
+    ({'train_split': 'train+validation'}, "The digits dataset has splits "
+     "('train', 'test'), not 'validation' (in 'train+validation')"),
+    ({'input_pipeline': 'streaming', 'data_shards': 5}, 'config.data_shards=5 '
+     'must be a multiple of the 1 processes and divide config.batch_size=16'),
+    ({'shuffle_buffer': 0}, 'config.shuffle_buffer=0 must be at least 1'),
+    ({'gcn_scale': 0.0}, 'config.gcn_scale=0.0 must be a positive number'),
+    ({'model.pools': ('max', 'sum')}, "Unknown pool 'sum'"),
+    ({'model.block_features': (8, 6, 4)}, 'must be a tuple of blocks'),
+    ({'lr_multipliers': (('(', 2.0),)}, "regex '(' does not compile"),
+    ({'lr_schedule': 'linear'}, "config.lr_schedule='linear' is not one of"),
+    ({'batch_size': -16}, 'config.batch_size=-16 must be a positive multiple '
+     'of the 1 devices'),
+    ({'parallelism': 'pjit'}, "config.parallelism='pjit' is not one of"),
+    ({'seed': 2**31}, 'config.seed=2147483648 must be in [0, 2147483647]'),
+    ({'model.bias_init': float('nan')}, 'config.model.bias_init=nan must be '
+     'finite'),
+    ({'num_epochs': 0, 'num_train_steps': -1}, 'Set config.num_epochs'),
+]
+
+
+@pytest.mark.parametrize('overrides,message', _ONE_BAD_VALUE_PER_PART)
+def test_every_part_is_checked_before_data_or_factories(
+    tiny_config, overrides, message, tmp_path, monkeypatch):
+  """A bad config fails in validate: no data read, no model or optimizer
+  built (the factories trust their input)."""
+  def reached(*args, **kwargs):
+    raise AssertionError('reached past config_checks.validate')
+  for module, name in [(input_pipeline, 'Dataset'),
+                       (input_pipeline, 'image_shape'),
+                       (preprocessing, 'fit_cached'),
+                       (models, 'create_model'),
+                       (optimizer, 'create_learning_rate_fn'),
+                       (optimizer, 'create_optimizer'),
+                       (parallel, 'create')]:
+    monkeypatch.setattr(module, name, reached)
+  for field, value in overrides.items():
+    _set(tiny_config, field, value)
+  with pytest.raises(errors.ConfigError, match=re.escape(message)) as raised:
+    train.train_and_evaluate(tiny_config, str(tmp_path / 'run'))
+  assert '\n' not in str(raised.value)
+  assert not (tmp_path / 'run').exists()
+
+
+def test_batch_sizes_and_data_shards_are_checked_against_the_hardware(
+    tiny_config, monkeypatch):
+  config_checks.validate(tiny_config)
+  monkeypatch.setattr(jax, 'device_count', lambda: 3)
+  with pytest.raises(errors.ConfigError, match='batch_size=16 must be a '
+                     'positive multiple of the 3 devices; pass e.g. '
+                     '--config.batch_size=15'):
+    config_checks.validate(tiny_config)
+  tiny_config.batch_size = 48
+  with pytest.raises(errors.ConfigError, match='eval_batch_size=80'):
+    config_checks.validate(tiny_config)
+  tiny_config.eval_batch_size = 81
+  config_checks.validate(tiny_config)
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  config_checks.validate(tiny_config)  # The device input ignores data_shards.
+  tiny_config.input_pipeline = 'streaming'
+  config_checks.validate(tiny_config)  # One shard per process.
+  tiny_config.data_shards = 3
+  with pytest.raises(errors.ConfigError, match='multiple of the 2 processes'):
+    config_checks.validate(tiny_config)
 
 
 def test_config_file_with_a_wrong_type(tmp_path, monkeypatch, capsys):

@@ -1,10 +1,13 @@
 """The NiN module: parameter counts, shapes, dropout, and the seed's numerics."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from nin_jax import config_checks
 from nin_jax import errors
 from nin_jax import models
 from nin_jax.configs import default
@@ -85,14 +88,54 @@ def test_bfloat16_compute_keeps_float32_params_and_logits(tiny_config):
 
 
 @pytest.mark.parametrize('field,value,message', [
-    ('kernel_sizes', (5, 5), 'one kernel size per block'),
-    ('pools', ('max', 'sum'), "Unknown pool 'sum'"),
-    ('head', 'fc9', 'config.model.head'),
-    ('kernel_init', 'zeros', 'Unknown kernel_init'),
-    ('dropout_rate', 1.0, 'dropout_rate'),
-    ('pool_impl', 'fast', 'config.model.pool_impl'),
+    ('kernel_sizes', (5, 5), 'has 2 entries but config.model.block_features '
+     'has 3 blocks; give one kernel size per block'),
+    ('kernel_sizes', (5, 0, 3), 'kernel_sizes=(5, 0, 3) must be positive'),
+    ('pools', ('max',), 'pools needs 2 entries'),
+    ('pools', ('max', 'sum'), "Unknown pool 'sum' in config.model.pools"),
+    ('block_features', (8, 6, 4), 'block_features=(8, 6, 4) must be a tuple '
+     'of blocks, each a tuple of positive widths'),
+    ('block_features', ((8, 6), (8, 0), (8,)), 'must be a tuple of blocks'),
+    ('block_features', (), 'must be a tuple of blocks'),
+    ('head', 'fc9', "config.model.head='fc9' is not one of ('gap', 'fc', "
+     "'fc_dropout')"),
+    ('kernel_init', 'zeros', "config.model.kernel_init='zeros' is not one of"),
+    ('dropout_rate', 1.0, 'config.model.dropout_rate=1.0 must be in [0, 1)'),
+    ('num_mlp_layers', -2, 'num_mlp_layers=-2 must be -1 (all) or a count'),
+    ('pool_impl', 'fast', "config.model.pool_impl='fast' is not one of"),
+    ('conv_impl', 'fft', "config.model.conv_impl='fft' is not one of"),
+    ('dtype', 'float16', "config.model.dtype='float16' is not one of"),
+    ('pool_window', 0, 'config.model.pool_window=0 must be at least 1'),
+    # The digits are 8x8: larger kernels and pools see only padding.
+    ('pool_window', 9, 'config.model.pool_window=9 is larger than the 8x8 '
+     'images of digits; use at most 8'),
+    ('pool_stride', 9, 'config.model.pool_stride=9 is larger than the 8x8'),
+    ('kernel_sizes', (5, 9, 3), 'kernel_sizes=(5, 9, 3) has a kernel larger '
+     'than the 8x8 images of digits'),
 ])
-def test_bad_model_config_names_the_field(tiny_config, field, value, message):
+def test_bad_model_config_is_one_line_from_validate(tiny_config, field, value,
+                                                    message):
   tiny_config.model[field] = value
-  with pytest.raises(errors.ConfigError, match=message):
-    models.create_model(tiny_config)
+  with pytest.raises(errors.ConfigError, match=re.escape(message)) as raised:
+    config_checks.validate(tiny_config)
+  assert '\n' not in str(raised.value)
+
+
+def test_image_size_bounds_the_pools_of_a_folder_dataset(tiny_config):
+  tiny_config.dataset = 'folder:/nowhere'
+  tiny_config.model.pool_window = 9
+  config_checks.validate(tiny_config)  # Unknown size: the data will tell.
+  tiny_config.image_size = 8
+  with pytest.raises(errors.ConfigError, match='images of folder:/nowhere'):
+    config_checks.validate(tiny_config)
+
+
+def test_every_listed_choice_builds(tiny_config):
+  for name in models.KERNEL_INITS:
+    assert callable(models.kernel_initializer(name))
+  for head in models.HEADS:
+    tiny_config.model.head = head
+    config_checks.validate(tiny_config)
+    shapes = jax.eval_shape(models.create_model(tiny_config).init,
+                            jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+    assert ('fc' in shapes['params']) == (head != 'gap')

@@ -1,11 +1,14 @@
 """Schedules, weight decay on kernels only, and per-layer multipliers."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
+from nin_jax import config_checks
 from nin_jax import errors
 from nin_jax import optimizer
 
@@ -86,12 +89,39 @@ def test_learning_rate_multipliers_scale_matching_parameters(tiny_config):
   np.testing.assert_allclose(updates['block']['bn0']['scale'], base, rtol=1e-5)
 
 
-def test_unknown_choices_raise_config_errors(tiny_config):
-  tiny_config.lr_schedule = 'linear'
-  with pytest.raises(errors.ConfigError, match='lr_schedule'):
-    optimizer.create_learning_rate_fn(tiny_config, 10, 100)
-  tiny_config.lr_schedule = 'cosine'
-  tiny_config.optimizer = 'rmsprop'
-  with pytest.raises(errors.ConfigError, match='config.optimizer'):
-    optimizer.create_optimizer(tiny_config, optax.constant_schedule(0.1),
-                               _params())
+@pytest.mark.parametrize('field,value,message', [
+    ('lr_schedule', 'linear', "config.lr_schedule='linear' is not one of "
+     "('cosine', 'step')"),
+    ('optimizer', 'rmsprop', "config.optimizer='rmsprop' is not one of"),
+    ('momentum', 1.0, 'config.momentum=1.0 must be in [0, 1)'),
+    ('lr_decay_factor', 0.0, 'config.lr_decay_factor=0.0 must be in (0, 1]'),
+    ('lr_boundaries_epochs', (100, -1), 'lr_boundaries_epochs=(100, -1) must '
+     'hold epochs of at least 0'),
+    ('lr_boundaries_epochs', (100, float('nan')), 'must hold epochs'),
+    ('lr_multipliers', (('mlpconv3/mlp2/', 0.1), ('bias[', 2.0)),
+     "config.lr_multipliers regex 'bias[' does not compile"),
+    ('lr_multipliers', (('bias', -2.0),), "entry ('bias', -2.0) must be a "
+     '(regex, factor) pair with a factor of at least 0'),
+    ('lr_multipliers', (('bias',),), 'must be a (regex, factor) pair'),
+    ('lr_multipliers', ('bias', 2.0), "entry 'bias' must be a (regex, factor)"),
+])
+def test_bad_optimizer_config_is_one_line_from_validate(
+    tiny_config, field, value, message):
+  tiny_config[field] = value
+  with pytest.raises(errors.ConfigError, match=re.escape(message)) as raised:
+    config_checks.validate(tiny_config)
+  assert '\n' not in str(raised.value)
+
+
+@pytest.mark.parametrize('name', optimizer.OPTIMIZERS)
+def test_every_listed_optimizer_builds(tiny_config, name):
+  tiny_config.optimizer = name
+  tiny_config.lr_schedule = 'step'
+  tiny_config.lr_boundaries_epochs = (1,)
+  config_checks.validate(tiny_config)
+  lr = optimizer.create_learning_rate_fn(tiny_config, 10, 100)
+  assert lr(50) == pytest.approx(tiny_config.learning_rate *
+                                 tiny_config.lr_decay_factor)
+  tx = optimizer.create_optimizer(tiny_config, lr, _params())
+  updates, _ = tx.update(_params(), tx.init(_params()), _params())
+  assert jax.tree.structure(updates) == jax.tree.structure(_params())

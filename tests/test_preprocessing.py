@@ -1,10 +1,13 @@
 """Preprocessing: GCN + ZCA against numpy, TF vs JAX, caching, recording."""
 
+import re
+
 import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from nin_jax import config_checks
 from nin_jax import errors
 from nin_jax import preprocessing
 
@@ -134,10 +137,16 @@ def test_workdir_record_round_trips_and_guards_resumes(tmp_path):
     preprocessing.check_matches(loaded, _config('gcn_zca', gcn_scale=1.0))
 
 
-@pytest.mark.parametrize('overrides,match', [
-    (dict(preprocessing='whiten'), 'Unknown config.preprocessing'),
-    (dict(preprocessing='gcn_zca', zca_filter_bias=0.0), 'positive'),
+@pytest.mark.parametrize('overrides,message', [
+    (dict(preprocessing='whiten'), "config.preprocessing='whiten' is not one "
+     "of ('standardize', 'gcn_zca', 'none')"),
+    (dict(preprocessing='gcn_zca', zca_filter_bias=0.0),
+     'config.zca_filter_bias=0.0 must be a positive number (the paper: 0.1)'),
+    (dict(gcn_scale=-55.0), 'config.gcn_scale=-55.0 must be a positive'),
 ])
-def test_bad_settings_are_config_errors(overrides, match):
-  with pytest.raises(errors.ConfigError, match=match):
-    preprocessing.check_config(_config('standardize', **overrides))
+def test_bad_settings_are_one_line_from_validate(tiny_config, overrides,
+                                                 message):
+  tiny_config.update(overrides)
+  with pytest.raises(errors.ConfigError, match=re.escape(message)) as raised:
+    config_checks.validate(tiny_config)
+  assert '\n' not in str(raised.value)
