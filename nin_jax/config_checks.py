@@ -8,7 +8,6 @@ workdir was trained with and refuses changes a checkpoint cannot survive
 rest (more epochs, another learning rate) and saying what changed.
 """
 
-import json
 import math
 import os
 from typing import Any, Callable
@@ -25,6 +24,7 @@ from nin_jax import optimizer
 from nin_jax import parallel
 from nin_jax import pooling
 from nin_jax import preprocessing
+from nin_jax import workdir_files
 from nin_jax.configs import default
 
 _positive = (lambda v: v > 0, 'a positive number')
@@ -85,7 +85,9 @@ _CHOICES = {
     'parallelism': parallel.STRATEGIES,
 }
 # Changing these would make the checkpoint meaningless or unloadable.
-_FIXED_FOR_A_RUN = ('dataset', 'num_classes', 'train_split', 'validation_size',
+# The seed fixes the initial parameters, the data order and every dropout
+# mask (drawn from the seed and the step), so it is fixed too.
+_FIXED_FOR_A_RUN = ('seed', 'dataset', 'num_classes', 'train_split', 'validation_size',
                     'image_channels', 'image_size',
                     'optimizer', 'lr_multipliers', 'preprocessing', 'gcn_scale',
                     'zca_filter_bias', 'model.')
@@ -186,15 +188,12 @@ def _with_defaults(saved: dict[str, Any], defaults: dict[str, Any]
 
 def saved_config(workdir: str) -> dict[str, Any] | None:
   """The config.json of a run in `workdir`, completed with today's defaults."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
+  saved = workdir_files.read_config(workdir)
+  if saved is None:
+    if os.path.exists(workdir_files.path(workdir, workdir_files.CONFIG)):
+      logging.warning('Ignoring unreadable %s.',
+                      workdir_files.path(workdir, workdir_files.CONFIG))
     return None
-  with open(path, encoding='utf-8') as f:
-    try:
-      saved = json.load(f)
-    except json.JSONDecodeError:
-      logging.warning('Ignoring unreadable %s.', path)
-      return None
   return _with_defaults(saved, default.get_config().to_dict())
 
 

@@ -33,7 +33,6 @@ from nin_jax import workdir_files
 
 # The choices of config.preprocessing, checked by config_checks.validate.
 KINDS = ('standardize', 'gcn_zca', 'none')
-RECORD_FILE = 'preprocessing.npz'
 # A per-image norm below this is left alone by GCN (a blank image).
 GCN_MIN_NORM = 1e-8
 
@@ -238,12 +237,12 @@ def fit_cached(config: ml_collections.ConfigDict, fingerprint: str,
 
 
 def record(preprocessing: Preprocessing, workdir: str) -> None:
-  preprocessing.save(os.path.join(workdir, RECORD_FILE))
+  preprocessing.save(workdir_files.path(workdir, workdir_files.PREPROCESSING))
 
 
 def recorded(workdir: str) -> Preprocessing | None:
   """The transform a run in `workdir` trained with, if there was one."""
-  path = os.path.join(workdir, RECORD_FILE)
+  path = workdir_files.path(workdir, workdir_files.PREPROCESSING)
   return Preprocessing.load(path) if os.path.exists(path) else None
 
 

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from nin_jax import cli
+from nin_jax import config_checks
 from nin_jax import input_pipeline
 from nin_jax import models
 
@@ -189,6 +190,7 @@ def render(config: ml_collections.ConfigDict
 
 def main(argv: list[str]) -> None:
   cli.check_command_line(argv)
+  config_checks.validate(FLAGS.config)
   text, entries = render(FLAGS.config)
   print(text)
   if FLAGS.json:

@@ -144,8 +144,6 @@ def _preflight(config: ml_collections.ConfigDict, workdir: str
     config = ml_collections.ConfigDict(config.to_dict())
     config.dataset = image_folder.dataset_name(image_folder.root_of(
         config.dataset))
-  parallel.check_batch_size('batch_size', config.batch_size)
-  parallel.check_batch_size('eval_batch_size', config.eval_batch_size)
   _check_same_config_everywhere(config)
   changed = config_checks.check_resumable(config, workdir)
   if jax.process_index() == 0:

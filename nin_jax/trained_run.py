@@ -223,7 +223,7 @@ def load(workdir: str, step: int | None = None) -> TrainedRun:
   prep = preprocessing.recorded(workdir)
   if prep is None:
     raise errors.WorkdirError(
-        f'{workdir} has no {preprocessing.RECORD_FILE}: the run did not get '
+        f'{workdir} has no {workdir_files.PREPROCESSING}: the run did not get '
         'far enough to record its preprocessing.')
   step, variables = read_variables(workdir, step)
   return TrainedRun(workdir=workdir, step=step, config=config, info=info,

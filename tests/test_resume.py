@@ -9,6 +9,7 @@ by SIGTERM. Each time the same command is simply run again.
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,9 +20,9 @@ import pytest
 
 from nin_jax import checkpointing
 from nin_jax import errors
+from nin_jax import steps
 from nin_jax import train
 from nin_jax import workdir_files
-from nin_jax import steps
 
 from tests import main_runner
 
@@ -140,3 +141,32 @@ def test_nan_stops_training_and_keeps_the_good_checkpoints(
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2', '4']
   _, arrays, _ = checkpointing.read_checkpoint(str(tmp_path))
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(arrays))
+
+
+def test_dropout_comes_from_the_seed_and_step_and_older_checkpoints_resume(
+    tiny_config, tmp_path, monkeypatch):
+  """Checkpoints hold no dropout key; one of an older version (which holds
+  one) resumes to the same bits; a resume may not change the seed."""
+  tiny_config.checkpoint_every_steps = 2
+  tiny_config.keep_checkpoints = 2
+  older, resumed = tmp_path / 'older', tmp_path / 'resumed'
+  with monkeypatch.context() as patch:  # What older versions saved.
+    patch.setattr(checkpointing, '_items', lambda state: {
+        'train_state': state,
+        'dropout_key': jax.random.key_data(steps.dropout_key(tiny_config.seed))})
+    train.train_and_evaluate(tiny_config, str(older))
+  assert set(checkpointing.read_checkpoint(str(older))[1]) == {
+      'train_state', 'dropout_key'}
+  shutil.copytree(older, resumed)
+  shutil.rmtree(resumed / 'checkpoints' / '4')
+  train.train_and_evaluate(tiny_config, str(resumed))
+  step, arrays, _ = checkpointing.read_checkpoint(str(resumed))
+  assert step == 4 and set(arrays) == {'train_state'}
+  _, expected, _ = checkpointing.read_checkpoint(str(older))
+  for a, b in zip(jax.tree.leaves(arrays['train_state']),
+                  jax.tree.leaves(expected['train_state'])):
+    np.testing.assert_array_equal(a, b)
+  tiny_config.seed = 1
+  with pytest.raises(errors.ConfigError, match='seed'):
+    train.train_and_evaluate(tiny_config, str(resumed))
+
