@@ -1,4 +1,4 @@
-"""nin_jax against the seed's PyTorch network, side by side in one process.
+"""nin_jax against a PyTorch NiN, side by side in one process.
 
   python experiments/benchmark.py [--repeats=5] [--steps=3] [--out=FILE]
       [--dtypes=float32,bfloat16] [--epoch=auto|yes|no]
@@ -18,12 +18,13 @@ the CIFAR-10 NiN at full width on 32x32x3 inputs, batch 128):
     config.steps_per_dispatch steps per dispatch (0: the trainer's default
     for the backend). The median epoch time over --epoch_repeats epochs;
   * PyTorch (optional; skipped with a message when not installed, or when
-    the config is not the seed's CIFAR-10 network): the seed's
-    `nn.Sequential` with SGD (momentum, Nesterov), same batch and thread
-    count, on a fixed batch. On CPU, float32. On a CUDA GPU, the variants a
-    PyTorch user would try: float32 eager, then channels-last with bfloat16
-    autocast eager, compiled (`torch.compile`) and compiled with CUDA graphs
-    (mode 'reduce-overhead'); "PyTorch best" is the fastest of them;
+    the config is not the paper's CIFAR-10 network): the reference
+    `nn.Sequential` of nin_jax/torch_reference.py with SGD (momentum,
+    Nesterov), same batch and thread count, on a fixed batch. On CPU,
+    float32. On a CUDA GPU, the variants a PyTorch user would try: float32
+    eager, then channels-last with bfloat16 autocast eager, compiled
+    (`torch.compile`) and compiled with CUDA graphs (mode
+    'reduce-overhead'); "PyTorch best" is the fastest of them;
   * matrix-product peaks in JAX (float32 2048^2 on CPU; float32 and bfloat16
     8192^2 on accelerators), to put the achieved FLOP/s in proportion.
 
@@ -237,7 +238,7 @@ def _torch_variants(torch, cuda: bool) -> list[tuple[str, dict]]:
 
 
 def bench_torch(config) -> dict[str, dict] | None:
-  """The seed's network in each PyTorch variant; None when not possible."""
+  """The reference PyTorch NiN in each variant; None when not possible."""
   if not _is_seed_network(config):
     print('The PyTorch reference is the seed\'s CIFAR-10 network; this config '
           'is another one, so its column is skipped.')

@@ -1,21 +1,22 @@
 """Convolutions that XLA's CPU backend trains fast.
 
 On CPU, XLA's gradient of a convolution with respect to its kernel is slow:
-for the NiN's 5x5 convolutions at batch 128 it took about 4x the forward pass
-(560 ms for the 32x32x3->192 one, 1,254 ms for the 16x16x96->192 one, on 2
-cores). A stride-1 convolution's kernel gradient is also a sum over the
-kernel's window offsets of one matrix product each (the shifted inputs,
-transposed, times the output gradient), which the CPU runs at matmul speed:
-97 ms and 423 ms for the same two layers (experiments/conv_grad_bench.py). `conv` computes the
-forward pass and the input gradient with XLA and the kernel gradient that
-way; anything other than a plain stride-1, undilated NHWC/HWIO convolution
-goes to `lax.conv_general_dilated` unchanged. Parameters, their layout and
-the numbers are those of `flax.linen.Conv` (up to float rounding).
+for the NiN's 5x5 convolutions it costs several forward passes. A stride-1
+convolution's kernel gradient is also a sum over the kernel's window offsets
+of one matrix product each (the shifted inputs, transposed, times the output
+gradient), which the CPU runs at matmul speed, several times faster for those
+layers (per-layer timings: experiments/README.md, from
+experiments/conv_grad_bench.py). `conv` computes the forward pass and the
+input gradient with XLA and the kernel gradient that way; anything other
+than a plain stride-1, undilated NHWC/HWIO convolution goes to
+`lax.conv_general_dilated` unchanged. Parameters, their layout and the
+numbers are those of `flax.linen.Conv` (up to float rounding).
 
 With `use_winograd`, the float32 3x3 and 5x5 convolutions with at least
-`_WINOGRAD_MIN_CHANNELS` input channels go to `winograd.conv` instead: all
-three passes of the NiN's 16x16x96->192 layer in about 440 ms against 990
-the way above (the first layer, 3 input channels, stays on that way).
+`_WINOGRAD_MIN_CHANNELS` input channels go to `winograd.conv` instead, which
+takes about half the time of the way above for all three passes of the
+NiN's 16x16x96->192 layer (the first layer, 3 input channels, stays on that
+way).
 """
 
 import functools
@@ -32,8 +33,8 @@ _LAYOUT = ('NHWC', 'HWIO', 'NHWC')
 # einsum (one big product); above it, one product per offset is faster.
 _STACK_BELOW_CHANNELS = 16
 # Winograd's per-position products are matmuls over the input channels: with
-# the first layer's 3 they are too thin to pay for the transforms (forward
-# 352 ms against XLA's 123 for 32x32x3->192 on 2 cores).
+# the first layer's 3 they are too thin to pay for the transforms (its
+# forward pass was about 3x slower than XLA's: experiments/README.md).
 _WINOGRAD_MIN_CHANNELS = 16
 # Output tile side: F(4x4, 3x3) and F(4x4, 5x5).
 _WINOGRAD_TILE = 4

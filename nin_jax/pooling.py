@@ -2,17 +2,17 @@
 
 JAX differentiates a max pool through a reduce-window that tracks the
 argmax with index arrays, and XLA's CPU backend materializes those indices
-(four int32 arrays the size of the padded input) on every step: for the
-NiN's first pool (3x3, stride 2, on 128x32x32x96) forward and backward took
-298 ms, against 80 ms this way, on 2 cores; the whole training step got
-1.03-1.14x faster (experiments/README.md). Here the forward pass also
-records which offset of each window held the maximum, as int8 (int32 for
-windows over 11x11; the first maximum in row-major order wins, as in XLA),
-and the backward pass routes each output's gradient to that offset. Every input
-element is reached by at most ceil(window / stride) windows per axis, so the
-gradient is built one stride phase at a time from a few shifted, masked
-copies of the output's gradient and interleaved back: elementwise work that
-XLA fuses, with one write of the input-sized result. Values and the choice
+(four int32 arrays the size of the padded input) on every step: the NiN's
+first pool (3x3, stride 2) took several times as long, forward and
+backward, as it does this way, enough to slow the whole training step
+(experiments/README.md). Here the forward pass also records which offset
+of each window held the maximum, as int8 (int32 for windows over 11x11; the
+first maximum in row-major order wins, as in XLA), and the backward pass
+routes each output's gradient to that offset. Every input element is
+reached by at most ceil(window / stride) windows per axis, so the gradient
+is built one stride phase at a time from a few shifted, masked copies of
+the output's gradient and interleaved back: elementwise work that XLA
+fuses, with one write of the input-sized result. Values and the choice
 among tied maxima are those of `flax.linen.max_pool` and its JAX gradient.
 """
 

@@ -6,16 +6,15 @@ Run (ROOT holds train/<class>/<image> and test/<class>/<image>):
 
 This is NOT the paper's model: every layer is half as wide (246,900
 parameters instead of 966,986) and BatchNorm follows every convolution,
-chosen for what trains best in a CPU hour. On this project's 2-core CPU the
-full-width NiN with BatchNorm trained at about 160 img/s and this one at
-about 410 img/s, so an hour is about 11 epochs of the first or 28 of the
-second; on short schedules the extra epochs are worth more than the width.
+chosen for what trains best in a CPU hour: at half width it trains about
+2.5 times as fast as at full width, and on short schedules the extra epochs
+are worth more than the width.
 
-Measured (experiments/README.md, "CIFAR-10 (JPEG) on a 2-core CPU"): 85.40%
-test accuracy on CIFAR-10 (JPEG) after 20 epochs, 43 min 1 s on 2 cores
-with compilation and 20 evaluations, seed 0 (published as
-nin_jax/pretrained/cifar10). With dropout 0.3 and 22 epochs the same net
-reached 84.77% in 50 min 19 s.
+Measured on this project's 2-core x86-64 CPU (experiments/README.md,
+"CIFAR-10 (JPEG) on a 2-core CPU", with the throughputs and wall times):
+85.40% test accuracy on CIFAR-10 (JPEG) after 20 epochs, seed 0, in under
+an hour (published as nin_jax/pretrained/cifar10). With dropout 0.3 and 22
+epochs the same net reached 84.77%.
 
 The recipe: SGD with Nesterov momentum 0.9 at peak lr 0.1 (BatchNorm keeps
 the last ReLU alive, so neither the Caffe multipliers nor the class-map bias

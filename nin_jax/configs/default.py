@@ -22,8 +22,9 @@ What to expect, and where the numbers come from:
     Its first 2,580 steps on CIFAR-10 (JPEG), on a CPU, kept every class map
     alive through the warm-up and 630 steps at the peak (dead_fraction 0) and
     reached 63.33% test accuracy at epoch 6 (experiments/README.md).
-  * Runtime: about 1.33 GFLOP per training image. On a 2-core CPU (about 40
-    images/s) 200 epochs take days, so use an accelerator.
+  * Runtime: about 1.33 GFLOP per training image. On a 2-core CPU 200
+    epochs take a day or more (README.md, Performance), so use an
+    accelerator.
 
 The dead-ReLU trap: with a ReLU after the class-map layer, training can push
 every class map below zero; then all logits are 0, the loss is frozen at
@@ -83,8 +84,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.zca_filter_bias = 0.1
   # 'device': the whole training split kept on the devices as uint8, each
   # batch drawn, preprocessed and augmented in compiled code (for datasets
-  # that fit in device memory, as the paper's all do; 6-100x faster than
-  # streaming in experiments/README.md; batch order depends on the device
+  # that fit in device memory, as the paper's all do; several times faster
+  # than streaming: experiments/README.md; batch order depends on the device
   # count). 'streaming': tf.data on the host, for any dataset size; batch
   # order depends on data_shards only.
   config.input_pipeline = 'device'
@@ -222,9 +223,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Device input with 'jit' only: run up to this many training steps in one
   # compiled loop, so the host dispatches once for all of them (never past a
-  # log, evaluation or checkpoint step). 0 picks 10. On 2 CPU cores the
-  # full NiN trained at 112 img/s with 10 against 87 with 1 (with
-  # conv_impl='xla' the loop was slower instead: 33 vs 54 img/s).
+  # log, evaluation or checkpoint step). 0 picks 10. Measured faster on a
+  # CPU too, for the NiN and the digits net (with conv_impl='xla' the loop
+  # was slower instead; the numbers: experiments/README.md).
   # SIGTERM/SIGINT is answered after the loop, so larger values wait longer.
   config.steps_per_dispatch = 0
 

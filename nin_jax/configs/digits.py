@@ -15,8 +15,8 @@ on this tiny dataset it trains reliably, where SGD without BatchNorm often
 stalls or lets the last ReLU die (see experiments/README.md).
 
 Expect about 98% test accuracy in well under a minute on 2 CPU cores,
-compilation included. Measured on 2 CPU cores: 98.33% (seed 0), 97.78%
-(seed 1), 98.33% (seed 2), 33-37 s each.
+compilation included. The exact figure depends on the CPU in its last
+digits (per-seed results, and the machines: experiments/README.md).
 """
 
 from nin_jax.configs import default
@@ -44,7 +44,7 @@ def get_config():
   config.num_epochs = 30
 
   config.log_every_steps = 22  # About once per epoch (22 steps).
-  # Small steps gain from a compiled loop even on a CPU (2,100 vs 1,550
-  # img/s measured on 2 cores; see default.py).
+  # Small steps gain from a compiled loop even on a CPU (measured:
+  # experiments/README.md).
   config.steps_per_dispatch = 11
   return config
