@@ -240,7 +240,8 @@ def _torch_variants(torch, cuda: bool) -> list[tuple[str, dict]]:
 def bench_torch(config) -> dict[str, dict] | None:
   """The reference PyTorch NiN in each variant; None when not possible."""
   if not _is_seed_network(config):
-    print('The PyTorch reference is the seed\'s CIFAR-10 network; this config '
+    print('The PyTorch reference (nin_jax/torch_reference.py) is the CIFAR-10 '
+          'network; this config '
           'is another one, so its column is skipped.')
     return None
   try:

@@ -1,4 +1,4 @@
-"""Per-layer parameters and multiply-adds, and the seed's NiN-vs-AlexNet table.
+"""Per-layer parameters and multiply-adds, and the NiN-vs-AlexNet table.
 
   python -m nin_jax.summary [--config=nin_jax/configs/NAME.py]
       [--config.FIELD=VALUE ...] [--json=FILE]

@@ -1,4 +1,4 @@
-"""The seed document's PyTorch NiN, the reference nin_jax is held to.
+"""The usual PyTorch CIFAR-10 NiN (widths 192-160-96): nin_jax's reference.
 
 Used by the equivalence test and the benchmark; PyTorch is an optional
 dependency (`pip install torch`), imported only when this is called.
@@ -6,7 +6,7 @@ dependency (`pip install torch`), imported only when this is called.
 
 
 def torch_nin(num_classes: int = 10):
-  """The seed's CIFAR-10 NiN as one `torch.nn.Sequential`, layer for layer."""
+  """The CIFAR-10 NiN as one `torch.nn.Sequential`, layer for layer."""
   from torch import nn  # pylint: disable=g-import-not-at-top
   return nn.Sequential(
       nn.Conv2d(3, 192, kernel_size=5, padding=2), nn.ReLU(),
