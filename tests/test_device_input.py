@@ -17,7 +17,7 @@ from scipy import stats
 from nin_jax import device_input
 from nin_jax import input_pipeline
 from nin_jax import parallel
-from nin_jax import train
+from nin_jax import steps
 from nin_jax.configs import test as test_config
 
 PAD = 2
@@ -77,7 +77,7 @@ def test_device_and_streaming_paths_draw_the_same_distribution(setup):
   streaming = list(itertools.islice(
       input_pipeline.train_batches(dataset, info, prep, config), steps))
   config.input_pipeline = 'device'
-  strategy = parallel.Jit(train.train_step, train.eval_step)
+  strategy = parallel.Jit(steps.train_step, steps.eval_step)
   device = device_input.DeviceTrainBatches.from_dataset(
       dataset, info, prep, config, strategy)
   drawn = [device.batch(i) for i in range(steps)]
@@ -116,7 +116,7 @@ def test_device_and_streaming_paths_draw_the_same_distribution(setup):
 def test_device_batches_are_sharded_over_the_data_axis(setup):
   config, dataset, info, prep = setup
   config.input_pipeline = 'device'
-  strategy = parallel.Jit(train.train_step, train.eval_step)
+  strategy = parallel.Jit(steps.train_step, steps.eval_step)
   batch = device_input.DeviceTrainBatches.from_dataset(
       dataset, info, prep, config, strategy).batch(0)
   assert batch['image'].shape == (64, 8, 8, 1)
@@ -133,7 +133,7 @@ def test_arrays_in_memory_give_each_example_once_an_epoch(setup):
   images = np.arange(130 * 64, dtype=np.uint8).reshape(130, 8, 8, 1) % 17
   images[:, 0, 0, 0] = np.arange(130)  # Tells the examples apart.
   labels = np.arange(130) % 10
-  strategy = parallel.Jit(train.train_step, train.eval_step)
+  strategy = parallel.Jit(steps.train_step, steps.eval_step)
   batches = device_input.DeviceTrainBatches.from_arrays(
       images, labels, prep, config, strategy)
   drawn = [batches.batch(i) for i in range(2)]  # 130 // 64 = 2 steps.
