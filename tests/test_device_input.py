@@ -73,14 +73,14 @@ def _trace(batches, table, steps_per_epoch):
 def test_device_and_streaming_paths_draw_the_same_distribution(setup):
   config, dataset, info, prep = setup
   steps_per_epoch = input_pipeline.steps_per_epoch(info, config, 1)
-  steps = EPOCHS * steps_per_epoch
+  num_steps = EPOCHS * steps_per_epoch
   streaming = list(itertools.islice(
-      input_pipeline.train_batches(dataset, info, prep, config), steps))
+      input_pipeline.train_batches(dataset, info, prep, config), num_steps))
   config.input_pipeline = 'device'
   strategy = parallel.Jit(steps.train_step, steps.eval_step)
   device = device_input.DeviceTrainBatches.from_dataset(
       dataset, info, prep, config, strategy)
-  drawn = [device.batch(i) for i in range(steps)]
+  drawn = [device.batch(i) for i in range(num_steps)]
   np.testing.assert_array_equal(np.asarray(device.batch(5)['image']),
                                 np.asarray(drawn[5]['image']))  # Pure in step.
 
@@ -89,7 +89,7 @@ def test_device_and_streaming_paths_draw_the_same_distribution(setup):
   traced = {}
   for name, batches in (('streaming', streaming), ('device', drawn)):
     rows, untraced = _trace(batches, table, steps_per_epoch)
-    total = steps * config.batch_size
+    total = num_steps * config.batch_size
     # Every image is an augmented training example (a few are ambiguous).
     assert untraced < 0.02 * total, (name, untraced)
     np.testing.assert_array_equal(rows[:, 5], labels[rows[:, 1]])
