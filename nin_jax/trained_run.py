@@ -11,7 +11,6 @@ does a run with config.init_from.
 
 import dataclasses
 import functools
-import json
 import os
 import re
 from typing import Any
@@ -110,16 +109,6 @@ def _apply_with_maps(model: models.NiN, variables: Any, images: jax.Array
   return logits, maps
 
 
-def _read_json(workdir: str, name: str) -> Any:
-  path = os.path.join(workdir, name)
-  if not os.path.exists(path):
-    raise errors.WorkdirError(
-        f'{workdir} is not a training workdir (it has no {name}): pass the '
-        '--workdir of a run of python -m nin_jax.main.')
-  with open(path, encoding='utf-8') as f:
-    return json.load(f)
-
-
 def pretrained_root() -> str:
   """The directory that published models are looked up in by name."""
   return (os.environ.get(PRETRAINED_ROOT_ENV)
@@ -180,7 +169,9 @@ def find_published(name_or_dir: str) -> str:
 
 def read_info(directory: str) -> dict[str, Any]:
   """A published model's info.json: step, source, final evaluations."""
-  return _read_json(directory, INFO_FILE)
+  return workdir_files.read_json(
+      directory, INFO_FILE, 'it is not a published model (python -m '
+      'nin_jax.publish writes one).')
 
 
 def read_variables(directory: str, step: int | None = None

@@ -117,11 +117,16 @@ def write_dataset_info(workdir: str, info: Any) -> None:
 
 def read_dataset_info(workdir: str) -> dict[str, Any]:
   """dataset.json's fields (lists where DatasetInfo has tuples)."""
-  file = path(workdir, DATASET)
+  return read_json(workdir, DATASET, 'it is not a training workdir: pass the '
+                   '--workdir of a run of python -m nin_jax.main.')
+
+
+def read_json(directory: str, name: str, if_missing: str) -> Any:
+  """`directory`/`name` parsed; a missing file is a WorkdirError that ends
+  with `if_missing` (what the user should do)."""
+  file = path(directory, name)
   if not os.path.exists(file):
-    raise errors.WorkdirError(
-        f'{workdir} is not a training workdir (it has no {DATASET}): pass the '
-        '--workdir of a run of python -m nin_jax.main.')
+    raise errors.WorkdirError(f'{directory} has no {name}; {if_missing}')
   with open(file, encoding='utf-8') as f:
     return json.load(f)
 
