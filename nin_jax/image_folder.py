@@ -14,7 +14,8 @@ and TFDS's ImageFolder read. `--config.dataset=folder:ROOT` trains on it:
   * each split is shuffled once with a fixed seed, so that the validation
     tail of `train` and each device's shard hold every class (a folder
     lists its files class by class);
-  * the decoded arrays are cached in <data root>/nin_jax_folders/, keyed by
+  * the decoded arrays are cached in <cache root>/nin_jax_folders/ (see
+    workdir_files.cache_root; never in TFDS's data_dir), keyed by
     the file list (names, sizes, modification times) and the settings, so a
     second run starts in seconds.
 
@@ -224,7 +225,9 @@ def _cache_key(directory: str, listing: Listing, channels: int,
 
 
 def cache_dir(config: ml_collections.ConfigDict) -> str:
-  return os.path.join(workdir_files.data_root(config), 'nin_jax_folders')
+  """Where decoded splits are cached: in nin_jax's cache root, as a folder
+  of images is no TFDS data."""
+  return os.path.join(workdir_files.cache_root(config), 'nin_jax_folders')
 
 
 def load_split(root: str, split: str, listing: Listing,
@@ -255,7 +258,8 @@ def load_split(root: str, split: str, listing: Listing,
                                paths=np.asarray(paths))
   except OSError as e:
     logging.warning('Could not cache the decoded images in %s (%s); the next '
-                    'run decodes them again.', path, e)
+                    'run decodes them again. %s', path, e,
+                    workdir_files.RELOCATE_CACHE)
   return images, labels
 
 

@@ -530,8 +530,11 @@ def fit_preprocessing(dataset: Dataset, info: DatasetInfo,
   else:
     batches = (b['image'] for b in
                dataset.source(TRAIN).batch(1024).as_numpy_iterator())
+  # Only TFDS data is streamed, so in-memory data (digits, folders) is not
+  # TFDS's: its fit goes to nin_jax's cache root, not TFDS's data_dir.
   return preprocessing.fit_cached(config, dataset.fingerprint(TRAIN), batches,
-                                  info.image_shape[-1], dataset.pixel_max)
+                                  info.image_shape[-1], dataset.pixel_max,
+                                  tfds_data=not dataset.in_memory)
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:

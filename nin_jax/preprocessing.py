@@ -10,9 +10,10 @@ Three choices (config.preprocessing):
 
 A fitted transform is a handful of arrays. The same arrays drive the
 TensorFlow version (streaming input pipeline, evaluation) and the JAX version
-(device-resident input pipeline), are cached next to the dataset so a second
-run does not refit them, and are recorded in the workdir so that a resumed
-run, evaluation and prediction apply exactly what training applied.
+(device-resident input pipeline), are cached (beside TFDS data, any other
+data's in nin_jax's cache root) so a second run does not refit them, and are
+recorded in the workdir so that a resumed run, evaluation and prediction
+apply exactly what training applied.
 """
 
 import dataclasses
@@ -181,9 +182,13 @@ def fit(kind: str, batches: Iterable[np.ndarray], num_channels: int,
                        np.full(num_channels, 1.0 / pixel_max, np.float32))
 
 
-def cache_root(config: ml_collections.ConfigDict) -> str:
-  """Where fitted transforms are cached: beside the TFDS data."""
-  return os.path.join(workdir_files.data_root(config), 'nin_jax_preprocessing')
+def cache_root(config: ml_collections.ConfigDict, tfds_data: bool) -> str:
+  """Where fitted transforms are cached: a TFDS dataset's beside its data
+  (they go when it goes), any other's in nin_jax's cache root, as TFDS's
+  folder is no place for data that is not TFDS's."""
+  root = (workdir_files.data_root(config) if tfds_data
+          else workdir_files.cache_root(config))
+  return os.path.join(root, 'nin_jax_preprocessing')
 
 
 def config_settings(config: ml_collections.ConfigDict) -> dict[str, object]:
@@ -202,20 +207,22 @@ def cache_key(fingerprint: str, config: ml_collections.ConfigDict) -> str:
 
 def fit_cached(config: ml_collections.ConfigDict, fingerprint: str,
                batches: Iterable[np.ndarray], num_channels: int,
-               pixel_max: float) -> Preprocessing:
+               pixel_max: float, tfds_data: bool = True) -> Preprocessing:
   """The fitted transform from the cache, or fitted now and cached.
 
   `fingerprint` identifies the training examples (dataset, version, range and
   a digest of some of their bytes), so mock or changed data never reuses a
-  stale fit. An unwritable cache only costs a refit next time. Trusts
-  `config`: config_checks.validate has checked it.
+  stale fit. `tfds_data`: whether the data is TFDS's (see cache_root). An
+  unwritable cache only costs a refit next time; every process of a run
+  fits and writes the same file atomically. Trusts `config`:
+  config_checks.validate has checked it.
   """
   if config.preprocessing == 'none':
     return fit('none', (), num_channels, pixel_max)
   # A file name from the dataset's name ('folder:/data/x' -> 'folder_data_x').
   dataset = re.sub(r'[^A-Za-z0-9_.-]+', '_', config.dataset)
   name = f'{dataset}-{config.preprocessing}-{cache_key(fingerprint, config)}.npz'
-  path = os.path.join(cache_root(config), name)
+  path = os.path.join(cache_root(config, tfds_data), name)
   if os.path.exists(path):
     try:
       cached = Preprocessing.load(path)
@@ -231,8 +238,9 @@ def fit_cached(config: ml_collections.ConfigDict, fingerprint: str,
   try:
     fitted.save(path)
   except OSError as e:
-    logging.warning('Could not cache the preprocessing statistics in %s (%s).',
-                    path, e)
+    logging.warning('Could not cache the preprocessing statistics in %s (%s);'
+                    ' the next run fits them again.%s', path, e,
+                    '' if tfds_data else ' ' + workdir_files.RELOCATE_CACHE)
   return fitted
 
 

@@ -11,8 +11,9 @@
     checkpoints_unreadable/    damaged checkpoints, moved aside, never deleted
 
 The writers and readers of each file sit side by side here, so a format has
-one owner. Also here: writes that a crash cannot leave half done, and the
-data root, where datasets and the caches derived from them live.
+one owner. Also here: writes that a crash cannot leave half done, the data
+root, where TFDS data lives, and the cache root, where nin_jax caches what
+it derives from other data.
 """
 
 import dataclasses
@@ -71,9 +72,34 @@ def write_npz_atomically(file: str, **arrays: np.ndarray) -> None:
 
 def data_root(config: ml_collections.ConfigDict) -> str:
   """config.data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets: where
-  TFDS data lives and where nin_jax caches what it derives from datasets."""
+  TFDS data lives, and beside it the fits nin_jax derives from that data
+  (they go when it goes). Caches of other data never go here: cache_root."""
   return (config.data_dir or os.environ.get('TFDS_DATA_DIR')
           or os.path.join(os.path.expanduser('~'), 'tensorflow_datasets'))
+
+
+CACHE_DIR_VARIABLE = 'NIN_JAX_CACHE_DIR'
+# Ends a warning that the cache root could not be written.
+RELOCATE_CACHE = (f'Set ${CACHE_DIR_VARIABLE} or --config.cache_dir=DIR to '
+                  'cache elsewhere.')
+
+
+def cache_root(config: ml_collections.ConfigDict) -> str:
+  """Where nin_jax caches what it derives from data that is not TFDS's (the
+  digits, folders of images), which has no data_dir of its own.
+
+  config.cache_dir, else $NIN_JAX_CACHE_DIR, else $XDG_CACHE_HOME/nin_jax,
+  else ~/.cache/nin_jax (a relative $XDG_CACHE_HOME is ignored, as the XDG
+  spec asks). Everything in it can be deleted: it is rebuilt when needed.
+  """
+  # get(): a config built by hand (not from default.py) may lack the field.
+  chosen = config.get('cache_dir') or os.environ.get(CACHE_DIR_VARIABLE)
+  if chosen:
+    return os.path.abspath(os.path.expanduser(chosen))
+  xdg = os.environ.get('XDG_CACHE_HOME', '')
+  base = xdg if os.path.isabs(xdg) else os.path.join(
+      os.path.expanduser('~'), '.cache')
+  return os.path.join(base, 'nin_jax')
 
 
 # --- config.json ------------------------------------------------------------------

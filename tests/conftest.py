@@ -5,9 +5,13 @@ import tempfile
 
 # Hide TensorFlow's C++ banners; must be set before TensorFlow is imported.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-# Fitted preprocessing is cached beside the TFDS data: keep the tests' fits
-# (some on mock data) out of the user's ~/tensorflow_datasets.
+# Fits of TFDS data are cached beside it, those of other data (digits,
+# folders) and decoded folders in nin_jax's cache root: keep the tests'
+# caches (some of mock data) out of the user's ~/tensorflow_datasets and
+# ~/.cache/nin_jax. Test processes inherit both.
 os.environ['TFDS_DATA_DIR'] = tempfile.mkdtemp(prefix='nin_jax_tests_tfds_')
+os.environ['NIN_JAX_CACHE_DIR'] = tempfile.mkdtemp(
+    prefix='nin_jax_tests_cache_')
 # Many tests start `python -m nin_jax.main` processes that compile the same
 # tiny programs: a persistent compilation cache shared by all of them (and
 # this process) halves their run time. Cached programs compute the same bits.

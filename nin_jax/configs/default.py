@@ -50,8 +50,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset = 'cifar10'
   # TFDS data directory; None uses $TFDS_DATA_DIR or ~/tensorflow_datasets.
   # A manually downloaded archive goes in <data_dir>/downloads/manual/.
-  # Fitted preprocessing and decoded folder images are cached here too.
+  # Preprocessing fitted on TFDS data is cached here too, beside the data.
   config.data_dir = ml_collections.config_dict.placeholder(str)
+  # nin_jax's cache of what it derives from data that is not TFDS's (the
+  # digits' fitted preprocessing, decoded folder images and their fits);
+  # None uses $NIN_JAX_CACHE_DIR, else $XDG_CACHE_HOME/nin_jax, else
+  # ~/.cache/nin_jax. Never TFDS's data_dir: these are not TFDS's data.
+  config.cache_dir = ml_collections.config_dict.placeholder(str)
   # Accept files in <data_dir>/downloads/manual/ whose checksum differs from
   # TFDS's record (e.g. re-gzipped by a Linux distribution: same content, other
   # bytes). Risk: a wrong or tampered file is only caught if it fails to parse.
