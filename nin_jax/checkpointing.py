@@ -60,14 +60,23 @@ def _item_handlers() -> dict[str, Any]:
 class Checkpointer:
   """Saves every so often, keeps the newest few, restores the newest good one."""
 
-  def __init__(self, workdir: str, keep: int):
+  def __init__(self, workdir: str, keep: int, keep_best: bool = False):
+    """Keeps the `keep` newest checkpoints and, with `keep_best`, also the
+    one saved with the highest `accuracy` metric (see `save`)."""
     self.workdir = os.path.abspath(workdir)
     self.directory = workdir_files.checkpoints_dir(self.workdir)
     self._remove_unfinished_saves()
+    policies = [ocp.checkpoint_managers.LatestN(keep)]
+    if keep_best:
+      policies.append(ocp.checkpoint_managers.BestN(
+          get_metric_fn=lambda metrics: metrics['accuracy'], n=1,
+          keep_checkpoints_without_metrics=False))
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=False),
+            preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(
+                policies),
+            create=True, enable_async_checkpointing=False),
         item_handlers=_item_handlers())
 
   def _remove_unfinished_saves(self) -> None:
@@ -91,13 +100,20 @@ class Checkpointer:
     """Whether all processes agreed to stop at `step` (multi-process SIGTERM)."""
     return self._manager.reached_preemption(step)
 
-  def save(self, step: int, state: Any, progress: dict[str, Any]) -> None:
-    """Writes step `step`; a full or unwritable disk gives a clear error."""
+  def save(self, step: int, state: Any, progress: dict[str, Any],
+           accuracy: float | None = None) -> None:
+    """Writes step `step`; a full or unwritable disk gives a clear error.
+
+    `accuracy` (validation) makes the checkpoint a candidate for the best;
+    of equal ones, the later is kept.
+    """
     items = _items(state)
     try:
       self._manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(items),
-          progress=ocp.args.JsonSave(progress)), force=True)
+          progress=ocp.args.JsonSave(progress)), force=True,
+                         metrics=(None if accuracy is None
+                                  else {'accuracy': float(accuracy)}))
     except OSError as e:
       raise errors.WorkdirError(
           f'Could not write the checkpoint of step {step} to {self.directory} '

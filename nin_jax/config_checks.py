@@ -19,6 +19,7 @@ from nin_jax import conv
 from nin_jax import errors
 from nin_jax import image_folder
 from nin_jax import input_pipeline
+from nin_jax import metric_writers
 from nin_jax import models
 from nin_jax import optimizer
 from nin_jax import parallel
@@ -67,6 +68,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     'checkpoint_every_steps': _steps,
     'keep_checkpoints': _at_least_one,
     'dead_relu_patience': _at_least_one,
+    'profile_steps': _non_negative,
     # JAX keeps the low 32 bits of a seed, and the streaming input's shuffle
     # seeds (seed * 4.1e9 + ...) must fit in 64 bits.
     'seed': (lambda v: 0 <= v < 2**31, f'in [0, {2**31 - 1}]'),
@@ -171,6 +173,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   input_pipeline.check_config(config)
   models.check_config(config, _image_side(config))
   optimizer.check_config(config)
+  metric_writers.check_wandb(config)
 
 
 def _with_defaults(saved: dict[str, Any], defaults: dict[str, Any]

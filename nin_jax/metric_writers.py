@@ -4,6 +4,8 @@ Also what the loop sums between two log lines (`LogWindow`) and the warning
 that watches those sums for dead class maps (`DeadReluMonitor`).
 """
 
+import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -17,6 +19,7 @@ from tensorboard.compat.proto import event_pb2
 from tensorboard.compat.proto import summary_pb2
 from tensorboard.summary.writer import event_file_writer
 
+from nin_jax import errors
 from nin_jax import steps
 from nin_jax import workdir_files
 
@@ -44,7 +47,10 @@ class MetricWriter:
   """
 
   def __init__(self, workdir: str, enabled: bool = True,
-               resumed_step: int = 0):
+               resumed_step: int = 0, wandb_project: str = '',
+               run_config: Mapping[str, Any] | None = None):
+    """`wandb_project`: also log to that Weights & Biases project, in one
+    W&B run per workdir (a resumed run continues it), with `run_config`."""
     self._enabled = enabled
     self._logged = set()  # (step, split) pairs in metrics.jsonl.
     if not enabled:
@@ -55,6 +61,8 @@ class MetricWriter:
     self._jsonl = open(self.path, 'a', encoding='utf-8')
     self._tb = {}
     self._tb_dir = workdir_files.path(workdir, workdir_files.TENSORBOARD)
+    self._wandb = (_start_wandb(wandb_project, workdir, run_config)
+                   if wandb_project else None)
 
   def _keep_rows_up_to(self, step: int) -> None:
     if not os.path.exists(self.path):
@@ -109,6 +117,9 @@ class MetricWriter:
     self._tb[split].add_event(event_pb2.Event(
         wall_time=record['time'], step=int(step), summary=summary))
     self._tb[split].flush()
+    if self._wandb is not None:
+      self._wandb.log({f'{split}/{name}': float(value)
+                       for name, value in metrics.items()}, step=int(step))
 
   def close(self) -> None:
     if not self._enabled:
@@ -116,6 +127,27 @@ class MetricWriter:
     self._jsonl.close()
     for writer in self._tb.values():
       writer.close()
+    if self._wandb is not None:
+      self._wandb.finish()
+
+
+def check_wandb(config: Any) -> None:
+  """config.wandb_project needs the wandb package: say so before a run."""
+  if config.wandb_project and importlib.util.find_spec('wandb') is None:
+    raise errors.ConfigError(
+        f'config.wandb_project={config.wandb_project!r} needs the wandb '
+        'package: pip install wandb (or leave config.wandb_project empty).')
+
+
+def _start_wandb(project: str, workdir: str,
+                 run_config: Mapping[str, Any] | None) -> Any:
+  import wandb  # pylint: disable=g-import-not-at-top
+  # One W&B run per workdir, so that a resumed run continues its own. W&B
+  # drops rows at steps it has already seen (those a resume logs again).
+  run_id = hashlib.sha256(workdir.encode()).hexdigest()[:16]
+  return wandb.init(project=project, id=run_id, resume='allow',
+                    dir=workdir, name=os.path.basename(workdir),
+                    config=dict(run_config or {}))
 
 
 class ProgressLogger:

@@ -109,7 +109,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                    and not workdir_files.has_checkpoint(workdir))
   state, learning_rate_fn = _fresh_state(config, data, plan, strategy,
                                          init_from_now)
-  checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
+  checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints,
+                                            config.keep_best)
   with contextlib.ExitStack() as cleanup:
     # Checkpointer and metric files are closed even if training fails.
     cleanup.callback(checkpointer.close)
@@ -117,7 +118,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                            state, changed, init_from_now)
     _record(config, workdir, data, start_step)
     writer = metric_writers.MetricWriter(
-        workdir, enabled=jax.process_index() == 0, resumed_step=start_step)
+        workdir, enabled=jax.process_index() == 0, resumed_step=start_step,
+        wandb_project=config.wandb_project, run_config=config.to_dict())
     cleanup.callback(writer.close)
     run = _Run(config, workdir, data, plan, strategy, checkpointer, writer,
                learning_rate_fn,
@@ -206,6 +208,11 @@ def _load_data(config: ml_collections.ConfigDict, workdir: str) -> _Data:
         f'Dataset {info.name!r} has {info.num_classes} classes but '
         f'config.num_classes={config.num_classes}; pass '
         f'--config.num_classes={info.num_classes}.')
+  if config.keep_best and not info.num_validation:
+    raise errors.ConfigError(
+        'config.keep_best picks a checkpoint by validation accuracy, and '
+        f'{info.name!r} has no validation split here: pass e.g. '
+        '--config.validation_size=5000 (held out from the training split).')
   # A resumed run keeps the transform it trained with.
   prep = preprocessing.recorded(workdir)
   if prep is not None:
@@ -372,6 +379,43 @@ def _step_runner(run: _Run, start_step: int
   return one_at_a_time
 
 
+class _StepTrace:
+  """config.profile_steps: a jax.profiler trace of that many steps (whole
+  dispatches), from the second dispatch on, since the first is mostly
+  compilation. Written where TensorBoard's profile tab looks."""
+
+  def __init__(self, num_steps: int, directory: str):
+    self._left = num_steps
+    self._directory = directory
+    self._tracing = False
+
+  def __enter__(self) -> '_StepTrace':
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self._tracing:  # The run ended (or failed) first.
+      self._stop(None)
+
+  def before(self, first_dispatch: bool) -> None:
+    if self._left > 0 and not self._tracing and not first_dispatch:
+      jax.profiler.start_trace(self._directory)
+      self._tracing = True
+
+  def after(self, num_steps: int, outputs: Any) -> None:
+    if self._tracing:
+      self._left -= num_steps
+      if self._left <= 0:
+        self._stop(outputs)
+
+  def _stop(self, outputs: Any) -> None:
+    jax.block_until_ready(outputs)  # The traced steps ran to the end.
+    jax.profiler.stop_trace()
+    self._tracing = False
+    self._left = 0
+    logging.info('Wrote a profile of the training steps to %s (TensorBoard: '
+                 'the profile tab).', self._directory)
+
+
 def _train(run: _Run, state: steps.TrainState, start_step: int,
            progress: dict[str, Any],
            stop: stop_signals.StopSignals) -> dict[str, float]:
@@ -379,7 +423,8 @@ def _train(run: _Run, state: steps.TrainState, start_step: int,
   config, plan = run.config, run.plan
   if start_step and start_step % plan.eval_every == 0 and not run.writer.logged(
       start_step, run.periodic_split):
-    # Killed between the checkpoint and the evaluation of that step.
+    # Saved by an older version, which checkpointed before evaluating, and
+    # killed in between.
     run.writer.write(start_step, run.periodic_split,
                      run.evaluate(state, run.periodic_split, start_step))
   logging.info('Training %d steps (%d per epoch, global batch %d) on %d '
@@ -396,43 +441,61 @@ def _train(run: _Run, state: steps.TrainState, start_step: int,
       config.dead_relu_patience, config.num_classes,
       progress.get('dead_relu_steps', 0))
   steps_per_dispatch = resolve_steps_per_dispatch(config)
+  best = progress.get('best')
 
   result = {}
-  step = start_step
-  while step < plan.num_steps:
-    count = plan.dispatch_end(step, steps_per_dispatch) - step
-    state, sums = run_steps(state, step, count)
-    window.add(sums, count)
-    previous, step = step, step + count
-    if previous == start_step:  # Its time is mostly compilation.
-      jax.block_until_ready(sums)
-      logging.info('First dispatch (%d steps, compilation included) took '
-                   '%.1f s.', count, window.seconds())
-      window.restart_clock()
+  with _StepTrace(config.profile_steps, workdir_files.path(
+      run.workdir, workdir_files.TENSORBOARD)) as trace:
+    step = start_step
+    while step < plan.num_steps:
+      count = plan.dispatch_end(step, steps_per_dispatch) - step
+      trace.before(first_dispatch=step == start_step)
+      state, sums = run_steps(state, step, count)
+      trace.after(count, state)
+      window.add(sums, count)
+      previous, step = step, step + count
+      if previous == start_step:  # Its time is mostly compilation.
+        jax.block_until_ready(sums)
+        logging.info('First dispatch (%d steps, compilation included) took '
+                     '%.1f s.', count, window.seconds())
+        window.restart_clock()
 
-    last_step = step == plan.num_steps
-    if step % plan.log_every == 0 or last_step:
-      _log(run, step, window, progress_log, dead_relu)
-      window = metric_writers.LogWindow()
+      last_step = step == plan.num_steps
+      if step % plan.log_every == 0 or last_step:
+        _log(run, step, window, progress_log, dead_relu)
+        window = metric_writers.LogWindow()
 
-    stopping = stop.should_stop(previous + 1, step)
-    periodic_save = step % plan.checkpoint_every == 0 or last_step
-    evaluating = (step % plan.eval_every == 0 or last_step) and not stopping
-    if periodic_save or stopping or evaluating:
-      window.stop_clock()  # Saving and evaluating is not training time.
-    if periodic_save or stopping:
-      _save(run, state, step, window, dead_relu)
-    if stopping:
-      logging.warning('Saved a checkpoint at step %d in %s after %s; rerun '
-                      'the same command to resume.', step,
-                      run.checkpointer.directory, stop.received)
-      raise errors.Preempted(step, stop.received)
-    if evaluating:
-      for split in run.final_splits if last_step else [run.periodic_split]:
-        result = run.evaluate(state, split, step)
-        run.writer.write(step, split, result)
-    if periodic_save or evaluating:
-      window.start_clock()
+      stopping = stop.should_stop(previous + 1, step)
+      saving = step % plan.checkpoint_every == 0 or last_step or stopping
+      evaluating = (step % plan.eval_every == 0 or last_step) and not stopping
+      if saving or evaluating:
+        window.stop_clock()  # Saving and evaluating is not training time.
+      if saving:  # Nothing non-finite is evaluated or saved.
+        host_state = _checked_host_state(run, state, step, window)
+      # Evaluated before the save, so that the checkpoint can carry its
+      # validation accuracy (config.keep_best).
+      scores = {}
+      for split in ((run.final_splits if last_step else [run.periodic_split])
+                    if evaluating else []):
+        scores[split] = run.evaluate(state, split, step)
+        run.writer.write(step, split, scores[split])
+      result = scores.get(input_pipeline.TEST, result)
+      accuracy = None
+      if config.keep_best and input_pipeline.VALIDATION in scores:
+        accuracy = scores[input_pipeline.VALIDATION]['accuracy']
+        if best is None or accuracy >= best['accuracy']:  # The later of equals.
+          best = {'step': step, 'accuracy': accuracy}
+          logging.info('Best validation accuracy so far (%.2f%%): step %d, '
+                       'whose checkpoint is kept.', 100 * accuracy, step)
+      if saving:
+        _save(run, host_state, step, window, dead_relu, accuracy, best)
+      if stopping:
+        logging.warning('Saved a checkpoint at step %d in %s after %s; rerun '
+                        'the same command to resume.', step,
+                        run.checkpointer.directory, stop.received)
+        raise errors.Preempted(step, stop.received)
+      if saving or evaluating:
+        window.start_clock()
   return result
 
 
@@ -453,15 +516,23 @@ def _log(run: _Run, step: int, window: metric_writers.LogWindow,
                    // run.config.batch_size)
 
 
-def _save(run: _Run, state: steps.TrainState, step: int,
-          window: metric_writers.LogWindow,
-          dead_relu: metric_writers.DeadReluMonitor) -> None:
-  """Checkpoints `step` unless it holds non-finite values."""
+def _checked_host_state(run: _Run, state: steps.TrainState, step: int,
+                        window: metric_writers.LogWindow) -> steps.TrainState:
+  """The state as checkpoints hold it, once its values are known finite."""
   if window.sums is not None:
     _check_finite(steps.summarize(window.sums)['loss'], step, run.checkpointer)
   host_state = run.strategy.host_state(state)
   if not checkpointing.state_is_finite(host_state.params):
     raise _diverged('Parameters became non-finite', step, run.checkpointer)
+  return host_state
+
+
+def _save(run: _Run, host_state: steps.TrainState, step: int,
+          window: metric_writers.LogWindow,
+          dead_relu: metric_writers.DeadReluMonitor, accuracy: float | None,
+          best: dict[str, Any] | None) -> None:
+  """Checkpoints `step`, with its validation `accuracy` if config.keep_best
+  evaluated one, and what a resume needs to continue exactly."""
   run.checkpointer.save(step, host_state, {
       'step': step,
       # Where the input resumes: batch `step` of the stream.
@@ -470,7 +541,8 @@ def _save(run: _Run, state: steps.TrainState, step: int,
       'input_pipeline': run.config.input_pipeline,
       'window': window.progress(),
       'dead_relu_steps': dead_relu.dead_steps,
-  })
+      **({'best': best} if best else {}),
+  }, accuracy)
 
 
 def _diverged(what: str, step: int,

@@ -1,7 +1,12 @@
 """The console line of each log window."""
 
+import importlib.util
 import logging
 
+import pytest
+
+from nin_jax import config_checks
+from nin_jax import errors
 from nin_jax import metric_writers
 
 METRICS = {'loss': 1.5, 'accuracy': 0.25, 'learning_rate': 0.1,
@@ -29,3 +34,34 @@ def test_no_speed_or_eta_when_only_compilation_was_timed(caplog):
   line = _line(caplog, steps_per_second=0.0, metrics=metrics)
   assert 'img/s' not in line and 'ETA' not in line
   assert line.endswith('lr 0.1')
+
+
+def test_metrics_also_go_to_weights_and_biases_offline(tmp_path, monkeypatch):
+  pytest.importorskip('wandb')
+  monkeypatch.setenv('WANDB_MODE', 'offline')
+  monkeypatch.setenv('WANDB_SILENT', 'true')
+  workdir = str(tmp_path / 'run')
+  writer = metric_writers.MetricWriter(workdir, wandb_project='nin-test',
+                                       run_config={'seed': 0})
+  writer.write(2, 'train', {'loss': 1.5, 'accuracy': 0.25})
+  writer.write(2, 'test', {'loss': 1.7, 'accuracy': 0.2})
+  writer.close()
+  runs = list((tmp_path / 'run' / 'wandb').glob('offline-run-*/run-*.wandb'))
+  assert len(runs) == 1 and runs[0].stat().st_size > 0
+  # One W&B run per workdir: its id comes from the workdir's path.
+  again = metric_writers.MetricWriter(workdir, resumed_step=2,
+                                      wandb_project='nin-test')
+  again.close()
+  ids = {p.name for p in (tmp_path / 'run' / 'wandb').glob(
+      'offline-run-*/run-*.wandb')}
+  assert len(ids) == 1
+
+
+def test_wandb_project_without_the_package_is_a_config_error(
+    tiny_config, monkeypatch):
+  find_spec = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: (
+      None if name == 'wandb' else find_spec(name, *a)))
+  tiny_config.wandb_project = 'nin-test'
+  with pytest.raises(errors.ConfigError, match='pip install wandb'):
+    config_checks.validate(tiny_config)

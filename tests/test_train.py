@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from nin_jax import checkpointing
+from nin_jax import errors
 from nin_jax import evaluate
 from nin_jax import input_pipeline
 from nin_jax import parallel
@@ -213,3 +215,46 @@ def test_a_resume_inside_a_log_window_logs_the_same_bits(
 
   assert [r['step'] for r in rows(resumed)] == [4, 8, 8]
   assert rows(resumed) == rows(straight)
+
+
+def test_keep_best_keeps_the_best_validation_checkpoint_and_profile_steps(
+    tiny_config, tmp_path):
+  config = tiny_config
+  config.num_train_steps = 8
+  config.eval_every_steps = config.checkpoint_every_steps = 2
+  config.keep_checkpoints = 1
+  config.keep_best = True
+  config.validation_size = 100
+  config.profile_steps = 2
+  train.train_and_evaluate(config, str(tmp_path))
+  validation = [r for r in read_metrics(str(tmp_path))
+                if r['split'] == 'validation']
+  assert [r['step'] for r in validation] == [2, 4, 6, 8]
+  best = max(validation[::-1], key=lambda r: r['accuracy'])['step']
+  kept = sorted(int(n) for n in os.listdir(tmp_path / 'checkpoints'))
+  assert kept == sorted({best, 8})
+  _, _, progress = checkpointing.read_checkpoint(str(tmp_path))
+  assert progress['best']['step'] == best
+  traces = list((tmp_path / 'tensorboard' / 'plugins' / 'profile').glob(
+      '*/*.xplane.pb'))
+  assert len(traces) == 1
+
+
+def test_the_best_of_equal_accuracies_is_the_later_and_unscored_ones_go(
+    tmp_path):
+  checkpointer = checkpointing.Checkpointer(str(tmp_path), keep=1,
+                                            keep_best=True)
+  for step, accuracy in [(1, 0.5), (2, 0.9), (3, 0.6), (4, None), (5, 0.9),
+                         (6, 0.7)]:
+    checkpointer.save(step, {'w': np.full(3, step, np.float32)},
+                      {'step': step}, accuracy)
+  checkpointer.close()
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['5', '6']
+
+
+def test_keep_best_needs_a_validation_split(tiny_config, tmp_path):
+  tiny_config.keep_best = True
+  tiny_config.validation_size = 0
+  with pytest.raises(errors.ConfigError, match='validation_size'):
+    train.train_and_evaluate(tiny_config, str(tmp_path / 'run'))
+  assert not os.path.exists(tmp_path / 'run')

@@ -220,6 +220,17 @@ def get_config() -> ml_collections.ConfigDict:
   # failure: loss frozen at ln(num_classes)) for this many consecutive
   # training steps, counted in whole log windows.
   config.dead_relu_patience = 300
+  # Also keep the checkpoint with the best validation accuracy (beside the
+  # keep_checkpoints newest). Needs a validation split: validation_size > 0
+  # or a folder dataset's validation/.
+  config.keep_best = False
+  # Trace this many training steps with jax.profiler, after the first
+  # dispatch (which is mostly compilation), into <workdir>/tensorboard for
+  # TensorBoard's profile tab (or XProf). 0: no trace.
+  config.profile_steps = 0
+  # Also log every metric to this Weights & Biases project (needs the wandb
+  # package; WANDB_MODE=offline works without a network). '': off.
+  config.wandb_project = ''
 
   # --- Devices ------------------------------------------------------------
   # 'jit': one program over a mesh of all devices (batch sharded, state
