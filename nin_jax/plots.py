@@ -13,6 +13,15 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-imp
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
+# Class maps: a perceptually uniform colour map, about half transparent, over
+# the grey image with its contrast lowered (black and white drawn as 22% and
+# 78% grey) so that the map's colours stay readable over a digit's black and
+# white pixels and the image still shows through.
+_MAP_COLOURS = 'inferno'
+_MAP_ALPHA = 0.6
+_GREY_RANGE = (-0.4, 1.4)
+
+
 def _save(figure: Any, path: str) -> None:
   figure.savefig(path, dpi=110, bbox_inches='tight')
   plt.close(figure)
@@ -49,44 +58,58 @@ def confusion_matrix(confusion: np.ndarray, class_names: Sequence[str],
 
 def class_maps(images: np.ndarray, predicted_maps: np.ndarray,
                true_maps: np.ndarray, titles: Sequence[Sequence[str]],
-               path: str, suptitle: str) -> None:
-  """One row per image: the image, the predicted class's map, the true one's.
+               wrong: Sequence[bool], path: str, suptitle: str) -> None:
+  """class_maps_figure, saved to `path`."""
+  _save(class_maps_figure(images, predicted_maps, true_maps, titles, wrong,
+                          suptitle), path)
 
-  `images` are (n, H, W, C) in [0, 1]; the maps are (n, H, W), already
-  upsampled to the image size, and drawn over a grey copy of the image with
-  one colour scale per row, from the lower to the higher of the two maps'
-  extremes (so the two maps of a row compare).
+
+def class_maps_figure(images: np.ndarray, predicted_maps: np.ndarray,
+                      true_maps: np.ndarray, titles: Sequence[Sequence[str]],
+                      wrong: Sequence[bool], suptitle: str) -> Any:
+  """One row per image: the image, then the predicted and the true class's map
+  drawn translucently over a grey copy of it, so that the image shows through.
+
+  `images` are (n, H, W, C) in [0, 1], drawn pixel by pixel; the maps are
+  (n, h, w) at any resolution (finer than the image gives smooth maps) and
+  cover the same area. One colour scale per row, from 0 (a class map is a
+  ReLU's output: 0 is no evidence) to the larger of the row's two maxima, so
+  that the two maps of a row compare; its colour bar is at the row's end.
+  Rows in `wrong` get their predicted-map title in red. Constrained layout
+  keeps the suptitle, the two-line panel titles and the colour bars apart.
   """
   n = len(images)
-  figure, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n), squeeze=False)
+  figure, axes = plt.subplots(n, 3, figsize=(7.5, 0.35 + 2.45 * n),
+                              squeeze=False, layout='constrained')
+  height, width = images.shape[1:3]
+  extent = (0, width, height, 0)  # Maps and image share the same area.
   for i in range(n):
     image = images[i]
-    shown = image[..., 0] if image.shape[-1] == 1 else image
-    grey = image.mean(axis=-1)
-    low = min(float(predicted_maps[i].min()), float(true_maps[i].min()))
+    colour = image.shape[-1] != 1
+    low = min(0.0, float(predicted_maps[i].min()), float(true_maps[i].min()))
     top = max(float(predicted_maps[i].max()), float(true_maps[i].max()),
               low + 1e-6)
-    for j, (picture, title) in enumerate(zip(
-        (None, predicted_maps[i], true_maps[i]), titles[i])):
-      ax = axes[i, j]
-      if picture is None:
-        ax.imshow(shown, cmap='gray' if image.shape[-1] == 1 else None,
-                  vmin=0, vmax=1, interpolation='nearest')
-      else:
-        ax.imshow(grey, cmap='gray', vmin=0, vmax=1, interpolation='nearest')
-        overlay = ax.imshow(picture, cmap='jet', alpha=0.6, vmin=low,
-                            vmax=top)
-        if j == 2:
-          figure.colorbar(overlay, ax=ax, fraction=0.046, pad=0.04)
-      ax.set_title(title, fontsize=9)
-      ax.set_xticks([])
-      ax.set_yticks([])
-  # Wrapped to the figure's width, with room kept for it above the rows.
-  lines = textwrap.wrap(suptitle, 80)
-  figure.suptitle('\n'.join(lines), fontsize=10)
-  height = 2.5 * n
-  figure.tight_layout(rect=(0, 0, 1, 1 - (0.1 + 0.18 * len(lines)) / height))
-  _save(figure, path)
+    axes[i, 0].imshow(image if colour else image[..., 0],
+                      cmap=None if colour else 'gray', vmin=0, vmax=1,
+                      interpolation='nearest', extent=extent)
+    for j, picture in ((1, predicted_maps[i]), (2, true_maps[i])):
+      axes[i, j].imshow(image.mean(axis=-1), cmap='gray',
+                        vmin=_GREY_RANGE[0], vmax=_GREY_RANGE[1],
+                        interpolation='nearest', extent=extent)
+      overlay = axes[i, j].imshow(picture, cmap=_MAP_COLOURS, alpha=_MAP_ALPHA,
+                                  vmin=low, vmax=top, interpolation='bilinear',
+                                  extent=extent)
+    bar = figure.colorbar(overlay, ax=axes[i, 1:], fraction=0.05, pad=0.02,
+                          aspect=15)
+    bar.ax.tick_params(labelsize=8)
+    for j, title in enumerate(titles[i]):
+      red = j == 1 and wrong[i]
+      axes[i, j].set_title(title, fontsize=9,
+                           color='firebrick' if red else 'black')
+      axes[i, j].set_xticks([])
+      axes[i, j].set_yticks([])
+  figure.suptitle('\n'.join(textwrap.wrap(suptitle, 78)), fontsize=10)
+  return figure
 
 
 def training_curves(rows: Sequence[dict[str, Any]], title: str,

@@ -8,16 +8,17 @@ With global average pooling each logit is the mean of one class map (a
 channel of the last mlpconv, after its ReLU), so that map shows where the
 network saw the class. `class_maps.png` shows, for --num_images images of
 the split (up to half of them misclassified ones from its first 500, the
-rest the first correct ones), the image, the map of the predicted class and
-the map of the true class, upsampled bilinearly to the image size and
-overlaid.
+rest the first correct ones), the image, then the map of the predicted class
+and the map of the true class, upsampled bilinearly and drawn translucently
+over the image in grey, so that the image shows where the evidence lies; one
+colour scale per row, from 0, with its colour bar.
 `training_curves.png` plots loss, accuracy and learning rate against step,
 train and evaluation, from the run's metrics.jsonl (a published model
 carries a copy).
 """
 
 import os
-from typing import Any
+from typing import Any, Sequence
 
 from absl import flags
 import jax
@@ -25,6 +26,7 @@ import numpy as np
 
 from nin_jax import cli
 from nin_jax import errors
+from nin_jax import image_folder
 from nin_jax import plots
 from nin_jax import trained_run
 from nin_jax import workdir_files
@@ -33,18 +35,22 @@ FLAGS = flags.FLAGS
 
 # Examples scanned for misclassified ones to show.
 SEARCHED = 500
+# Pixels a side that class maps are upsampled to for drawing, at least.
+DRAWN_SIZE = 128
 
 
-def class_activation_maps(run: trained_run.TrainedRun, raw_images: np.ndarray
+def class_activation_maps(run: trained_run.TrainedRun, raw_images: np.ndarray,
+                          size: tuple[int, int] | None = None
                           ) -> tuple[np.ndarray, np.ndarray]:
-  """(probabilities, maps upsampled to the image size (n, H, W, classes))."""
+  """(probabilities, maps upsampled bilinearly to `size` (default: the
+  image's), (n, height, width, classes))."""
   if run.config.model.head != 'gap':
     raise errors.ConfigError(
         f'This run uses config.model.head={run.config.model.head!r}: its '
         'logits are not averages of the class maps, so class activation maps '
         'do not explain them. Visualize a run with the gap head.')
   logits, maps = run.logits_and_class_maps(run.preprocess(raw_images))
-  height, width = raw_images.shape[1:3]
+  height, width = size or raw_images.shape[1:3]
   upsampled = jax.image.resize(maps.astype(np.float32),
                                (maps.shape[0], height, width, maps.shape[-1]),
                                method='bilinear')
@@ -70,23 +76,45 @@ def pick_examples(run: trained_run.TrainedRun, split: str, count: int,
   return images[chosen], labels[chosen]
 
 
+def panel_titles(names: Sequence[str], probs: np.ndarray, labels: np.ndarray
+                 ) -> list[tuple[str, str, str]]:
+  """Titles of each row's image, predicted-class map and true-class map: two
+  short lines each, so that neighbouring titles stay apart even with class
+  names as long as CIFAR-10's 'automobile'."""
+  return [(f'image\ntrue: {names[t]}',
+           f'map of predicted: {names[p]}\np = {probs[i, p]:.2f}',
+           f'map of true: {names[t]}\np = {probs[i, t]:.2f}')
+          for i, (p, t) in enumerate(zip(probs.argmax(axis=-1), labels))]
+
+
 def draw_class_maps(run: trained_run.TrainedRun, images: np.ndarray,
                     labels: np.ndarray, path: str, split: str) -> None:
-  probs, maps = class_activation_maps(run, images)
-  names = run.info.class_names
+  """Writes class_maps.png (module docstring) of these images to `path`."""
+  # The maps are upsampled straight to the drawn size (not to the image's and
+  # then again by matplotlib), so that a 2x2 digits map is smooth too.
+  height, width = images.shape[1:3]
+  scale = -(-DRAWN_SIZE // max(height, width))
+  probs, maps = class_activation_maps(run, images,
+                                      (height * scale, width * scale))
   predicted = probs.argmax(axis=-1)
   rows = np.arange(len(images))
-  titles = [
-      (f'true: {names[t]}', f'map of predicted: {names[p]} ({probs[i, p]:.2f})',
-       f'map of true: {names[t]} ({probs[i, t]:.2f})')
-      for i, (p, t) in enumerate(zip(predicted, labels))]
-  accuracy = float(np.mean(predicted == labels))
+  titles = panel_titles(run.info.class_names, probs, labels)
+  wrong = predicted != labels
+  # A folder dataset's name holds a path: its last part says enough.
+  if run.published:
+    source = f'published model {os.path.basename(run.workdir)}'
+  elif image_folder.is_folder(run.info.name):
+    source = f'run on the image folder {os.path.basename(run.info.name)}'
+  else:
+    source = f'{run.info.name} run'
   plots.class_maps(
       images.astype(np.float32) / run.pixel_max, maps[rows, ..., predicted],
-      maps[rows, ..., labels], titles, path,
-      f'Class activation maps, {run.info.name} {split}, step {run.step} '
-      f'({100 * accuracy:.0f}% of these {len(images)} right; colour: map '
-      'value, one scale per row)')
+      maps[rows, ..., labels], titles, wrong, path,
+      f'Class activation maps of the {source}, step {run.step}, on {split} '
+      f'images: {int(np.sum(~wrong))} of these {len(images)} right (red: a '
+      'wrong prediction; p: softmax probability). Each map is upsampled '
+      'bilinearly and drawn over the image in grey; colour: map value, one '
+      'scale per row, from 0 (no evidence for the class).')
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
