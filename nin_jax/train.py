@@ -97,6 +97,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   errors.TrainingDiverged (non-finite loss; nothing bad saved) or
   errors.Preempted (SIGTERM/SIGINT; a checkpoint of the current step saved).
   """
+  if not workdir:
+    raise errors.WorkdirError('--workdir is empty: name the directory for '
+                              'this run, e.g. --workdir=/tmp/nin.')
   workdir = os.path.abspath(workdir)
   config, changed = _preflight(config, workdir)
   data = _load_data(config, workdir)
@@ -109,9 +112,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                    and not workdir_files.has_checkpoint(workdir))
   state, learning_rate_fn = _fresh_state(config, data, plan, strategy,
                                          init_from_now)
-  checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints,
-                                            config.keep_best)
   with contextlib.ExitStack() as cleanup:
+    if jax.process_index() == 0:  # One trainer per workdir.
+      cleanup.enter_context(workdir_files.RunLock(workdir))
+    checkpointer = checkpointing.Checkpointer(
+        workdir, config.keep_checkpoints, config.keep_best)
     # Checkpointer and metric files are closed even if training fails.
     cleanup.callback(checkpointer.close)
     start_step, state, progress = _restore(config, checkpointer, strategy,
@@ -187,9 +192,16 @@ def _check_workdir_writable(workdir: str) -> None:
     try:
       with open(probe, 'w', encoding='utf-8') as f:
         f.write('ok')
-      os.remove(probe)
     except OSError as e:
       reason = e.strerror or str(e)
+    finally:
+      if os.path.exists(probe):  # Created, even when the write failed.
+        os.remove(probe)
+    checkpoints = workdir_files.checkpoints_dir(workdir)
+    if not reason and os.path.exists(checkpoints) and not os.path.isdir(
+        checkpoints):
+      reason = (f'{checkpoints} is a file, where checkpoints go; move it '
+                'aside')
   if reason:
     raise errors.WorkdirError(
         f'Cannot write to the workdir {workdir}: {reason}. Pick a writable '

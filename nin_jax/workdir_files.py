@@ -9,6 +9,7 @@
     tensorboard/               the same metrics as TensorBoard event files
     checkpoints/<step>/        Orbax checkpoints (checkpointing.py)
     checkpoints_unreadable/    damaged checkpoints, moved aside, never deleted
+    .lock                      held by the running trainer (one per workdir)
 
 The writers and readers of each file sit side by side here, so a format has
 one owner. Also here: writes that a crash cannot leave half done, the data
@@ -17,9 +18,12 @@ it derives from other data.
 """
 
 import dataclasses
+import fcntl
 import json
 import os
+import socket
 import tempfile
+import time
 from typing import Any
 
 import ml_collections
@@ -33,6 +37,7 @@ PREPROCESSING = 'preprocessing.npz'
 METRICS = 'metrics.jsonl'
 SUPERSEDED_METRICS = 'metrics.superseded.jsonl'
 TENSORBOARD = 'tensorboard'
+LOCK = '.lock'
 CHECKPOINTS = 'checkpoints'
 UNREADABLE_CHECKPOINTS = 'checkpoints_unreadable'
 
@@ -194,3 +199,42 @@ def has_checkpoint(workdir: str) -> bool:
   directory = checkpoints_dir(workdir)
   return os.path.isdir(directory) and any(
       name.isdigit() for name in os.listdir(directory))
+
+
+class RunLock:
+  """One trainer per workdir: a second one stops with the first one's pid.
+
+  An advisory lock (flock) on <workdir>/.lock, taken by process 0 for the
+  whole run. The kernel releases it when the process ends in any way, so a
+  killed run never leaves a stale lock behind. Readers (evaluate, predict,
+  visualize, export) take none and keep working during training.
+  """
+
+  def __init__(self, workdir: str):
+    self._file = path(workdir, LOCK)
+    self._fd = None
+
+  def __enter__(self) -> 'RunLock':
+    os.makedirs(os.path.dirname(self._file), exist_ok=True)
+    fd = os.open(self._file, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      holder = os.read(fd, 200).decode('utf-8', 'replace').strip()
+      os.close(fd)
+      raise errors.WorkdirError(
+          f'Another trainer is running in {os.path.dirname(self._file)} '
+          f'({holder or "holder unknown"}): wait for it or stop it, or pick '
+          'another --workdir.') from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f'pid {os.getpid()} on {socket.gethostname()}, since '
+                 f'{time.strftime("%Y-%m-%d %H:%M:%S")}'.encode())
+    self._fd = fd
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self._fd is not None:
+      fcntl.flock(self._fd, fcntl.LOCK_UN)
+      os.close(self._fd)
+      self._fd = None
+

@@ -19,6 +19,7 @@ from nin_jax import parallel
 from nin_jax import steps
 from nin_jax import train
 from nin_jax import trained_run
+from nin_jax import workdir_files
 from tests import main_runner
 
 
@@ -258,3 +259,20 @@ def test_keep_best_needs_a_validation_split(tiny_config, tmp_path):
   with pytest.raises(errors.ConfigError, match='validation_size'):
     train.train_and_evaluate(tiny_config, str(tmp_path / 'run'))
   assert not os.path.exists(tmp_path / 'run')
+
+
+def test_one_trainer_per_workdir_and_other_bad_workdirs(tiny_config, tmp_path):
+  workdir = tmp_path / 'run'
+  with workdir_files.RunLock(str(workdir)):  # A trainer already running.
+    with pytest.raises(errors.WorkdirError,
+                       match=f'Another trainer is running .*pid {os.getpid()}'):
+      train.train_and_evaluate(tiny_config, str(workdir))
+  assert sorted(os.listdir(workdir)) == ['.lock']
+  with pytest.raises(errors.WorkdirError, match='--workdir is empty'):
+    train.train_and_evaluate(tiny_config, '')
+  (workdir / 'checkpoints').write_text('not a directory')
+  (workdir / 'metrics.jsonl').write_text('{"step": 2, "split": "train"}\n')
+  with pytest.raises(errors.WorkdirError, match='checkpoints is a file'):
+    train.train_and_evaluate(tiny_config, str(workdir))
+  assert sorted(os.listdir(workdir)) == ['.lock', 'checkpoints',
+                                          'metrics.jsonl']
