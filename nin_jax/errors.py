@@ -34,11 +34,17 @@ class TrainingDiverged(FloatingPointError):
 
 
 class Preempted(Exception):
-  """SIGTERM or SIGINT arrived; a checkpoint of `step` was written."""
+  """A stop signal arrived; a checkpoint of `step` was written (or, if it
+  came while the run was starting, there was nothing new to write)."""
 
-  def __init__(self, step: int, signal_name: str):
-    super().__init__(f'{signal_name} received: saved a checkpoint at step '
-                     f'{step}; rerun the same command to resume.')
+  def __init__(self, step: int | None, signal_name: str, saved: bool = True):
+    if saved:
+      message = (f'{signal_name} received: saved a checkpoint at step {step}; '
+                 'rerun the same command to resume.')
+    else:
+      message = (f'{signal_name} received while the run was starting: '
+                 'nothing new to save; rerun the same command to resume.')
+    super().__init__(message)
     self.step = step
 
 
@@ -46,3 +52,4 @@ class Preempted(Exception):
 EXIT_USER_ERROR = 2  # Bad config, data, workdir: the message names the fix.
 EXIT_DIVERGED = 3  # Non-finite loss: lower the learning rate (message).
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpoint saved, rerun to resume.
+EXIT_INTERRUPTED = 130  # A second SIGINT: stopped at once (128 + 2).

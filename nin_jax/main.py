@@ -82,6 +82,10 @@ def main(argv):
     cli.exit_with(e, errors.EXIT_USER_ERROR)
   except errors.TrainingDiverged as e:
     cli.exit_with(e, errors.EXIT_DIVERGED)
+  except KeyboardInterrupt:  # A second Ctrl-C: stopped at once.
+    cli.exit_with(KeyboardInterrupt(
+        'interrupted at once by a second SIGINT; the last checkpoint is '
+        'intact: rerun the same command to resume.'), errors.EXIT_INTERRUPTED)
 
 
 if __name__ == '__main__':

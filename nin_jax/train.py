@@ -95,30 +95,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   Raises errors.UserError (bad config, data or workdir; nothing changed),
   errors.TrainingDiverged (non-finite loss; nothing bad saved) or
-  errors.Preempted (SIGTERM/SIGINT; a checkpoint of the current step saved).
+  errors.Preempted (SIGTERM/SIGINT/SIGHUP; a checkpoint of the current step
+  saved, or nothing new to save when training had not started).
   """
   if not workdir:
     raise errors.WorkdirError('--workdir is empty: name the directory for '
                               'this run, e.g. --workdir=/tmp/nin.')
   workdir = os.path.abspath(workdir)
   config, changed = _preflight(config, workdir)
-  data = _load_data(config, workdir)
-  plan = Plan.make(config, data.info, jax.process_count())
-  strategy = parallel.create(config.parallelism, steps.train_step,
-                             steps.eval_step)
-  # A fresh run's config.init_from is read before the workdir is touched,
-  # so that a bad source changes nothing.
-  init_from_now = (bool(config.init_from)
-                   and not workdir_files.has_checkpoint(workdir))
-  state, learning_rate_fn = _fresh_state(config, data, plan, strategy,
-                                         init_from_now)
   with contextlib.ExitStack() as cleanup:
+    # Listening from here, so a signal during start-up is not lost.
+    stop = cleanup.enter_context(stop_signals.StopSignals())
+    data = _load_data(config, workdir)
+    plan = Plan.make(config, data.info, jax.process_count())
+    strategy = parallel.create(config.parallelism, steps.train_step,
+                               steps.eval_step)
+    # A fresh run's config.init_from is read before the workdir is touched,
+    # so that a bad source changes nothing.
+    init_from_now = (bool(config.init_from)
+                     and not workdir_files.has_checkpoint(workdir))
+    state, learning_rate_fn = _fresh_state(config, data, plan, strategy,
+                                           init_from_now)
+    stop.stop_before_training()  # Before the workdir is touched.
     if jax.process_index() == 0:  # One trainer per workdir.
       cleanup.enter_context(workdir_files.RunLock(workdir))
     checkpointer = checkpointing.Checkpointer(
         workdir, config.keep_checkpoints, config.keep_best)
     # Checkpointer and metric files are closed even if training fails.
     cleanup.callback(checkpointer.close)
+    stop.attach(checkpointer)
     start_step, state, progress = _restore(config, checkpointer, strategy,
                                            state, changed, init_from_now)
     _record(config, workdir, data, start_step)
@@ -133,7 +138,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       logging.info('Training already finished at step %d (of %d); nothing '
                    'to do. Final evaluation:', start_step, plan.num_steps)
       return _final_evaluation(run, state, start_step)
-    stop = cleanup.enter_context(stop_signals.StopSignals(checkpointer))
+    stop.stop_before_training()
     return _train(run, state, start_step, progress, stop)
 
 

@@ -170,3 +170,30 @@ def test_dropout_comes_from_the_seed_and_step_and_older_checkpoints_resume(
   with pytest.raises(errors.ConfigError, match='seed'):
     train.train_and_evaluate(tiny_config, str(resumed))
 
+
+
+def test_a_signal_during_start_up_exits_75_before_the_workdir_is_touched(
+    tiny_config, tmp_path, monkeypatch):
+  load_data = train._load_data
+
+  def load_then_hang_up(*args):
+    os.kill(os.getpid(), signal.SIGHUP)  # A closed terminal, mid start-up.
+    return load_data(*args)
+  monkeypatch.setattr(train, '_load_data', load_then_hang_up)
+  with pytest.raises(errors.Preempted, match='SIGHUP received while the run '
+                     'was starting: nothing new to save'):
+    train.train_and_evaluate(tiny_config, str(tmp_path / 'run'))
+  assert not os.path.exists(tmp_path / 'run')
+  # The handlers are restored afterwards.
+  assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+
+
+def test_a_second_sigint_is_one_line_and_exit_130(monkeypatch, tmp_path,
+                                                   capsys):
+  def interrupted(config, workdir):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(train, 'train_and_evaluate', interrupted)
+  assert main_runner.run_main(monkeypatch, str(tmp_path)) == 130
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err[-1].startswith('error: interrupted at once by a second SIGINT')
+  assert 'Traceback' not in '\n'.join(err)
