@@ -2,10 +2,11 @@
 
 Moving a run from 1 device to 8 mid-way (jit) shows both that checkpoints
 reshard and that 8 devices compute what 1 does; 8 simulated devices are the
-slowest runs here, so there is only one more (pmap).
+slowest runs here, so there are only two more (pmap).
 
-The device-resident input is checked the same way on 2 devices: pmap in one
-process against jit over two processes of one device each.
+The device-resident input, whose batches must not depend on the topology,
+is checked the same way: a run on 1 device against one over two processes
+of one device each (jit), and against itself resumed on 8 devices (pmap).
 
 Each run is `python -m nin_jax.main` in its own process, since the number of
 (simulated CPU) devices is fixed when JAX starts. Runs that do not depend on
@@ -35,8 +36,8 @@ COMMON = ['--config=nin_jax/configs/test.py', '--config.num_train_steps=6',
 # too, or the runs would differ.
 NO_DROPOUT_BN = ['--config.model.dropout_rate=0',
                  '--config.model.use_batchnorm=True']
-# The device-resident input: its batches depend on the device count (one
-# data shard per device), so these runs all use 2 devices.
+# The device-resident input; dropout off, since pmap draws each device's
+# masks from its own key.
 DEVICE_INPUT = ['--config.input_pipeline=device',
                 '--config.model.dropout_rate=0']
 
@@ -78,21 +79,24 @@ def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp('parallel')
   d = {name: str(root / name) for name in (
       'one', 'one_then_eight', 'one_bn', 'pmap_bn', 'two',
-      'device_pmap', 'device_two_processes')}
-  _finish(_start(d['one']), _start(d['one_bn'], extra=NO_DROPOUT_BN))
-  # 'one' at step 4, to be resumed on 8 devices: steps 5-6 and the
-  # evaluation run there (its later rows are moved aside on resume).
-  shutil.copytree(d['one'], d['one_then_eight'])
-  shutil.rmtree(os.path.join(d['one_then_eight'], 'checkpoints', '6'))
+      'device_one', 'device_one_then_eight', 'device_two_processes')}
+  _finish(_start(d['one']), _start(d['device_one'], extra=DEVICE_INPUT))
+  # Both at step 4, to be resumed on 8 devices: steps 5-6 and the
+  # evaluation run there (their later rows are moved aside on resume).
+  for name in ('one', 'device_one'):
+    copy = d[f'{name}_then_eight']
+    shutil.copytree(d[name], copy)
+    shutil.rmtree(os.path.join(copy, 'checkpoints', '6'))
   _finish(_start(d['one_then_eight'], devices=8),
+          _start(d['device_one_then_eight'], devices=8,
+                 extra=DEVICE_INPUT + ['--config.parallelism=pmap']))
+  _finish(_start(d['one_bn'], extra=NO_DROPOUT_BN),
           _start(d['pmap_bn'], devices=8,
                  extra=NO_DROPOUT_BN + ['--config.parallelism=pmap']))
   address = f'localhost:{_free_port()}'
   _finish(*[_start(d['two'], distributed=[
       f'--coordinator_address={address}', '--num_processes=2',
       f'--process_id={i}']) for i in range(2)])
-  _finish(_start(d['device_pmap'], devices=2,
-                 extra=DEVICE_INPUT + ['--config.parallelism=pmap']))
   address = f'localhost:{_free_port()}'
   _finish(*[_start(d['device_two_processes'], extra=DEVICE_INPUT, distributed=[
       f'--coordinator_address={address}', '--num_processes=2',
@@ -124,8 +128,16 @@ def test_two_processes_equal_one_process(runs):
   _assert_same(runs['two'], runs['one'])
 
 
-def test_device_input_pmap_on_two_devices_equals_jit_over_two_processes(runs):
-  _assert_same(runs['device_pmap'], runs['device_two_processes'])
+def test_device_input_on_one_device_equals_two_processes(runs):
+  # Each process draws its device's half of the same global batches.
+  _assert_same(runs['device_two_processes'], runs['device_one'])
+
+
+def test_device_input_resumed_on_eight_devices_continues_the_same_batches(
+    runs):
+  # Steps 5-6 drawn by 8 devices (pmap), an eighth of each batch each, in
+  # the data order whose first 4 batches 1 device drew.
+  _assert_same(runs['device_one_then_eight'], runs['device_one'])
 
 
 def test_processes_with_different_configs_stop_before_compiling(tmp_path):
