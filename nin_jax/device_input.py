@@ -21,9 +21,8 @@ unless a ZCA matmul rounds differently for fewer rows), so their losses
 differ by float rounding only.
 
 The price is memory and start-up: every process reads the whole split and
-copies it to each of its devices, not 1/devices of it (a CIFAR-10-sized
-split onto 8 simulated CPU devices took 0.42 s instead of 0.02 s; the
-digits, under a millisecond either way).
+copies it to each of its devices, not 1/devices of it (the README gives the
+measured start-up times).
 
 The streaming path draws from the same distribution (a test compares them)
 but not the same stream.
@@ -82,8 +81,8 @@ def epoch_order(key: jax.Array, positions: jax.Array,
   examples, walked until it lands inside [0, num_examples): a bijection
   computed one position at a time, so a step costs O(batch), where sorting
   the split (jax.random.permutation) would cost O(split) on every device at
-  every step (17 ms per step for CIFAR-10 on a CPU core). Integer hashes,
-  not threefry, in the rounds: threefry added seconds of compilation.
+  every step. Integer hashes, not threefry, in the rounds: threefry added
+  seconds of compilation.
   """
   half = max(1, (int(num_examples - 1).bit_length() + 1) // 2)
   mask = jnp.uint32((1 << half) - 1)
