@@ -12,7 +12,7 @@ and TFDS's ImageFolder read. `--config.dataset=folder:ROOT` trains on it:
     to config.image_size when asked; files of other types are skipped and
     counted;
   * each split is shuffled once with a fixed seed, so that the validation
-    tail of `train` and each device's shard hold every class (a folder
+    tail of `train` and each streaming data shard hold every class (a folder
     lists its files class by class);
   * the decoded arrays are cached in <cache root>/nin_jax_folders/ (see
     workdir_files.cache_root; never in TFDS's data_dir), keyed by

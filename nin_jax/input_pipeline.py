@@ -562,10 +562,10 @@ def num_data_shards(config: ml_collections.ConfigDict,
   The order of training examples depends on this number, not on the number
   of processes, so runs on different topologies with the same data_shards
   see the same global batches. The device-resident path (device_input.py)
-  keeps one shard per device instead.
+  draws from the whole split: one shard.
   """
   if config.input_pipeline == 'device':
-    return jax.device_count()
+    return 1
   shards = config.data_shards if config.data_shards > 0 else process_count
   if shards % process_count or config.batch_size % shards:
     raise errors.ConfigError(

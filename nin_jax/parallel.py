@@ -39,8 +39,9 @@ def check_batch_size(name: str, size: int) -> None:
 class Jit:
   """One jitted program over a 1-D `data` mesh of all devices."""
   axis_name = None  # XLA derives the reductions from the shardings.
-  # For the device-resident input: the mesh covers every device, so its
-  # first position holds data shard 0, and batches are flat (batch, ...).
+  # For the device-resident input: the mesh covers every device, so this
+  # mesh's first position is global position 0, and batches are flat
+  # (batch, ...).
   first_shard = 0
   stacked_batches = False
 
@@ -115,7 +116,8 @@ class Pmap:
                eval_step: Callable[..., Any]):
     self._devices = jax.local_devices()
     self.mesh = jax.sharding.Mesh(np.array(self._devices), (PMAP_AXIS,))
-    # Data shards are numbered over all devices of all processes.
+    # Mesh positions are numbered over all devices of all processes: the
+    # device at position i draws rows i * B/devices onwards of each batch.
     self.first_shard = jax.process_index() * len(self._devices)
     self.train_step = jax.pmap(
         functools.partial(train_step, axis_name=PMAP_AXIS),
