@@ -16,10 +16,12 @@ second to write), and Orbax's background save thread was seen to lose its
 array metadata when a TFDS generator pipeline ran beside it.
 """
 
+import contextlib
+import logging as std_logging
 import os
 import shutil
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from absl import logging
 import jax
@@ -198,6 +200,67 @@ def state_is_finite(state: Any) -> bool:
   return all(bool(jax.numpy.isfinite(x).all()) for x in leaves)
 
 
+class _HeldReports(std_logging.Filter):
+  """Holds back what Orbax and asyncio log while a checkpoint is read.
+
+  A damaged checkpoint makes Orbax log errors about its metadata, and a
+  truncated array file makes its event loop report every other pending
+  read's failure too, with the TensorStore spec: a thousand lines. The
+  reader's one warning or error says it all; under --verbosity=1 they show.
+  """
+
+  def __init__(self):
+    super().__init__()
+    self.records = []
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    if logging.get_verbosity() >= logging.DEBUG or not (
+        record.name == 'asyncio' or '/orbax/' in record.pathname):
+      return True
+    self.records.append(record)
+    return False
+
+
+@contextlib.contextmanager
+def _reports_held() -> Iterator[_HeldReports]:
+  held = _HeldReports()
+  loggers = (std_logging.getLogger('asyncio'), logging.get_absl_logger())
+  for logger in loggers:
+    logger.addFilter(held)
+  try:
+    yield held
+  finally:
+    for logger in loggers:
+      logger.removeFilter(held)
+
+
+def _reason(error: BaseException) -> str:
+  """Why a checkpoint could not be read, on one short line: the innermost
+  cause (TensorStore's I/O error, not Orbax's wrapper of it)."""
+  while error.__cause__ is not None:
+    error = error.__cause__
+  text = ' '.join(str(error).split())
+  if len(text) > 240:
+    text = text[:240] + '...'
+  return f'{type(error).__name__}: {text}' if text else type(error).__name__
+
+
+def _read_step(manager: ocp.CheckpointManager, step: int
+               ) -> tuple[int, dict[str, Any], dict[str, Any]]:
+  """read_checkpoint of one step; raises whatever a damaged one raises."""
+  metadata = manager.item_metadata(step)['state']
+  cpu = jax.sharding.SingleDeviceSharding(jax.devices('cpu')[0])
+  abstract = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=cpu), metadata)
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract),
+      progress=ocp.args.JsonRestore()))
+  arrays = jax.tree.map(np.asarray, restored['state'])
+  if not isinstance(arrays, dict) or 'train_state' not in arrays:
+    raise ValueError('it holds no train_state')
+  return step, arrays, dict(restored['progress'])
+
+
 def read_checkpoint(workdir: str, step: int | None = None
                     ) -> tuple[int, dict[str, Any], dict[str, Any]]:
   """(step, arrays, progress) of a workdir's checkpoint (default: newest).
@@ -205,32 +268,54 @@ def read_checkpoint(workdir: str, step: int | None = None
   No config or model is needed: arrays come back as numpy, nested as the
   train state was ({'train_state': {'params': ...}}; checkpoints of older
   versions also hold a 'dropout_key').
+
+  Without `step`, a damaged newest checkpoint is skipped, with one warning
+  line, for the next older readable one, as the trainer does; but nothing
+  is moved (the reader may run beside the trainer, which moves it aside
+  when it resumes). A damaged `step` asked for is a WorkdirError that
+  names the other saved steps.
   """
   directory = workdir_files.checkpoints_dir(os.path.abspath(workdir))
   if not os.path.isdir(directory):
     raise errors.WorkdirError(
         f'No checkpoints in {workdir} (no {directory}): pass the --workdir '
         'of a run of python -m nin_jax.main.')
-  with ocp.CheckpointManager(directory, item_handlers=_item_handlers(),
-                             options=ocp.CheckpointManagerOptions(
-                                 create=False)) as manager:
+  failed, found = {}, None
+  with _reports_held() as held, ocp.CheckpointManager(
+      directory, item_handlers=_item_handlers(),
+      options=ocp.CheckpointManagerOptions(create=False)) as manager:
     steps = sorted(manager.all_steps())
     if not steps:
       raise errors.WorkdirError(f'No checkpoint in {directory}.')
-    if step is None:
-      step = steps[-1]
-    elif step not in steps:
+    if step is not None and step not in steps:
       raise errors.WorkdirError(
           f'No checkpoint of step {step} in {directory}; the saved steps are '
           f'{", ".join(map(str, steps))}.')
-    metadata = manager.item_metadata(step)['state']
-    abstract = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype,
-                                       sharding=jax.sharding.SingleDeviceSharding(
-                                           jax.devices('cpu')[0])),
-        metadata)
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract),
-        progress=ocp.args.JsonRestore()))
-  arrays = jax.tree.map(np.asarray, restored['state'])
-  return step, arrays, dict(restored['progress'])
+    for candidate in [step] if step is not None else reversed(steps):
+      try:
+        found = _read_step(manager, candidate)
+        break
+      except Exception as e:  # pylint: disable=broad-except
+        failed[candidate] = _reason(e)  # Damaged files raise many kinds.
+  if not failed:  # Then what the libraries said may matter.
+    for record in held.records:
+      std_logging.getLogger(record.name).handle(record)
+  if found is not None:
+    for skipped, reason in failed.items():
+      logging.warning(
+          'Checkpoint at step %d in %s cannot be read (%s); using step %d, '
+          'the newest readable one.', skipped, directory, reason, found[0])
+    return found
+  if step is not None:
+    others = [s for s in steps if s != step]
+    instead = (f'pass another --step ({", ".join(map(str, others))}), or '
+               'leave it out for the newest readable checkpoint'
+               if others else 'it is the only one: train again')
+    raise errors.WorkdirError(
+        f'The checkpoint of step {step} in {directory} cannot be read '
+        f'({failed[step]}): {instead}.')
+  newest = steps[-1]
+  raise errors.WorkdirError(
+      f'No checkpoint in {directory} can be read (step {newest}: '
+      f'{failed[newest]}; steps {", ".join(map(str, steps))} tried): restore '
+      'them from a backup, or train again in a new --workdir.')

@@ -26,6 +26,7 @@ from absl import logging  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
 from nin_jax import errors  # pylint: disable=g-import-not-at-top
+from nin_jax import workdir_files  # pylint: disable=g-import-not-at-top
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), 'configs',
                               'default.py')
@@ -228,6 +229,92 @@ def load_run():
          'published model)' + (', not both' if workdir else ''))
   directory = workdir if workdir else trained_run.find_published(pretrained)
   return trained_run.load(directory, flags.FLAGS.step)
+
+
+def _why(error: OSError) -> str:
+  return error.strerror or str(error)
+
+
+@contextlib.contextmanager
+def output_directory(path: str, flag: str = 'out') -> Iterator[str]:
+  """Makes the output directory `path` before the work starts, so that an
+  unusable --out (a file, /proc/x, read-only) is one WorkdirError up front.
+
+  Yields its absolute path. Directories it made are removed again, if still
+  empty, when the body fails: a failed command leaves nothing behind.
+  """
+  path = os.path.abspath(path)
+  made, existing = [], path
+  while not os.path.lexists(existing):
+    made.append(existing)
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    what = ('is a file' if existing == path
+            else f'is below {existing}, a file')
+    raise errors.WorkdirError(
+        f'--{flag}={path} {what}, not a directory: give --{flag} a '
+        'directory (it is made if missing).')
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    _remove_empty(made)
+    raise errors.WorkdirError(
+        f'Cannot make the output directory {path} ({_why(e)}): give a '
+        f'writable --{flag}.') from None
+  try:
+    yield path
+  except BaseException:
+    _remove_empty(made)
+    raise
+
+
+def _remove_empty(directories: list[str]) -> None:
+  """Removes these directories (deepest first) while they are empty."""
+  for directory in directories:
+    try:
+      os.rmdir(directory)
+    except OSError:
+      return
+
+
+def check_output_file(path: str, flag: str = 'out',
+                      directory_ok: bool = False) -> None:
+  """A file output (and its PATH.json) is never written over a directory
+  (`directory_ok`: the output itself is one, as a SavedModel)."""
+  if os.path.isdir(path) and not directory_ok:
+    raise errors.WorkdirError(
+        f'--{flag}={path} is a directory; the export is a file: give its '
+        f'path, e.g. --{flag}={os.path.join(path, "nin.export")}.')
+  if os.path.isdir(path + '.json'):
+    raise errors.WorkdirError(
+        f'--{flag}={path}: {path}.json, where its metadata goes, is a '
+        f'directory: give another --{flag}.')
+
+
+def write_output(file: str, data: str | bytes, flag: str = 'out') -> None:
+  """Writes an output file atomically; a failed write is one WorkdirError
+  and leaves neither the file's temporary copy nor half a file."""
+  try:
+    workdir_files.write_atomically(file, data)
+  except OSError as e:
+    if os.path.isfile(file + '.tmp'):
+      os.remove(file + '.tmp')
+    raise errors.WorkdirError(
+        f'Cannot write {file} ({_why(e)}): give a writable --{flag} (or free '
+        'some disk space).') from None
+
+
+@contextlib.contextmanager
+def writing(path: str, flag: str = 'out') -> Iterator[None]:
+  """Turns an OSError of the writes in the body into one WorkdirError."""
+  try:
+    yield
+  except OSError as e:
+    if isinstance(e, errors.UserError):
+      raise
+    raise errors.WorkdirError(
+        f'Cannot write {getattr(e, "filename", None) or path} ({_why(e)}): '
+        f'give a writable --{flag} (or free some disk space).') from None
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -86,24 +86,29 @@ def define_flags() -> None:
 def write_report(run: trained_run.TrainedRun, split: str, top_k: int,
                  out: str | None = None, data_dir: str | None = None
                  ) -> tuple[dict[str, Any], str]:
-  """Evaluates, writes report.json and confusion.png; (report, directory)."""
+  """Evaluates, writes report.json and confusion.png; (report, directory).
+
+  The directory is made first, so that an unusable --out fails before the
+  evaluation; if anything then fails, what was made is removed again.
+  """
   if out is None and run.published:
     raise errors.ConfigError(
         f'{run.workdir} is a published model, which is never written to: '
         'pass --out=DIR for the report.')
-  logits, labels = predictions(run, split, data_dir)
-  result = {'workdir': run.workdir, 'step': run.step, 'split': split,
-            'dataset': run.info.name,
-            **report(logits, labels, run.info.class_names, top_k)}
   out = out or os.path.join(run.workdir, 'evaluation', f'{split}_step{run.step}')
-  os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, 'report.json'), 'w', encoding='utf-8') as f:
-    json.dump(result, f, indent=2)
-  plots.confusion_matrix(
-      np.array(result['confusion_matrix']), run.info.class_names,
-      f'{run.info.name} {split}, step {run.step}: accuracy '
-      f'{100 * result["accuracy"]:.2f}% ({result["num_examples"]} examples)',
-      os.path.join(out, 'confusion.png'))
+  with cli.output_directory(out) as out:
+    logits, labels = predictions(run, split, data_dir)
+    result = {'workdir': run.workdir, 'step': run.step, 'split': split,
+              'dataset': run.info.name,
+              **report(logits, labels, run.info.class_names, top_k)}
+    cli.write_output(os.path.join(out, 'report.json'),
+                     json.dumps(result, indent=2))
+    with cli.writing(out):
+      plots.confusion_matrix(
+          np.array(result['confusion_matrix']), run.info.class_names,
+          f'{run.info.name} {split}, step {run.step}: accuracy '
+          f'{100 * result["accuracy"]:.2f}% ({result["num_examples"]} '
+          'examples)', os.path.join(out, 'confusion.png'))
   return result, out
 
 

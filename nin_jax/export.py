@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 from typing import Any
 
 from absl import flags
@@ -32,7 +33,6 @@ import numpy as np
 
 from nin_jax import cli
 from nin_jax import errors
-from nin_jax import workdir_files
 from nin_jax import trained_run
 
 FLAGS = flags.FLAGS
@@ -206,9 +206,49 @@ def portable(run: trained_run.TrainedRun) -> trained_run.TrainedRun:
       run, model=run.model.clone(conv_fn=None, max_pool_fn=None))
 
 
+def _check_savedmodel_target(out: str) -> None:
+  """A SavedModel is a directory: never written over a file, nor mixed into
+  a directory that holds something else."""
+  if os.path.lexists(out) and not os.path.isdir(out):
+    raise errors.WorkdirError(
+        f'--out={out} is a file; a SavedModel is a directory: give a new '
+        'path (or that of an earlier SavedModel export, to replace it).')
+  if os.path.isdir(out) and os.listdir(out) and not os.path.exists(
+      os.path.join(out, 'saved_model.pb')):
+    raise errors.WorkdirError(
+        f'--out={out} is a directory that holds other files, not a '
+        'SavedModel: give a new path for the SavedModel.')
+
+
+def _write_savedmodel_safely(run: trained_run.TrainedRun, out: str,
+                             platforms: tuple[str, ...]) -> None:
+  """write_savedmodel, with a failure to write one WorkdirError, and a
+  directory it made removed again."""
+  made = not os.path.exists(out)
+  try:
+    write_savedmodel(run, out, platforms)
+  except Exception as e:  # pylint: disable=broad-except
+    if made and os.path.isdir(out):
+      shutil.rmtree(out, ignore_errors=True)
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    if isinstance(e, errors.UserError) or not isinstance(
+        e, (OSError, tf.errors.OpError)):
+      raise
+    reason = (e.message if isinstance(e, tf.errors.OpError)
+              else e.strerror or str(e))
+    raise errors.WorkdirError(
+        f'Cannot write the SavedModel to {out} ({reason}): give a writable '
+        '--out (or free some disk space).') from None
+
+
 def write(run: trained_run.TrainedRun, out: str, export_format: str = 'stablehlo',
           platforms: tuple[str, ...] = ('cpu', 'cuda', 'tpu')) -> None:
-  """Writes `out` (a file, or a SavedModel directory) and `out`.json."""
+  """Writes `out` (a file, or a SavedModel directory) and `out`.json.
+
+  An unusable `out` (a directory where a file goes, an unwritable place) is
+  a WorkdirError before any work, or at the latest when it is written; a
+  failed write leaves no temporary file, nor directories it made.
+  """
   unknown = [p for p in platforms if p not in PLATFORMS]
   if unknown:
     raise errors.ConfigError(f'Unknown platforms {unknown}; choose from '
@@ -218,19 +258,22 @@ def write(run: trained_run.TrainedRun, out: str, export_format: str = 'stablehlo
                              f'choose from {FORMATS}.')
   if export_format == 'onnx':
     _onnx_modules()  # Missing converter: say so before any work.
+  if export_format == 'savedmodel':
+    _check_savedmodel_target(out)
+  cli.check_output_file(out, directory_ok=export_format == 'savedmodel')
   run = portable(run)
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  if export_format == 'stablehlo':
-    workdir_files.write_atomically(out, export_stablehlo(run, platforms).serialize())
-  elif export_format == 'onnx':
-    platforms = ()  # Whatever runs ONNX.
-    model_bytes = export_onnx(run).SerializeToString()
-    check_onnx(run, model_bytes)
-    workdir_files.write_atomically(out, model_bytes)
-  else:
-    write_savedmodel(run, out, platforms)
-  with open(out + '.json', 'w', encoding='utf-8') as f:
-    json.dump(metadata(run, export_format, platforms), f, indent=2)
+  with cli.output_directory(os.path.dirname(os.path.abspath(out))):
+    if export_format == 'stablehlo':
+      cli.write_output(out, export_stablehlo(run, platforms).serialize())
+    elif export_format == 'onnx':
+      platforms = ()  # Whatever runs ONNX.
+      model_bytes = export_onnx(run).SerializeToString()
+      check_onnx(run, model_bytes)
+      cli.write_output(out, model_bytes)
+    else:
+      _write_savedmodel_safely(run, out, platforms)
+    cli.write_output(out + '.json', json.dumps(
+        metadata(run, export_format, platforms), indent=2))
 
 
 def _size(path: str) -> int:
@@ -256,11 +299,13 @@ def define_flags() -> None:
 def main(argv: list[str]) -> None:
   cli.check_command_line(argv)
   run = cli.load_run()
+  replaced = os.path.lexists(FLAGS.out)
   write(run, FLAGS.out, FLAGS.format, tuple(FLAGS.platforms))
   where = ('ONNX Runtime' if FLAGS.format == 'onnx'
            else ', '.join(FLAGS.platforms))
   print(f'Wrote {FLAGS.out} ({_size(FLAGS.out) / 2**20:.1f} MB, '
-        f'step {run.step}, {where}) and {FLAGS.out}.json')
+        f'step {run.step}, {where}) and {FLAGS.out}.json'
+        + (', replacing what was there' if replaced else ''))
 
 
 if __name__ == '__main__':

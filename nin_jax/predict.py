@@ -7,8 +7,10 @@
 Any PNG, JPEG (or other format Pillow reads) of any size: each is converted
 to the dataset's channels (grey or RGB), resized to its image size, scaled
 to its raw pixel range (0-255, or 0-16 for the digits) and then preprocessed
-exactly as in training. A file that cannot be read gets one error line and
-the others are still predicted; the exit status is then 2.
+exactly as in training; a 16-bit greyscale image is scaled to 8 bits first.
+A file that cannot be read (missing, not an image, damaged, too large for
+Pillow to decode safely) gets one error line and the others are still
+predicted; the exit status is then 2.
 """
 
 import json
@@ -27,14 +29,37 @@ from nin_jax import trained_run
 FLAGS = flags.FLAGS
 
 
+# Pillow's modes of 16- and 32-bit integer pixels (a 16-bit PNG opens as
+# 'I;16'; older Pillow versions give 'I'): converting them to 8 bits clips
+# every value above 255, so they are scaled from 0-65535 instead.
+WIDE_INTEGER_MODES = ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N')
+
+
+def _to_8_bit_range(image: Image.Image) -> Image.Image:
+  """A 16-bit greyscale image as floats in 0-255 ('F'); others unchanged."""
+  if image.mode not in WIDE_INTEGER_MODES:
+    return image
+  pixels = np.asarray(image, np.float64)
+  if pixels.min() < 0 or pixels.max() > 65535:
+    raise ValueError(f'{image.mode} pixels outside 0-65535 (from '
+                     f'{pixels.min():.0f} to {pixels.max():.0f})')
+  return Image.fromarray((pixels * (255 / 65535)).astype(np.float32), 'F')
+
+
 def load_image(path: str, image_shape: Sequence[int],
                pixel_max: int) -> np.ndarray:
-  """The file as the dataset stores images: (H, W, C) in [0, pixel_max]."""
+  """The file as the dataset stores images: (H, W, C) in [0, pixel_max].
+
+  16-bit greyscale images are scaled to 8 bits (not clipped). Every way a
+  file can fail is an errors.ImageError about that file alone.
+  """
   height, width, channels = image_shape
   try:
     with Image.open(path) as image:
       image.load()
-      image = image.convert('L' if channels == 1 else 'RGB')
+      image = _to_8_bit_range(image)
+      if image.mode != 'F':
+        image = image.convert('L' if channels == 1 else 'RGB')
       if image.size != (width, height):
         image = image.resize((width, height), Image.Resampling.BILINEAR)
       pixels = np.asarray(image, np.float32)
@@ -45,9 +70,22 @@ def load_image(path: str, image_shape: Sequence[int],
   except UnidentifiedImageError:
     raise errors.ImageError(f'{path}: not an image Pillow can read (give a PNG '
                             'or JPEG file)') from None
+  except Image.DecompressionBombError as e:
+    raise errors.ImageError(
+        f'{path}: too large to decode safely ({e.args[0].split(",")[0]}); '
+        'shrink it first (e.g. to 1000 pixels a side)') from None
   except OSError as e:  # Truncated or corrupt data, permissions.
     raise errors.ImageError(f'{path}: cannot read the image ({e})') from None
-  pixels = pixels.reshape(height, width, channels)
+  except Exception as e:  # pylint: disable=broad-except
+    # Pillow's decoders raise many kinds (SyntaxError, ValueError, ...) for
+    # a malformed file; it is that file's error, not the command's.
+    raise errors.ImageError(f'{path}: cannot decode the image '
+                            f'({type(e).__name__}: {e})') from None
+  if pixels.ndim == 2:  # Greyscale, for an RGB model: grey in each channel.
+    pixels = np.repeat(pixels[..., None], channels, axis=-1)
+  # Whole values, as the dataset stores them (a scaled 16-bit image has
+  # fractions).
+  pixels = np.round(pixels).reshape(height, width, channels)
   if pixel_max != 255:
     pixels = np.round(pixels * (pixel_max / 255.0))
   return pixels

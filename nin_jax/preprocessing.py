@@ -22,6 +22,7 @@ import json
 import os
 import re
 from typing import Iterable
+import zipfile
 
 from absl import logging
 import jax
@@ -107,10 +108,36 @@ class Preprocessing:
 
   @classmethod
   def load(cls, path: str) -> 'Preprocessing':
-    with np.load(path) as data:
-      settings = json.loads(str(data['settings']))
-      return cls(shift=data['shift'], scale=data['scale'],
-                 zca=data['zca'] if 'zca' in data else None, **settings)
+    """The transform `save` wrote to `path`.
+
+    Anything else there (garbage, a truncated file, other arrays) is a
+    WorkdirError (an OSError, as the cache's reader expects) saying so: numpy
+    would call garbage 'pickled data' and a truncated file a BadZipFile.
+    """
+    try:
+      with np.load(path, allow_pickle=False) as data:
+        settings = json.loads(str(data['settings']))
+        loaded = cls(shift=data['shift'], scale=data['scale'],
+                     zca=data['zca'] if 'zca' in data else None, **settings)
+      if (loaded.kind not in KINDS or loaded.shift.ndim != 1
+          or loaded.scale.ndim != 1):
+        raise ValueError(f'unexpected contents (kind {loaded.kind!r})')
+      return loaded
+    except FileNotFoundError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      # zipfile, numpy and json raise many kinds for a damaged file.
+      if isinstance(e, ValueError) and 'pickle' in str(e):
+        reason = 'not a .npz archive'
+      elif isinstance(e, zipfile.BadZipFile):
+        reason = f'a damaged or truncated .npz archive: {e}'
+      elif isinstance(e, KeyError):
+        reason = f'no {e} array in it'
+      else:
+        reason = f'{type(e).__name__}: {" ".join(str(e).split())[:200]}'
+      raise errors.WorkdirError(
+          f'{path} is not a preprocessing file nin_jax wrote ({reason}).'
+          ) from None
 
 
 def _gcn_tf(flat, scale: float):

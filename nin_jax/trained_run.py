@@ -167,25 +167,47 @@ def find_published(name_or_dir: str) -> str:
       'path.')
 
 
+# What to do about a damaged file of a published model.
+DAMAGED_PUBLISHED = ('publish the model again (python -m nin_jax.publish '
+                     '--overwrite) or restore it from a backup.')
+
+
 def read_info(directory: str) -> dict[str, Any]:
   """A published model's info.json: step, source, final evaluations."""
-  return workdir_files.read_json(
+  info = workdir_files.read_json(
       directory, INFO_FILE, 'it is not a published model (python -m '
-      'nin_jax.publish writes one).')
+      'nin_jax.publish writes one).', DAMAGED_PUBLISHED)
+  if not isinstance(info.get('step'), int):
+    raise errors.WorkdirError(
+        f'{INFO_FILE} in {directory} has no checkpoint step: '
+        f'{DAMAGED_PUBLISHED}')
+  return info
 
 
 def read_variables(directory: str, step: int | None = None
                    ) -> tuple[int, dict[str, Any]]:
   """(step, {'params', 'batch_stats' if any}) of a workdir's checkpoint
-  (default: the newest) or of a published model, as numpy arrays."""
+  (default: the newest readable one) or of a published model, as numpy
+  arrays."""
   if is_published(directory):
     published_step = read_info(directory)['step']
     if step is not None and step != published_step:
       raise errors.WorkdirError(
           f'{directory} is a published model of step {published_step} only; '
           'leave out --step.')
-    with open(os.path.join(directory, VARIABLES_FILE), 'rb') as f:
-      return published_step, serialization.msgpack_restore(f.read())
+    file = os.path.join(directory, VARIABLES_FILE)
+    try:
+      with open(file, 'rb') as f:
+        variables = serialization.msgpack_restore(f.read())
+      if not isinstance(variables, dict) or 'params' not in variables:
+        raise ValueError('no params in it')
+    except Exception as e:  # pylint: disable=broad-except
+      # msgpack's errors for damaged bytes have no common base class.
+      raise errors.WorkdirError(
+          f'{VARIABLES_FILE} in {directory} cannot be read '
+          f'({type(e).__name__}: {" ".join(str(e).split())[:200]}): '
+          f'{DAMAGED_PUBLISHED}') from None
+    return published_step, variables
   step, arrays, _ = checkpointing.read_checkpoint(directory, step)
   saved = arrays['train_state']
   variables = {'params': saved['params']}
@@ -194,24 +216,61 @@ def read_variables(directory: str, step: int | None = None
   return step, variables
 
 
+def _dataset_info(workdir: str, if_damaged: str
+                  ) -> input_pipeline.DatasetInfo:
+  """dataset.json as a DatasetInfo; a damaged one is a WorkdirError."""
+  fields = workdir_files.read_dataset_info(workdir, if_damaged)
+  try:
+    info = input_pipeline.DatasetInfo(**{
+        **fields, 'class_names': tuple(fields['class_names']),
+        'image_shape': tuple(fields['image_shape'])})
+    valid = (len(info.image_shape) == 3
+             and all(isinstance(n, int) and n > 0 for n in info.image_shape)
+             and len(info.class_names) == info.num_classes > 0
+             and all(isinstance(n, str) for n in info.class_names))
+  except (KeyError, TypeError) as e:
+    valid, detail = False, f' ({type(e).__name__}: {e})'
+  else:
+    detail = ''
+  if not valid:
+    raise errors.WorkdirError(
+        f'{workdir_files.DATASET} in {workdir} does not describe a dataset '
+        f'as nin_jax writes it (name, num_classes, class_names, image_shape, '
+        f'...){detail}: {if_damaged}')
+  return info
+
+
 def load(workdir: str, step: int | None = None) -> TrainedRun:
-  """The run in `workdir` at checkpoint `step` (default: the newest), or the
-  published model in that directory (whose one step `step` must then be)."""
+  """The run in `workdir` at checkpoint `step` (default: the newest readable
+  one), or the published model in that directory (whose one step `step`
+  must then be). A damaged file is one WorkdirError that names it and what
+  to do."""
   workdir = os.path.abspath(workdir)
   if not os.path.isdir(workdir):
     raise errors.WorkdirError(f'No workdir {workdir}: pass the --workdir of a '
                               'run of python -m nin_jax.main.')
+  published = is_published(workdir)
+  # What to do about a damaged file: of config.json, of the others.
+  if published:
+    config_fix = file_fix = DAMAGED_PUBLISHED
+  else:
+    config_fix = workdir_files.DAMAGED_CONFIG
+    file_fix = workdir_files.DAMAGED_RUN_FILE
+  # Read strictly first: saved_config takes a damaged file for none.
+  workdir_files.read_config(workdir, config_fix)
   saved = config_checks.saved_config(workdir)
   if saved is None:
     raise errors.WorkdirError(
-        f'{workdir} is not a training workdir (it has no readable '
-        'config.json): pass the --workdir of a run of python -m nin_jax.main.')
+        f'{workdir} is not a training workdir (it has no config.json): pass '
+        'the --workdir of a run of python -m nin_jax.main.')
   config = ml_collections.ConfigDict(saved)
-  fields = workdir_files.read_dataset_info(workdir)
-  info = input_pipeline.DatasetInfo(**{
-      **fields, 'class_names': tuple(fields['class_names']),
-      'image_shape': tuple(fields['image_shape'])})
-  prep = preprocessing.recorded(workdir)
+  info = _dataset_info(workdir, file_fix)
+  try:
+    prep = preprocessing.recorded(workdir)
+  except errors.WorkdirError as e:
+    raise errors.WorkdirError(
+        f'{e} It holds the input transform the run trained with: '
+        f'{file_fix}') from None
   if prep is None:
     raise errors.WorkdirError(
         f'{workdir} has no {workdir_files.PREPROCESSING}: the run did not get '
@@ -220,7 +279,7 @@ def load(workdir: str, step: int | None = None) -> TrainedRun:
   return TrainedRun(workdir=workdir, step=step, config=config, info=info,
                     prep=prep, model=models.create_model(config),
                     variables=jax.tree.map(jnp.asarray, variables),
-                    published=is_published(workdir))
+                    published=published)
 
 
 # --- Starting a new run from trained parameters (config.init_from) --------

@@ -21,6 +21,7 @@ import os
 from typing import Any, Sequence
 
 from absl import flags
+from absl import logging
 import jax
 import numpy as np
 
@@ -117,12 +118,37 @@ def draw_class_maps(run: trained_run.TrainedRun, images: np.ndarray,
       'scale per row, from 0 (no evidence for the class).')
 
 
+# What training_curves plots of each row (the learning rate: of train rows).
+PLOTTED = ('loss', 'accuracy')
+
+
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
+  """The rows of metrics.jsonl that can be plotted.
+
+  Damaged lines are skipped by workdir_files.read_metrics; rows without a
+  number to plot are skipped here, counted in one warning line.
+  """
   rows = workdir_files.read_metrics(workdir)
   if not rows:
     raise errors.WorkdirError(
         f'{workdir} has no {workdir_files.METRICS} rows to plot.')
-  return rows
+
+  def plottable(row: dict[str, Any]) -> bool:
+    wanted = PLOTTED + (('learning_rate',) if row['split'] == 'train' else ())
+    return all(isinstance(row.get(k), (int, float))
+               and not isinstance(row.get(k), bool) for k in wanted)
+
+  kept = [row for row in rows if plottable(row)]
+  if len(kept) < len(rows):
+    logging.warning('Skipped %d rows of %s without a %s to plot.',
+                    len(rows) - len(kept),
+                    workdir_files.path(workdir, workdir_files.METRICS),
+                    ', '.join(PLOTTED) + ' or learning rate')
+  if not kept:
+    raise errors.WorkdirError(
+        f'{workdir_files.METRICS} in {workdir} has no rows with a loss and an '
+        'accuracy to plot.')
+  return kept
 
 
 def define_flags() -> None:
@@ -137,15 +163,18 @@ def define_flags() -> None:
 
 def main(argv: list[str]) -> None:
   cli.check_command_line(argv, 'num_images')
-  run = cli.load_run()
-  os.makedirs(FLAGS.out, exist_ok=True)
-  images, labels = pick_examples(run, FLAGS.split, FLAGS.num_images,
-                                  FLAGS.data_dir)
-  maps_path = os.path.join(FLAGS.out, 'class_maps.png')
-  draw_class_maps(run, images, labels, maps_path, FLAGS.split)
-  curves_path = os.path.join(FLAGS.out, 'training_curves.png')
-  plots.training_curves(read_metrics(run.workdir),
-                        f'{run.info.name}: {run.workdir}', curves_path)
+  # Made first: an unusable --out fails before anything is computed.
+  with cli.output_directory(FLAGS.out) as out:
+    run = cli.load_run()
+    images, labels = pick_examples(run, FLAGS.split, FLAGS.num_images,
+                                   FLAGS.data_dir)
+    rows = read_metrics(run.workdir)
+    maps_path = os.path.join(out, 'class_maps.png')
+    curves_path = os.path.join(out, 'training_curves.png')
+    with cli.writing(out):
+      draw_class_maps(run, images, labels, maps_path, FLAGS.split)
+      plots.training_curves(rows, f'{run.info.name}: {run.workdir}',
+                            curves_path)
   print(f'Wrote {maps_path} and {curves_path}')
 
 

@@ -26,6 +26,7 @@ import tempfile
 import time
 from typing import Any
 
+from absl import logging
 import ml_collections
 import numpy as np
 
@@ -124,17 +125,24 @@ def write_config(workdir: str, config: ml_collections.ConfigDict,
   write_atomically(file, text)
 
 
-def read_config(workdir: str) -> dict[str, Any] | None:
-  """config.json as a dict; None if there is none or it cannot be parsed."""
+def read_config(workdir: str, if_damaged: str | None = None
+                ) -> dict[str, Any] | None:
+  """config.json as a dict; None if there is none.
+
+  A damaged one (not JSON, not an object) is None too, for the trainer,
+  which then writes the config it runs with. Given `if_damaged` (what the
+  user should do; the commands that load a run pass DAMAGED_CONFIG), it is
+  a WorkdirError that names the file and ends with that instead.
+  """
   file = path(workdir, CONFIG)
   if not os.path.exists(file):
     return None
-  with open(file, encoding='utf-8') as f:
-    try:
-      saved = json.load(f)
-    except json.JSONDecodeError:
-      return None
-  return saved if isinstance(saved, dict) else None
+  try:
+    return read_json(workdir, CONFIG, '', if_damaged or DAMAGED_CONFIG)
+  except errors.WorkdirError:
+    if if_damaged:
+      raise
+    return None
 
 
 # --- dataset.json -----------------------------------------------------------------
@@ -146,20 +154,62 @@ def write_dataset_info(workdir: str, info: Any) -> None:
                    json.dumps(dataclasses.asdict(info), indent=2))
 
 
-def read_dataset_info(workdir: str) -> dict[str, Any]:
-  """dataset.json's fields (lists where DatasetInfo has tuples)."""
+def read_dataset_info(workdir: str, if_damaged: str | None = None
+                      ) -> dict[str, Any]:
+  """dataset.json's fields (lists where DatasetInfo has tuples); a damaged
+  file is a WorkdirError ending with `if_damaged` (or DAMAGED_RUN_FILE)."""
   return read_json(workdir, DATASET, 'it is not a training workdir: pass the '
-                   '--workdir of a run of python -m nin_jax.main.')
+                   '--workdir of a run of python -m nin_jax.main.',
+                   if_damaged or DAMAGED_RUN_FILE)
 
 
-def read_json(directory: str, name: str, if_missing: str) -> Any:
-  """`directory`/`name` parsed; a missing file is a WorkdirError that ends
-  with `if_missing` (what the user should do)."""
+# What to do about a damaged file of a run (read_json's `if_damaged`).
+DAMAGED_CONFIG = ('restore it from a backup, or rebuild it from the run\'s '
+                  'launch command (its --config and --config.* flags), or '
+                  'start a new --workdir.')
+DAMAGED_RUN_FILE = ('restore it from a backup, or rerun the run\'s launch '
+                   'command in a new --workdir.')
+DAMAGED_FILE = 'restore it from a backup.'
+
+
+def _reason(error: Exception) -> str:
+  """An exception in a few words, on one line."""
+  text = ' '.join(str(error).split())
+  return f'{type(error).__name__}: {text[:150]}' if text else type(
+      error).__name__
+
+
+_JSON_TYPES = {list: 'array', str: 'string', int: 'number', float: 'number',
+               bool: 'boolean', type(None): 'null'}
+
+
+def read_json(directory: str, name: str, if_missing: str,
+              if_damaged: str = DAMAGED_FILE) -> dict[str, Any]:
+  """`directory`/`name`, a JSON object, parsed.
+
+  A missing file is a WorkdirError that ends with `if_missing` (what the
+  user should do); one that is not a JSON object (random bytes, a list, a
+  half-written file) is a WorkdirError that ends with `if_damaged`.
+  """
   file = path(directory, name)
   if not os.path.exists(file):
     raise errors.WorkdirError(f'{directory} has no {name}; {if_missing}')
-  with open(file, encoding='utf-8') as f:
-    return json.load(f)
+  try:
+    with open(file, 'rb') as f:
+      parsed = json.loads(f.read().decode('utf-8'))
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise errors.WorkdirError(
+        f'{name} in {directory} is not valid JSON ({_reason(e)}): '
+        f'{if_damaged}') from None
+  except OSError as e:
+    raise errors.WorkdirError(
+        f'Cannot read {file} ({e.strerror or e}): fix its permissions, or '
+        f'{if_damaged}') from None
+  if not isinstance(parsed, dict):
+    raise errors.WorkdirError(
+        f'{name} in {directory} holds a JSON {_JSON_TYPES[type(parsed)]}, '
+        f'not the object nin_jax writes: {if_damaged}')
+  return parsed
 
 
 # --- metrics.jsonl ----------------------------------------------------------------
@@ -169,20 +219,35 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
   """metrics.jsonl's rows ([] if there is none yet).
 
   A last line cut short by a crash (or still being written) is skipped.
+  So are damaged lines (binary bytes, not a JSON object with a numeric
+  `step` and a string `split`): every reader can rely on those two keys,
+  and one warning line counts what was skipped.
   """
   file = path(workdir, METRICS)
   if not os.path.exists(file):
     return []
-  rows = []
-  with open(file, encoding='utf-8') as f:
-    for line in f:
-      if not line.strip():
-        continue
-      try:
-        rows.append(json.loads(line))
-      except json.JSONDecodeError:
-        if line.endswith('\n'):
-          raise
+  with open(file, 'rb') as f:
+    lines = f.read().split(b'\n')
+  # After the last '\n': empty, or a line cut short (or being written).
+  lines, cut = lines[:-1], lines[-1]
+  rows, damaged = [], 0
+  for number, line in enumerate([*lines, cut]):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line.decode('utf-8'))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+      row = None
+    if (isinstance(row, dict) and isinstance(row.get('split'), str)
+        and isinstance(row.get('step'), (int, float))
+        and not isinstance(row['step'], bool)):
+      rows.append(row)
+    elif number < len(lines):  # A cut last line is expected, not damage.
+      damaged += 1
+  if damaged:
+    logging.warning('Skipped %d damaged line%s of %s (not a JSON object with '
+                    'a step and a split).', damaged,
+                    '' if damaged == 1 else 's', file)
   return rows
 
 

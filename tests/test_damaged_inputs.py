@@ -1,0 +1,353 @@
+"""Damaged workdirs, odd images and bad --out paths: one line, never a crash.
+
+Each case ends in one `error:` line and exit status 2, or recovers as the
+trainer does (a damaged newest checkpoint: the next older one), and leaves
+nothing behind: the readers never move or delete a user's file.
+"""
+
+import contextlib
+import json
+import os
+import shutil
+
+from absl import flags
+from absl import logging
+import numpy as np
+from PIL import Image
+import pytest
+
+from nin_jax import cli
+from nin_jax import errors
+from nin_jax import evaluate
+from nin_jax import export
+from nin_jax import input_pipeline
+from nin_jax import predict
+from nin_jax import preprocessing
+from nin_jax import trained_run
+from nin_jax import visualize
+from nin_jax import workdir_files
+
+# The flags the commands define, and nin_jax.main's --workdir.
+COMMAND_FLAGS = ('workdir', 'pretrained', 'step', 'split', 'data_dir', 'top_k',
+                 'json', 'out', 'num_images', 'format', 'platforms')
+
+
+@contextlib.contextmanager
+def _flags_of(command):
+  """`command`'s flags on absl's FLAGS for one run, as in test_pretrained."""
+  aside = {name: flags.FLAGS[name] for name in COMMAND_FLAGS
+           if name in flags.FLAGS}
+  for name in aside:
+    delattr(flags.FLAGS, name)
+  before = set(flags.FLAGS)
+  command.define_flags()
+  try:
+    yield
+  finally:
+    for name in set(flags.FLAGS) - before:
+      delattr(flags.FLAGS, name)
+    for name, flag in aside.items():
+      flags.FLAGS[name] = flag
+
+
+def _run(command, *args) -> int:
+  """`python -m nin_jax.<command> ARGS` in this process; its exit status."""
+  with _flags_of(command):
+    try:
+      argv = cli.parse_flags([command.__name__, *args])
+      cli.report_user_errors(command.main)(argv)
+    except SystemExit as e:
+      return e.code
+    finally:
+      flags.FLAGS.unparse_flags()
+      logging.set_verbosity(logging.INFO)  # --verbosity must not leak.
+  return 0
+
+
+def _one_error_line(capsys) -> str:
+  """The single `error:` line of stderr (and no traceback)."""
+  err = capsys.readouterr().err
+  assert 'Traceback' not in err
+  lines = [line for line in err.splitlines() if line.startswith('error:')]
+  assert len(lines) == 1, err
+  return lines[0]
+
+
+def _listing(directory) -> list[str]:
+  """Every path below `directory`, relative: what a command left there."""
+  return sorted(os.path.relpath(os.path.join(d, name), directory)
+                for d, dirs, files in os.walk(directory)
+                for name in dirs + files)
+
+
+@pytest.fixture
+def workdir(trained_workdir, tmp_path):
+  """A copy of the finished 4-step run (checkpoints 2 and 4), to damage."""
+  copy = str(tmp_path / 'run')
+  shutil.copytree(trained_workdir, copy)
+  return copy
+
+
+def _truncate_checkpoint(workdir, step):
+  """Every file of the checkpoint cut to nothing, as test_resume does."""
+  for folder, _, files in os.walk(os.path.join(workdir, 'checkpoints',
+                                               str(step))):
+    for name in files:
+      with open(os.path.join(folder, name), 'r+b') as f:
+        f.truncate(0)
+
+
+def _truncate_array_files(workdir, step):
+  """The checkpoint's array data cut short, its metadata intact: TensorStore
+  fails every pending read (a thousand lines of asyncio reports, once)."""
+  data = os.path.join(workdir, 'checkpoints', str(step), 'state',
+                      'ocdbt.process_0', 'd')
+  for name in os.listdir(data):
+    with open(os.path.join(data, name), 'r+b') as f:
+      f.truncate(10)
+
+
+def _garble_metadata(workdir, step):
+  with open(os.path.join(workdir, 'checkpoints', str(step), 'state',
+                         '_METADATA'), 'wb') as f:
+    f.write(bytes(range(256)))
+
+
+# --- Checkpoints ------------------------------------------------------------
+
+
+@pytest.mark.parametrize('damage', [_truncate_checkpoint, _truncate_array_files,
+                                    _garble_metadata])
+def test_a_damaged_newest_checkpoint_gives_the_previous_one(workdir, damage,
+                                                            caplog):
+  damage(workdir, 4)
+  before = _listing(workdir)
+  with caplog.at_level('WARNING'):
+    run = trained_run.load(workdir)
+  assert run.step == 2
+  warned = [r.getMessage() for r in caplog.records
+            if r.levelname in ('WARNING', 'ERROR')]
+  assert len(warned) == 1, warned  # asyncio's reports are hidden.
+  assert 'Checkpoint at step 4' in warned[0] and 'using step 2' in warned[0]
+  assert _listing(workdir) == before  # Read-only: nothing moved aside.
+
+
+@pytest.mark.parametrize('command', [evaluate, predict, export])
+def test_the_commands_fall_back_to_the_previous_checkpoint(
+    command, workdir, tmp_path, capsys, caplog):
+  _truncate_array_files(workdir, 4)
+  image = str(tmp_path / 'digit.png')
+  Image.fromarray(np.zeros((8, 8), np.uint8)).save(image)
+  out = str(tmp_path / 'out')
+  args = {evaluate: [f'--out={out}'], predict: ['--json', image],
+          export: [f'--out={out}']}[command]
+  assert _run(command, f'--workdir={workdir}', *args) == 0
+  printed = capsys.readouterr()
+  assert 'Traceback' not in printed.err
+  assert any('Checkpoint at step 4' in r.getMessage() for r in caplog.records)
+  if command is evaluate:
+    assert json.loads((tmp_path / 'out' / 'report.json').read_text())[
+        'step'] == 2
+  elif command is export:
+    assert json.loads((tmp_path / 'out.json').read_text())[
+        'checkpoint_step'] == 2
+  else:
+    assert 'top_k' in json.loads(printed.out)
+  assert os.path.isdir(os.path.join(workdir, 'checkpoints', '4'))
+  assert not os.path.exists(
+      os.path.join(workdir, workdir_files.UNREADABLE_CHECKPOINTS))
+
+
+def test_a_damaged_step_asked_for_names_the_others(workdir, capsys):
+  _truncate_checkpoint(workdir, 4)
+  assert _run(predict, f'--workdir={workdir}', '--step=4', 'x.png') == 2
+  line = _one_error_line(capsys)
+  assert 'step 4' in line and 'cannot be read' in line
+  assert 'pass another --step (2)' in line
+
+
+def test_no_readable_checkpoint_is_one_error(workdir, capsys):
+  _truncate_checkpoint(workdir, 4)
+  _garble_metadata(workdir, 2)
+  assert _run(export, f'--workdir={workdir}',
+              f'--out={workdir}/x.export') == 2
+  line = _one_error_line(capsys)
+  assert 'No checkpoint in' in line and 'can be read' in line
+  assert not os.path.exists(os.path.join(workdir, 'x.export'))
+
+
+# --- The run's other files --------------------------------------------------
+
+
+@pytest.mark.parametrize('name, content, expected', [
+    ('config.json', bytes(range(256)), 'config.json in .* is not valid JSON'),
+    ('config.json', b'[1, 2]', 'config.json in .* holds a JSON array'),
+    ('config.json', b'{"model": {', 'config.json in .* is not valid JSON'),
+    ('dataset.json', b'\x00\xff\xfe', 'dataset.json in .* is not valid JSON'),
+    ('dataset.json', b'{"name": "digits"}',
+     'dataset.json in .* does not describe a dataset'),
+    ('preprocessing.npz', b'garbage' * 10,
+     'preprocessing.npz is not a preprocessing file .*not a .npz archive'),
+    ('preprocessing.npz', None,  # Truncated.
+     'preprocessing.npz is not a preprocessing file .*damaged or truncated'),
+], ids=['config-bytes', 'config-list', 'config-cut', 'dataset-bytes',
+        'dataset-fields', 'npz-garbage', 'npz-truncated'])
+def test_a_damaged_run_file_is_one_error_naming_the_fix(workdir, name, content,
+                                                        expected):
+  file = os.path.join(workdir, name)
+  if content is None:
+    with open(file, 'rb') as f:
+      content = f.read()[:100]
+  with open(file, 'wb') as f:
+    f.write(content)
+  with pytest.raises(errors.WorkdirError, match=expected) as raised:
+    trained_run.load(workdir)
+  message = str(raised.value)
+  assert 'pickle' not in message and '\n' not in message
+  assert 'restore it from a backup' in message  # The fix.
+  assert '--workdir' in message
+
+
+def test_a_damaged_file_is_one_line_from_the_command(workdir, tmp_path, capsys):
+  with open(os.path.join(workdir, 'config.json'), 'wb') as f:
+    f.write(bytes(range(256)))
+  assert _run(evaluate, f'--workdir={workdir}',
+              f'--out={tmp_path / "out"}') == 2
+  assert 'config.json in' in _one_error_line(capsys)
+  assert not (tmp_path / 'out').exists()
+
+
+def test_a_damaged_preprocessing_cache_is_refitted(tmp_path):
+  path = str(tmp_path / 'cached.npz')
+  with open(path, 'wb') as f:
+    f.write(b'garbage')
+  with pytest.raises(OSError, match='not a .npz archive'):  # fit_cached's.
+    preprocessing.Preprocessing.load(path)
+
+
+def test_damaged_metrics_rows_are_skipped_and_counted(workdir, tmp_path,
+                                                      caplog):
+  metrics = os.path.join(workdir, 'metrics.jsonl')
+  with open(metrics, 'rb') as f:
+    good = f.read()
+  with open(metrics, 'wb') as f:
+    f.write(good)
+    f.write(b'{"split": "train", "loss": 1.0}\n')  # No step.
+    f.write(b'\x00\xff\x89PNG binary\n')
+    f.write(b'[4, "train"]\n')
+    f.write(b'{"step": 6, "split": "train", "loss": 1.0, "accu')  # Cut.
+  expected = workdir_files.read_metrics(os.path.dirname(metrics))
+  assert len(expected) == good.count(b'\n')
+  assert any('Skipped 3 damaged lines' in r.getMessage()
+             for r in caplog.records)
+  rows = visualize.read_metrics(workdir)
+  assert rows == expected
+  visualize.plots.training_curves(rows, 'damaged', str(tmp_path / 'c.png'))
+  assert (tmp_path / 'c.png').stat().st_size > 10_000
+
+  with open(metrics, 'ab') as f:  # Complete rows, but nothing to plot.
+    f.write(b'\n{"step": 8, "split": "test"}\n')
+  caplog.clear()
+  assert visualize.read_metrics(workdir) == expected
+  assert any('Skipped 1 rows' in r.getMessage() for r in caplog.records)
+  with open(metrics, 'wb') as f:
+    f.write(b'\xff\xfe\n{"step": 2}\n')
+  with pytest.raises(errors.WorkdirError, match='no metrics.jsonl rows'):
+    visualize.read_metrics(workdir)
+
+
+# --- Images ----------------------------------------------------------------
+
+
+def _digit(index=0) -> np.ndarray:
+  images, _ = input_pipeline._digits_arrays('test')
+  return (images[index, ..., 0] * (255 / 16)).round().astype(np.uint8)
+
+
+def test_a_16_bit_png_is_scaled_not_saturated(trained_workdir, tmp_path):
+  pixels = _digit()
+  Image.fromarray(pixels).save(tmp_path / 'eight.png')
+  Image.fromarray(pixels.astype(np.uint16) * 257).save(tmp_path / 'sixteen.png')
+  with Image.open(tmp_path / 'sixteen.png') as image:
+    assert image.mode.startswith('I')  # Really 16 bits.
+  # Exact at the image's size; resized, Pillow rounds 8-bit pixels its way.
+  for shape, pixel_max, within in (((8, 8, 1), 16, 0), ((8, 8, 1), 255, 0),
+                                   ((32, 32, 3), 255, 1)):
+    np.testing.assert_allclose(
+        predict.load_image(str(tmp_path / 'sixteen.png'), shape, pixel_max),
+        predict.load_image(str(tmp_path / 'eight.png'), shape, pixel_max),
+        rtol=0, atol=within)
+  run = trained_run.load(trained_workdir)
+  eight, sixteen = predict.predict_files(
+      run, [str(tmp_path / 'eight.png'), str(tmp_path / 'sixteen.png')], 3)
+  assert eight['top_k'] == sixteen['top_k']
+
+
+def test_a_decompression_bomb_is_that_file_s_error(trained_workdir, tmp_path,
+                                                   monkeypatch, capsys):
+  Image.fromarray(_digit()).save(tmp_path / 'small.png')
+  Image.fromarray(np.zeros((100, 100), np.uint8)).save(tmp_path / 'huge.png')
+  # 10,000 pixels: over twice the limit, which Pillow refuses to decode.
+  monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 1000)
+  paths = [str(tmp_path / 'huge.png'), str(tmp_path / 'small.png')]
+  run = trained_run.load(trained_workdir)
+  huge, small = predict.predict_files(run, paths, 3)
+  assert 'too large to decode safely' in huge['error'] and 'top_k' in small
+  assert _run(predict, f'--workdir={trained_workdir}', *paths) == 2
+  printed = capsys.readouterr()
+  assert printed.out.startswith(paths[1] + ': 1. ')  # The other file.
+  assert printed.err.count('error:') == 1 and 'Traceback' not in printed.err
+
+
+# --- Outputs ----------------------------------------------------------------
+
+
+def test_export_to_a_directory_or_an_unwritable_path(trained_workdir, tmp_path,
+                                                     capsys):
+  (tmp_path / 'existing').mkdir()
+  assert _run(export, f'--workdir={trained_workdir}',
+              f'--out={tmp_path / "existing"}') == 2
+  assert 'is a directory' in _one_error_line(capsys)
+  (tmp_path / 'meta.json').mkdir()
+  assert _run(export, f'--workdir={trained_workdir}',
+              f'--out={tmp_path / "meta"}') == 2
+  assert 'meta.json, where its metadata goes' in _one_error_line(capsys)
+  assert _listing(tmp_path) == ['existing', 'meta.json']
+
+  if os.path.isdir('/proc/self'):
+    assert _run(export, f'--workdir={trained_workdir}', '--out=/proc/x') == 2
+    assert 'Cannot write /proc/x' in _one_error_line(capsys)
+  blocker = tmp_path / 'file'
+  blocker.write_text('mine')
+  assert _run(export, f'--workdir={trained_workdir}',
+              f'--out={blocker}/sub/model') == 2
+  assert 'a file, not a directory' in _one_error_line(capsys)
+  assert blocker.read_text() == 'mine'
+
+
+def test_a_failed_export_write_leaves_no_temporary_file(
+    trained_workdir, tmp_path, monkeypatch):
+  run = trained_run.load(trained_workdir)
+  out = tmp_path / 'new' / 'deeper' / 'nin.export'
+
+  def full_disk(source, target):
+    raise OSError(28, 'No space left on device')
+  monkeypatch.setattr(os, 'replace', full_disk)
+  with pytest.raises(errors.WorkdirError, match='No space left'):
+    export.write(run, str(out))
+  assert _listing(tmp_path) == []  # Nor the directories it made.
+
+
+def test_evaluate_and_visualize_refuse_an_unusable_out(trained_workdir,
+                                                       tmp_path, capsys):
+  if os.path.isdir('/proc/self'):
+    assert _run(evaluate, f'--workdir={trained_workdir}', '--out=/proc/x') == 2
+    assert 'Cannot make the output directory /proc/x' in _one_error_line(
+        capsys)
+  regular = tmp_path / 'report'
+  regular.write_text('mine')
+  for command in (evaluate, visualize):
+    assert _run(command, f'--workdir={trained_workdir}',
+                f'--out={regular}') == 2
+    assert 'is a file, not a directory' in _one_error_line(capsys)
+  assert regular.read_text() == 'mine' and _listing(tmp_path) == ['report']
