@@ -174,6 +174,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   models.check_config(config, _image_side(config))
   optimizer.check_config(config)
   metric_writers.check_wandb(config)
+  if config.get('cache_dir'):
+    workdir_files.check_local(config.cache_dir, '--config.cache_dir')
 
 
 def _with_defaults(saved: dict[str, Any], defaults: dict[str, Any]

@@ -213,7 +213,10 @@ def cache_root(config: ml_collections.ConfigDict, tfds_data: bool) -> str:
   """Where fitted transforms are cached: a TFDS dataset's beside its data
   (they go when it goes), any other's in nin_jax's cache root, as TFDS's
   folder is no place for data that is not TFDS's."""
-  root = (workdir_files.data_root(config) if tfds_data
+  data_root = workdir_files.data_root(config)
+  # TFDS reads a gs:// data_dir itself; the fit, written with local file
+  # calls, then goes to the cache root.
+  root = (data_root if tfds_data and not workdir_files.is_remote(data_root)
           else workdir_files.cache_root(config))
   return os.path.join(root, 'nin_jax_preprocessing')
 

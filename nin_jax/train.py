@@ -101,6 +101,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if not workdir:
     raise errors.WorkdirError('--workdir is empty: name the directory for '
                               'this run, e.g. --workdir=/tmp/nin.')
+  workdir_files.check_local(workdir, '--workdir')
   workdir = os.path.abspath(workdir)
   config, changed = _preflight(config, workdir)
   with contextlib.ExitStack() as cleanup:

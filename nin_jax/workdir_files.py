@@ -21,6 +21,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import re
 import socket
 import tempfile
 import time
@@ -74,6 +75,26 @@ def write_npz_atomically(file: str, **arrays: np.ndarray) -> None:
       os.remove(f.name)
       raise
   os.replace(f.name, file)
+
+
+def is_remote(name: str) -> bool:
+  """Whether `name` is a URL (gs://, s3://, ...) rather than a local path."""
+  return bool(re.match(r'[A-Za-z][A-Za-z0-9+.-]*://', name or ''))
+
+
+def check_local(name: str, flag: str) -> None:
+  """Refuses a remote path where nin_jax writes with local file calls.
+
+  os.path would make `gs://b/run` the local folder `./gs:/b/run`, silently:
+  a pod's hosts would then not share the run.
+  """
+  if is_remote(name):
+    raise errors.WorkdirError(
+        f'{flag}={name}: nin_jax reads and writes this with local file '
+        'calls, and a URL would become a local folder. Mount the bucket '
+        '(gcsfuse, with --implicit-dirs and --rename-dir-limit for Orbax\'s '
+        'renames) and pass the mount point, or use a local directory and '
+        'copy it (gcloud storage rsync -r).')
 
 
 def data_root(config: ml_collections.ConfigDict) -> str:

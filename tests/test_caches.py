@@ -116,3 +116,12 @@ def test_an_unwritable_cache_root_warns_and_the_data_still_loads(
   for warning in warnings:
     assert str(blocked) in warning and '$NIN_JAX_CACHE_DIR' in warning
   assert _files(places['tfds']) == []
+
+
+def test_a_tfds_fit_of_a_bucket_data_dir_is_cached_locally(places):
+  del places  # Only its temporary cache root.
+  config = test_config.get_config()
+  config.data_dir = 'gs://bucket/tensorflow_datasets'
+  local = preprocessing.cache_root(config, tfds_data=True)
+  assert local.startswith(workdir_files.cache_root(config))
+  assert not workdir_files.is_remote(local)

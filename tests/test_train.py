@@ -276,3 +276,14 @@ def test_one_trainer_per_workdir_and_other_bad_workdirs(tiny_config, tmp_path):
     train.train_and_evaluate(tiny_config, str(workdir))
   assert sorted(os.listdir(workdir)) == ['.lock', 'checkpoints',
                                           'metrics.jsonl']
+
+
+def test_a_url_workdir_is_refused_not_made_a_local_folder(
+    tiny_config, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(errors.WorkdirError, match='gs://bucket/run: .*gcsfuse'):
+    train.train_and_evaluate(tiny_config, 'gs://bucket/run')
+  tiny_config.cache_dir = 's3://bucket/cache'
+  with pytest.raises(errors.WorkdirError, match='config.cache_dir'):
+    train.train_and_evaluate(tiny_config, str(tmp_path / 'run'))
+  assert os.listdir(tmp_path) == []
