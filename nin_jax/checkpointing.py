@@ -145,13 +145,20 @@ class Checkpointer:
         abstract[_OLD_DROPOUT_KEY] = jax.ShapeDtypeStruct(old_key.shape,
                                                           old_key.dtype)
       self._check_compatible(step, saved, abstract)
-      try:
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract),
-            progress=ocp.args.JsonRestore()))
-      except Exception as e:  # pylint: disable=broad-except
-        self._set_aside(step, e)  # Damaged files raise many kinds of errors.
+      # A damaged array file makes Orbax and asyncio log a page per array;
+      # the one warning of _set_aside says it all.
+      with _reports_held() as held:
+        try:
+          restored = self._manager.restore(step, args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(abstract),
+              progress=ocp.args.JsonRestore()))
+        except Exception as e:  # pylint: disable=broad-except
+          restored, error = None, e  # Damaged files raise many kinds.
+      if restored is None:
+        self._set_aside(step, error)
         continue
+      for record in held.records:  # It worked: what they said may matter.
+        std_logging.getLogger(record.name).handle(record)
       return (step, restored['state']['train_state'],
               dict(restored['progress']))
     return None

@@ -138,11 +138,14 @@ def write_config(workdir: str, config: ml_collections.ConfigDict,
   file = path(workdir, CONFIG)
   text = config.to_json_best_effort(indent=2, sort_keys=True)
   if os.path.exists(file):
-    with open(file, encoding='utf-8') as f:
+    with open(file, 'rb') as f:  # Bytes: it may be damaged.
       previous = f.read()
-    if previous == text:
+    if previous == text.encode('utf-8'):
       return
-    os.replace(file, path(workdir, f'config.before_step{resumed_step}.json'))
+    kept = path(workdir, f'config.before_step{resumed_step}.json')
+    os.replace(file, kept)
+    logging.info('The earlier %s differs from this run\'s config: kept it as '
+                 '%s.', CONFIG, kept)
   write_atomically(file, text)
 
 

@@ -197,3 +197,14 @@ def test_a_second_sigint_is_one_line_and_exit_130(monkeypatch, tmp_path,
   err = capsys.readouterr().err.strip().splitlines()
   assert err[-1].startswith('error: interrupted at once by a second SIGINT')
   assert 'Traceback' not in '\n'.join(err)
+
+
+def test_a_damaged_config_json_is_kept_aside_on_resume(tiny_config, tmp_path):
+  train.train_and_evaluate(tiny_config, str(tmp_path))
+  (tmp_path / 'config.json').write_bytes(bytes(range(256)))  # Not UTF-8.
+  tiny_config.num_train_steps += 2  # Resume for two more steps.
+  train.train_and_evaluate(tiny_config, str(tmp_path))
+  assert (tmp_path / 'config.before_step4.json').read_bytes() == bytes(
+      range(256))
+  assert json.loads((tmp_path / 'config.json').read_text())[
+      'num_train_steps'] == 6
