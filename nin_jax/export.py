@@ -14,7 +14,7 @@ PATH.json, written beside it, holds the class names, the input shape and the
 checkpoint step (an ONNX file also carries them as metadata).
 
 ONNX goes through `jax2onnx`, an optional extra
-(`pip install -r requirements-export.txt`), and is checked against JAX with
+(`pip install -e ".[export]"`), and is checked against JAX with
 ONNX Runtime before it is written.
 """
 
@@ -39,7 +39,7 @@ FLAGS = flags.FLAGS
 
 FORMATS = ('stablehlo', 'savedmodel', 'onnx')
 PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
-EXPORT_EXTRA = 'pip install -r requirements-export.txt'
+EXPORT_EXTRA = 'pip install -e ".[export]" (in a clone of nin_jax)'
 # ONNX Runtime has run opset 18 since version 1.14.
 ONNX_OPSET = 18
 # Largest difference from JAX's probabilities that an export may show.

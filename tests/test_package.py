@@ -74,13 +74,6 @@ def test_the_default_install_carries_no_test_or_export_tools():
   assert {'tensorflow-datasets', 'tensorflow-cpu', 'scikit-learn'} <= runtime
 
 
-def test_requirements_export_txt_is_the_export_extra():
-  with open(os.path.join(REPO, 'requirements-export.txt')) as f:
-    lines = [line.strip() for line in f
-             if line.strip() and not line.startswith('#')]
-  assert lines == _project()['optional-dependencies']['export']
-
-
 def test_the_export_extra_changes_no_orbax_version():
   """The orbax-checkpoint that pip picks for the package (the newest it
   allows), and the one installed here, are ones that jax2onnx allows."""
