@@ -166,10 +166,20 @@ def fail(message: str) -> None:
 
 
 def _unknown_field(error: Exception, argv: list[str]) -> str:
+  """One line from ml_collections' error: the field, and its suggestion."""
   names = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
-  return (f'unknown config field {str(error).strip(chr(34) + chr(39))!r} in '
-          f'{" ".join(names)}; every field is listed, with a comment, in '
-          'nin_jax/configs/default.py')
+  # ml_collections raises an AttributeError around a KeyError whose args[0]
+  # is "'field'" plus, on the next line, a "Did you mean" hint; str() of
+  # either would quote and escape both.
+  text = error
+  while isinstance(text, BaseException):
+    text = text.args[0] if text.args else ''
+  lines = str(text).splitlines() or ['']
+  field = lines[0].strip().strip('"\'')
+  hint = ' '.join(line.strip() for line in lines[1:] if line.strip())
+  return (f'unknown config field {field!r} in {" ".join(names)}'
+          + (f' ({hint})' if hint else '') + '; every field is listed, with '
+          'a comment, in nin_jax/configs/default.py')
 
 
 def define_config_flag(help_text: str) -> flags.FlagHolder:

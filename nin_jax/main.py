@@ -58,8 +58,7 @@ def initialize_distributed() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  cli.check_command_line(argv)  # No stray arguments: one error line.
   cli.quiet_console()  # Also when called without cli.parse_flags.
   # Imported after flag parsing so that --help stays fast. TensorFlow is
   # imported (and kept off the accelerators) only where TFDS data or the

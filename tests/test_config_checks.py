@@ -3,6 +3,8 @@
 import errno
 import os
 import re
+import subprocess
+import sys
 
 import jax
 import orbax.checkpoint as ocp
@@ -18,6 +20,9 @@ from nin_jax import preprocessing
 from nin_jax import train
 from tests import main_runner
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def run(monkeypatch, capsys, workdir, *overrides, **kwargs):
   """(exit status, stderr) of `python -m nin_jax.main`."""
   code = main_runner.run_main(monkeypatch, workdir, *overrides, **kwargs)
@@ -31,6 +36,9 @@ def _error_lines(err):
 @pytest.mark.parametrize('override,reason', [
     ('--config.no_such_field=1', "unknown config field 'no_such_field'"),
     ('--config.model.widths=3', "unknown config field 'widths'"),
+    ('--config.learning_rat=0.1', "unknown config field 'learning_rat' in "
+     '--config.learning_rat (Did you mean "learning_rate" instead of '
+     '"learning_rat"?)'),
     ('--config.batch_size=abc', 'invalid literal'),
     ('--config.learning_rate=-1', 'learning_rate=-1.0 must be a positive'),
     ('--config.learning_rate=nan', 'learning_rate=nan must be a positive'),
@@ -206,3 +214,16 @@ def test_full_disk_during_a_save_keeps_the_previous_checkpoint(
   assert 'No space left on device' in message
   assert 'previous checkpoint (step 2) is intact' in message
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2']
+
+
+def test_a_stray_argument_is_one_line_and_exit_2(tmp_path):
+  # A subprocess: the in-process runner passes main() no positional args.
+  done = subprocess.run(
+      [sys.executable, '-m', 'nin_jax.main', f'--workdir={tmp_path / "run"}',
+       '--config=nin_jax/configs/test.py', 'stray'],
+      cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  assert done.returncode == errors.EXIT_USER_ERROR
+  assert done.stderr.strip().splitlines() == [
+      'error: unexpected arguments: stray']
+  assert not os.path.exists(tmp_path / 'run')
+
