@@ -20,6 +20,7 @@ import contextlib
 import logging as std_logging
 import os
 import shutil
+import threading
 import time
 from typing import Any, Iterator
 
@@ -44,6 +45,8 @@ def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
           tuple(getattr(leaf, 'shape', ())) for path, leaf in leaves}
 
 
+# How TensorStore (under Orbax) says a disk is full or not writable.
+_STORAGE_ERRORS = ('RESOURCE_EXHAUSTED', 'PERMISSION_DENIED', 'os_error_code')
 # What older versions saved beside the train state; read, then dropped.
 _OLD_DROPOUT_KEY = 'dropout_key'
 
@@ -67,6 +70,7 @@ class Checkpointer:
     one saved with the highest `accuracy` metric (see `save`)."""
     self.workdir = os.path.abspath(workdir)
     self.directory = workdir_files.checkpoints_dir(self.workdir)
+    self._failed = False  # A save failed: close() then stays quiet.
     self._remove_unfinished_saves()
     policies = [ocp.checkpoint_managers.LatestN(keep)]
     if keep_best:
@@ -110,18 +114,48 @@ class Checkpointer:
     of equal ones, the later is kept.
     """
     items = _items(state)
-    try:
-      self._manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(items),
-          progress=ocp.args.JsonSave(progress)), force=True,
-                         metrics=(None if accuracy is None
-                                  else {'accuracy': float(accuracy)}))
-    except OSError as e:
-      raise errors.WorkdirError(
-          f'Could not write the checkpoint of step {step} to {self.directory} '
-          f'({e.strerror or e}). The previous checkpoint (step '
-          f'{self.latest_step()}) is intact; free some space or fix the '
-          'permissions, then rerun the same command to resume.') from None
+    # A failing save makes Orbax's threads log a page each; the one error
+    # below says it all.
+    with _reports_held() as held:
+      try:
+        self._manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(items),
+            progress=ocp.args.JsonSave(progress)), force=True,
+                           metrics=(None if accuracy is None
+                                    else {'accuracy': float(accuracy)}))
+        failure = None
+      except Exception as e:  # pylint: disable=broad-except
+        failure = e
+        # Orbax's other threads of this save stop (and log) before we go
+        # on, or they would print pages after the error line and write
+        # into the directory that is removed below.
+        try:
+          self._manager.wait_until_finished()
+        except Exception:  # pylint: disable=broad-except
+          pass  # The same failure.
+        for thread in threading.enumerate():
+          if type(thread).__name__ == '_SignalingThread':
+            try:
+              thread.join(timeout=60)
+            except Exception:  # pylint: disable=broad-except
+              pass  # Its join re-raises the same failure.
+    if failure is None:
+      for record in held.records:
+        std_logging.getLogger(record.name).handle(record)
+      return
+    # TensorStore reports a full or read-only disk as a ValueError.
+    if not (isinstance(failure, OSError) or any(
+        code in str(failure) for code in _STORAGE_ERRORS)):
+      raise failure
+    self._failed = True
+    self._remove_unfinished_saves()  # Nothing half written stays.
+    last = self.latest_step()
+    kept = (f'The previous checkpoint (step {last}) is intact' if last
+            is not None else 'No checkpoint had been saved yet')
+    raise errors.WorkdirError(
+        f'Could not write the checkpoint of step {step} to {self.directory} '
+        f'({_reason(failure)}). {kept}; free some space or fix the '
+        'permissions, then rerun the same command to resume.') from None
 
   def restore_latest(self, state: Any
                      ) -> tuple[int, Any, dict[str, Any]] | None:
@@ -194,9 +228,15 @@ class Checkpointer:
     self._manager.reload()
 
   def close(self) -> None:
-    """Blocks until pending saves are on disk."""
-    self._manager.wait_until_finished()
-    self._manager.close()
+    """Blocks until pending saves are on disk; after a failed save quietly,
+    as that error is the one to report."""
+    with _reports_held() if self._failed else contextlib.nullcontext():
+      try:
+        self._manager.wait_until_finished()
+        self._manager.close()
+      except Exception:  # pylint: disable=broad-except
+        if not self._failed:
+          raise
 
 
 def state_is_finite(state: Any) -> bool:

@@ -52,6 +52,7 @@ class MetricWriter:
     """`wandb_project`: also log to that Weights & Biases project, in one
     W&B run per workdir (a resumed run continues it), with `run_config`."""
     self._enabled = enabled
+    self._failed = False  # A write failed (e.g. a full disk).
     self._logged = set()  # (step, split) pairs in metrics.jsonl.
     if not enabled:
       return
@@ -104,31 +105,59 @@ class MetricWriter:
     # json writes NaN/Infinity literals that other readers reject; use null.
     record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
               for k, v in record.items()}
-    self._jsonl.write(json.dumps(record) + '\n')
-    self._jsonl.flush()
-    self._logged.add((int(step), split))
-    if split not in self._tb:
-      # TensorBoard's own event writer: no TensorFlow needed.
-      self._tb[split] = event_file_writer.EventFileWriter(
-          os.path.join(self._tb_dir, split))
-    summary = summary_pb2.Summary(value=[
-        summary_pb2.Summary.Value(tag=name, simple_value=float(value))
-        for name, value in metrics.items()])
-    self._tb[split].add_event(event_pb2.Event(
-        wall_time=record['time'], step=int(step), summary=summary))
-    self._tb[split].flush()
+    try:
+      self._jsonl.write(json.dumps(record) + '\n')
+      self._jsonl.flush()
+      self._logged.add((int(step), split))
+      if split not in self._tb:
+        # TensorBoard's own event writer: no TensorFlow needed.
+        self._tb[split] = event_file_writer.EventFileWriter(
+            os.path.join(self._tb_dir, split))
+      summary = summary_pb2.Summary(value=[
+          summary_pb2.Summary.Value(tag=name, simple_value=float(value))
+          for name, value in metrics.items()])
+      self._tb[split].add_event(event_pb2.Event(
+          wall_time=record['time'], step=int(step), summary=summary))
+      self._tb[split].flush()
+    except Exception as e:  # pylint: disable=broad-except
+      if not _is_storage_error(e):
+        raise
+      self._failed = True
+      raise self._error(e) from None
     if self._wandb is not None:
       self._wandb.log({f'{split}/{name}': float(value)
                        for name, value in metrics.items()}, step=int(step))
 
   def close(self) -> None:
+    """Closes every file; after a failed write, quietly (that error stands)."""
     if not self._enabled:
       return
-    self._jsonl.close()
-    for writer in self._tb.values():
-      writer.close()
-    if self._wandb is not None:
-      self._wandb.finish()
+    try:
+      self._jsonl.close()
+      for writer in self._tb.values():
+        writer.close()
+    except Exception as e:  # pylint: disable=broad-except
+      if not _is_storage_error(e):
+        raise
+      if not self._failed:
+        raise self._error(e) from None
+    finally:
+      if self._wandb is not None:
+        self._wandb.finish()
+
+  def _error(self, error: Exception) -> errors.WorkdirError:
+    reason = getattr(error, 'strerror', None) or error
+    return errors.WorkdirError(
+        f'Could not write the metrics in {os.path.dirname(self.path)} '
+        f'({reason}): free some disk space, then run the same command '
+        'again; it resumes from the last checkpoint.')
+
+
+def _is_storage_error(error: Exception) -> bool:
+  """A full or unwritable disk: an OSError, or TensorFlow's file errors
+  (TensorBoard writes through TensorFlow when it is installed)."""
+  return isinstance(error, OSError) or type(error).__name__ in (
+      'ResourceExhaustedError', 'PermissionDeniedError')
 
 
 def check_wandb(config: Any) -> None:

@@ -56,10 +56,15 @@ def write_atomically(file: str, data: str | bytes | bytearray) -> None:
   """Replaces `file` with `data`, so that a crash leaves the old or the new
   file, never part of one (written beside it, then renamed over it)."""
   binary = not isinstance(data, str)
-  with open(file + '.tmp', 'wb' if binary else 'w',
-            encoding=None if binary else 'utf-8') as f:
-    f.write(data)
-  os.replace(file + '.tmp', file)
+  try:
+    with open(file + '.tmp', 'wb' if binary else 'w',
+              encoding=None if binary else 'utf-8') as f:
+      f.write(data)
+    os.replace(file + '.tmp', file)
+  except OSError as e:  # A full disk, most often: leave nothing half done.
+    if os.path.exists(file + '.tmp'):
+      os.remove(file + '.tmp')
+    raise _write_error(file, e) from None
 
 
 def write_npz_atomically(file: str, **arrays: np.ndarray) -> None:
@@ -67,14 +72,23 @@ def write_npz_atomically(file: str, **arrays: np.ndarray) -> None:
   concurrent writers (the processes of one run) and readers never clash."""
   directory = os.path.dirname(file)
   os.makedirs(directory, exist_ok=True)
-  with tempfile.NamedTemporaryFile(dir=directory, suffix='.npz.tmp',
-                                   delete=False) as f:
-    try:
+  handle, temporary = tempfile.mkstemp(dir=directory, suffix='.npz.tmp')
+  try:
+    with os.fdopen(handle, 'wb') as f:
       np.savez(f, **arrays)
-    except BaseException:
-      os.remove(f.name)
-      raise
-  os.replace(f.name, file)
+    os.replace(temporary, file)
+  except BaseException as e:
+    if os.path.exists(temporary):
+      os.remove(temporary)
+    if isinstance(e, OSError):
+      raise _write_error(file, e) from None
+    raise
+
+
+def _write_error(file: str, error: OSError) -> errors.WorkdirError:
+  return errors.WorkdirError(
+      f'Could not write {file} ({error.strerror or error}): free some disk '
+      'space or fix the permissions, then run the same command again.')
 
 
 def is_remote(name: str) -> bool:

@@ -13,11 +13,13 @@ import pytest
 from nin_jax import config_checks
 from nin_jax import errors
 from nin_jax import input_pipeline
+from nin_jax import metric_writers
 from nin_jax import models
 from nin_jax import optimizer
 from nin_jax import parallel
 from nin_jax import preprocessing
 from nin_jax import train
+from nin_jax import workdir_files
 from tests import main_runner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -227,3 +229,43 @@ def test_a_stray_argument_is_one_line_and_exit_2(tmp_path):
       'error: unexpected arguments: stray']
   assert not os.path.exists(tmp_path / 'run')
 
+
+
+def test_a_full_disk_anywhere_is_one_line_and_leaves_no_temporary_file(
+    tiny_config, tmp_path, monkeypatch):
+  """ENOSPC from each kind of writer; experiments/full_disk.py does it for
+  real on a small tmpfs, at every size from config.json to a later save."""
+  full = OSError(errno.ENOSPC, 'No space left on device')
+  # An atomic write (config.json, dataset.json, exports): no .tmp stays.
+  with monkeypatch.context() as patch:
+    patch.setattr(os, 'replace', lambda *a: (_ for _ in ()).throw(full))
+    with pytest.raises(errors.WorkdirError, match='No space left'):
+      workdir_files.write_atomically(str(tmp_path / 'a.json'), '{}')
+  assert os.listdir(tmp_path) == []
+  # TensorStore's way of saying it, from inside an Orbax save.
+  real_save = ocp.CheckpointManager.save
+
+  def save(self, step, *args, **kwargs):
+    if step == 4:
+      raise ValueError('RESOURCE_EXHAUSTED: Error writing local file: No '
+                       "space left on device [os_error_code='28']")
+    return real_save(self, step, *args, **kwargs)
+  monkeypatch.setattr(ocp.CheckpointManager, 'save', save)
+  with pytest.raises(errors.WorkdirError,
+                     match='RESOURCE_EXHAUSTED.*step 2. is intact'):
+    train.train_and_evaluate(tiny_config, str(tmp_path / 'run'))
+  assert sorted(os.listdir(tmp_path / 'run' / 'checkpoints')) == ['2']
+
+
+def test_a_full_disk_while_logging_metrics_is_one_error(tmp_path):
+  writer = metric_writers.MetricWriter(str(tmp_path))
+
+  class FullFile:
+    def write(self, text):
+      raise OSError(errno.ENOSPC, 'No space left on device')
+    flush = close = lambda self: None
+  writer._jsonl.close()  # pylint: disable=protected-access
+  writer._jsonl = FullFile()  # pylint: disable=protected-access
+  with pytest.raises(errors.WorkdirError, match='metrics .*No space left'):
+    writer.write(2, 'train', {'loss': 1.0})
+  writer.close()  # Quiet: the error above is the one that counts.
