@@ -23,6 +23,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags  # pylint: disable=g-import-not-at-top
 from absl import logging  # pylint: disable=g-import-not-at-top
+import ml_collections  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
 from nin_jax import errors  # pylint: disable=g-import-not-at-top
@@ -327,6 +328,10 @@ def writing(path: str, flag: str = 'out') -> Iterator[None]:
         f'give a writable --{flag} (or free some disk space).') from None
 
 
+class _NotAConfig(Exception):
+  """The --config file gave something other than a ConfigDict."""
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing, with a one-line error and exit status 2 on failure.
 
@@ -336,8 +341,15 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     remaining = flags.FLAGS(argv)
     if 'config' in flags.FLAGS:
+      config = flags.FLAGS['config'].value
+      # (config_flags' stand-in for a file that failed to load raises its
+      # error below, on first use.)
+      if not isinstance(config, ml_collections.ConfigDict) and (
+          type(config).__name__ != '_ErrorConfig'):
+        raise _NotAConfig(f'its get_config() returned {config!r:.60} (type '
+                          f'{type(config).__name__}), not a ConfigDict')
       # An unloadable file gives a placeholder that raises on first use.
-      flags.FLAGS['config'].value.get('dataset')
+      config.get('dataset')
   except flags.Error as e:
     message = ' '.join(str(e).split())  # One line.
   except (AttributeError, KeyError) as e:  # config_flags: unknown field.
@@ -347,6 +359,12 @@ def parse_flags(argv: list[str]) -> list[str]:
       e = e.__cause__
     reason = (str(e).strip().splitlines() or [type(e).__name__])[-1].strip()
     message = f'cannot load the --config file: {reason}'
+  except _NotAConfig as e:
+    message = f'cannot use the --config file: {e}'
+  except Exception as e:  # pylint: disable=broad-except
+    # The file's own code (get_config) failed.
+    message = (f'the --config file failed while building the config: '
+               f'{type(e).__name__}: {" ".join(str(e).split())}')
   else:
     quiet_console()  # Now that --verbosity is known.
     return remaining

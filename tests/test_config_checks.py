@@ -269,3 +269,20 @@ def test_a_full_disk_while_logging_metrics_is_one_error(tmp_path):
   with pytest.raises(errors.WorkdirError, match='metrics .*No space left'):
     writer.write(2, 'train', {'loss': 1.0})
   writer.close()  # Quiet: the error above is the one that counts.
+
+
+@pytest.mark.parametrize('body,reason', [
+    ('raise RuntimeError("boom")', 'failed while building the config: '
+     'RuntimeError: boom'),
+    ('return 42', 'get_config() returned 42 (type int), not a ConfigDict'),
+])
+def test_a_config_file_whose_get_config_fails_is_one_line(
+    body, reason, tmp_path, monkeypatch, capsys):
+  path = tmp_path / 'bad_config.py'
+  path.write_text(f'def get_config():\n  {body}\n')
+  code, err = run(monkeypatch, capsys, tmp_path / 'run', config=str(path))
+  assert code == errors.EXIT_USER_ERROR
+  assert _error_lines(err) == [f'error: {_error_lines(err)[0][7:]}']
+  assert reason in err and 'Traceback' not in err
+  assert not os.path.exists(tmp_path / 'run')
+
