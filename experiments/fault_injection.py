@@ -150,7 +150,7 @@ def main(argv):
   print(f'kills landed: {kills}; survived: {kills} of {kills} (the run '
         f'resumed each time and finished after {restarts} starts)')
   print(f'final step {step_b}; metrics identical: {same_metrics}; final '
-        f'parameters, optimizer state and key identical: {same_state}')
+        f'parameters and optimizer state identical: {same_state}')
   sys.exit(0 if same_metrics and same_state else 1)
 
 

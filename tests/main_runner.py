@@ -4,6 +4,7 @@ In-process (not a subprocess) so that monkeypatches and
 `tfds.testing.mock_data` apply, and no new JAX process has to start.
 """
 
+import contextlib
 import os
 import sys
 
@@ -43,3 +44,42 @@ def failure_tail(output: str, chars: int = 3000) -> str:
   lines = [line for line in output.splitlines()
            if not line.startswith(('Extension modules:', '    @ '))]
   return '\n'.join(lines)[-chars:]
+
+
+# The flags the commands define, and nin_jax.main's --workdir.
+COMMAND_FLAGS = ('workdir', 'pretrained', 'step', 'split', 'data_dir', 'top_k',
+                 'json', 'out', 'num_images', 'format', 'platforms')
+
+
+@contextlib.contextmanager
+def command_flags(command):
+  """`command`'s flags on absl's FLAGS for one run. Flags of the same names
+  (nin_jax.main's --workdir, if another test file imported it) are set
+  aside meanwhile and put back after."""
+  aside = {name: flags.FLAGS[name] for name in COMMAND_FLAGS
+           if name in flags.FLAGS}
+  for name in aside:
+    delattr(flags.FLAGS, name)
+  before = set(flags.FLAGS)
+  command.define_flags()
+  try:
+    yield
+  finally:
+    for name in set(flags.FLAGS) - before:
+      delattr(flags.FLAGS, name)
+    for name, flag in aside.items():
+      flags.FLAGS[name] = flag
+
+
+def run_command(command, *args) -> int:
+  """`python -m nin_jax.<command> ARGS` in this process; its exit status."""
+  with command_flags(command):
+    try:
+      argv = cli.parse_flags([command.__name__, *args])
+      cli.report_user_errors(command.main)(argv)
+    except SystemExit as e:
+      return e.code
+    finally:
+      flags.FLAGS.unparse_flags()
+      logging.set_verbosity(logging.INFO)  # --verbosity must not leak.
+  return 0

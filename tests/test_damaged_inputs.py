@@ -5,18 +5,14 @@ trainer does (a damaged newest checkpoint: the next older one), and leaves
 nothing behind: the readers never move or delete a user's file.
 """
 
-import contextlib
 import json
 import os
 import shutil
 
-from absl import flags
-from absl import logging
 import numpy as np
 from PIL import Image
 import pytest
 
-from nin_jax import cli
 from nin_jax import errors
 from nin_jax import evaluate
 from nin_jax import export
@@ -26,42 +22,10 @@ from nin_jax import preprocessing
 from nin_jax import trained_run
 from nin_jax import visualize
 from nin_jax import workdir_files
+from tests import main_runner
 
-# The flags the commands define, and nin_jax.main's --workdir.
-COMMAND_FLAGS = ('workdir', 'pretrained', 'step', 'split', 'data_dir', 'top_k',
-                 'json', 'out', 'num_images', 'format', 'platforms')
-
-
-@contextlib.contextmanager
-def _flags_of(command):
-  """`command`'s flags on absl's FLAGS for one run, as in test_pretrained."""
-  aside = {name: flags.FLAGS[name] for name in COMMAND_FLAGS
-           if name in flags.FLAGS}
-  for name in aside:
-    delattr(flags.FLAGS, name)
-  before = set(flags.FLAGS)
-  command.define_flags()
-  try:
-    yield
-  finally:
-    for name in set(flags.FLAGS) - before:
-      delattr(flags.FLAGS, name)
-    for name, flag in aside.items():
-      flags.FLAGS[name] = flag
-
-
-def _run(command, *args) -> int:
-  """`python -m nin_jax.<command> ARGS` in this process; its exit status."""
-  with _flags_of(command):
-    try:
-      argv = cli.parse_flags([command.__name__, *args])
-      cli.report_user_errors(command.main)(argv)
-    except SystemExit as e:
-      return e.code
-    finally:
-      flags.FLAGS.unparse_flags()
-      logging.set_verbosity(logging.INFO)  # --verbosity must not leak.
-  return 0
+# `python -m nin_jax.<command> ARGS` in this process; its exit status.
+_run = main_runner.run_command
 
 
 def _one_error_line(capsys) -> str:

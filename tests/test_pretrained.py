@@ -1,11 +1,9 @@
 """Published models: the same answers as the run, and a new run's start."""
 
-import contextlib
 import json
 import logging as std_logging
 import os
 
-from absl import flags
 from absl import logging
 from flax import serialization
 from flax import traverse_util
@@ -14,7 +12,6 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from nin_jax import cli
 from nin_jax import errors
 from nin_jax import evaluate
 from nin_jax import export
@@ -26,10 +23,10 @@ from nin_jax import train
 from nin_jax import trained_run
 from nin_jax import visualize
 from nin_jax.configs import test as test_config
+from tests import main_runner
 
-# The flags the commands define, and nin_jax.main's --workdir.
-COMMAND_FLAGS = ('workdir', 'pretrained', 'step', 'split', 'data_dir', 'top_k',
-                 'json', 'out', 'num_images', 'format', 'platforms')
+# `python -m nin_jax.<command> ARGS` in this process; its exit status.
+_run = main_runner.run_command
 
 
 @pytest.fixture(scope='module')
@@ -38,40 +35,6 @@ def published(trained_workdir, tmp_path_factory):
   root = tmp_path_factory.mktemp('pretrained')
   directory, _ = publish.publish(trained_workdir, 'tiny', root=str(root))
   return directory
-
-
-@contextlib.contextmanager
-def _flags_of(command):
-  """`command`'s flags on absl's FLAGS for one run. Flags of the same names
-  (nin_jax.main's --workdir, if another test file imported it) are set
-  aside meanwhile and put back after."""
-  aside = {name: flags.FLAGS[name] for name in COMMAND_FLAGS
-           if name in flags.FLAGS}
-  for name in aside:
-    delattr(flags.FLAGS, name)
-  before = set(flags.FLAGS)
-  command.define_flags()
-  try:
-    yield
-  finally:
-    for name in set(flags.FLAGS) - before:
-      delattr(flags.FLAGS, name)
-    for name, flag in aside.items():
-      flags.FLAGS[name] = flag
-
-
-def _run(command, *args) -> int:
-  """`python -m nin_jax.<command> ARGS` in this process; its exit status."""
-  with _flags_of(command):
-    try:
-      argv = cli.parse_flags([command.__name__, *args])
-      cli.report_user_errors(command.main)(argv)
-    except SystemExit as e:
-      return e.code
-    finally:
-      flags.FLAGS.unparse_flags()
-      logging.set_verbosity(logging.INFO)  # --verbosity must not leak.
-  return 0
 
 
 def _size(directory) -> int:
