@@ -32,6 +32,9 @@ def run_main(monkeypatch, workdir, *overrides, config=TEST_CONFIG) -> int:
     return e.code
   finally:
     logging.set_verbosity(logging.INFO)  # --verbosity must not leak.
+    # Nor --config: the next in-process command (which may define no
+    # --config of its own) must not see this run's file.
+    flags.FLAGS.unparse_flags()
   return 0
 
 
