@@ -332,12 +332,30 @@ class _NotAConfig(Exception):
   """The --config file gave something other than a ConfigDict."""
 
 
+def bundled_config(argument: str) -> str:
+  """--config=NAME (e.g. digits) as the path of nin_jax/configs/NAME.py.
+
+  So that an installed package, whose configs sit in site-packages, is used
+  as a clone is: --config=digits anywhere. A path is left as it is.
+  """
+  if not argument.startswith('--config='):
+    return argument
+  name, colon, rest = argument[len('--config='):].partition(':')
+  path = os.path.join(os.path.dirname(DEFAULT_CONFIG), f'{name}.py')
+  if name and os.sep not in name and not name.endswith('.py') and (
+      os.path.isfile(path)) and not os.path.exists(name):
+    return f'--config={path}{colon}{rest}'
+  return argument
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing, with a one-line error and exit status 2 on failure.
 
   Bad --config.* values (unknown field, wrong type, unreadable config file)
-  otherwise end in a traceback or an absl FATAL message.
+  otherwise end in a traceback or an absl FATAL message. --config=NAME
+  names a bundled config (bundled_config).
   """
+  argv = [bundled_config(argument) for argument in argv]
   try:
     remaining = flags.FLAGS(argv)
     if 'config' in flags.FLAGS:
@@ -359,6 +377,12 @@ def parse_flags(argv: list[str]) -> list[str]:
       e = e.__cause__
     reason = (str(e).strip().splitlines() or [type(e).__name__])[-1].strip()
     message = f'cannot load the --config file: {reason}'
+    # ml_collections raises a plain OSError for a file it cannot find.
+    if 'No such file' in reason:
+      bundled = sorted(name[:-3] for name in os.listdir(
+          os.path.dirname(DEFAULT_CONFIG))
+                       if name.endswith('.py') and not name.startswith('_'))
+      message += f' (a path, or a bundled config: {", ".join(bundled)})'
   except _NotAConfig as e:
     message = f'cannot use the --config file: {e}'
   except Exception as e:  # pylint: disable=broad-except

@@ -286,3 +286,15 @@ def test_a_config_file_whose_get_config_fails_is_one_line(
   assert reason in err and 'Traceback' not in err
   assert not os.path.exists(tmp_path / 'run')
 
+
+def test_a_bundled_config_by_name(tmp_path, monkeypatch, capsys):
+  # The installed package's configs, without their site-packages path.
+  code, err = run(monkeypatch, capsys, tmp_path / 'run',
+                  '--config.learning_rate=-1', config='digits')
+  assert code == errors.EXIT_USER_ERROR
+  assert _error_lines(err) == [
+      'error: config.learning_rate=-1.0 must be a positive number.']
+  code, err = run(monkeypatch, capsys, tmp_path / 'run', config='digitz')
+  assert code == errors.EXIT_USER_ERROR
+  assert 'a bundled config: cifar100, cifar10_cpu, default, digits' in err
+
