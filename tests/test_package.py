@@ -110,3 +110,14 @@ def test_the_readme_test_commands_are_the_ones_ci_runs():
   assert _commands(ci) == [['pip', 'install', '-e', '.[test,export]'],
                            ['python', '-m', 'pytest', '-q', '-n', '2',
                             '--dist', 'loadfile']]
+
+
+def test_requirements_txt_lists_the_package_and_its_test_and_export_extras():
+  project = _project()
+  with open(os.path.join(REPO, 'requirements.txt'), encoding='utf-8') as f:
+    lines = [line.strip() for line in f
+             if line.strip() and not line.startswith('#')]
+  extras = project['optional-dependencies']
+  assert lines == (project['dependencies'] + extras['test']
+                   + extras['export'])
+
