@@ -191,9 +191,14 @@ def _with_defaults(saved: dict[str, Any], defaults: dict[str, Any]
   return merged
 
 
-def saved_config(workdir: str) -> dict[str, Any] | None:
-  """The config.json of a run in `workdir`, completed with today's defaults."""
-  saved = workdir_files.read_config(workdir)
+def saved_config(workdir: str, if_damaged: str | None = None
+                 ) -> dict[str, Any] | None:
+  """The config.json of a run in `workdir`, completed with today's defaults.
+
+  A damaged one counts as none (with a warning), unless `if_damaged` is
+  given: then it is workdir_files.read_config's error.
+  """
+  saved = workdir_files.read_config(workdir, if_damaged)
   if saved is None:
     if os.path.exists(workdir_files.path(workdir, workdir_files.CONFIG)):
       logging.warning('Ignoring unreadable %s.',

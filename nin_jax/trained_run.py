@@ -256,9 +256,7 @@ def load(workdir: str, step: int | None = None) -> TrainedRun:
   else:
     config_fix = workdir_files.DAMAGED_CONFIG
     file_fix = workdir_files.DAMAGED_RUN_FILE
-  # Read strictly first: saved_config takes a damaged file for none.
-  workdir_files.read_config(workdir, config_fix)
-  saved = config_checks.saved_config(workdir)
+  saved = config_checks.saved_config(workdir, config_fix)
   if saved is None:
     raise errors.WorkdirError(
         f'{workdir} is not a training workdir (it has no config.json): pass '
