@@ -140,8 +140,7 @@ class Checkpointer:
             except Exception:  # pylint: disable=broad-except
               pass  # Its join re-raises the same failure.
     if failure is None:
-      for record in held.records:
-        std_logging.getLogger(record.name).handle(record)
+      held.release()
       return
     # TensorStore reports a full or read-only disk as a ValueError.
     if not (isinstance(failure, OSError) or any(
@@ -154,7 +153,7 @@ class Checkpointer:
             is not None else 'No checkpoint had been saved yet')
     raise errors.WorkdirError(
         f'Could not write the checkpoint of step {step} to {self.directory} '
-        f'({_reason(failure)}). {kept}; free some space or fix the '
+        f'({errors.describe(failure)}). {kept}; free some space or fix the '
         'permissions, then rerun the same command to resume.') from None
 
   def restore_latest(self, state: Any
@@ -191,8 +190,7 @@ class Checkpointer:
       if restored is None:
         self._set_aside(step, error)
         continue
-      for record in held.records:  # It worked: what they said may matter.
-        std_logging.getLogger(record.name).handle(record)
+      held.release()
       return (step, restored['state']['train_state'],
               dict(restored['progress']))
     return None
@@ -248,7 +246,8 @@ def state_is_finite(state: Any) -> bool:
 
 
 class _HeldReports(std_logging.Filter):
-  """Holds back what Orbax and asyncio log while a checkpoint is read.
+  """Holds back what Orbax and asyncio log while a checkpoint is read or
+  written.
 
   A damaged checkpoint makes Orbax log errors about its metadata, and a
   truncated array file makes its event loop report every other pending
@@ -267,6 +266,11 @@ class _HeldReports(std_logging.Filter):
     self.records.append(record)
     return False
 
+  def release(self) -> None:
+    """Logs what was held: the read or write worked, so it may matter."""
+    for record in self.records:
+      std_logging.getLogger(record.name).handle(record)
+
 
 @contextlib.contextmanager
 def _reports_held() -> Iterator[_HeldReports]:
@@ -279,17 +283,6 @@ def _reports_held() -> Iterator[_HeldReports]:
   finally:
     for logger in loggers:
       logger.removeFilter(held)
-
-
-def _reason(error: BaseException) -> str:
-  """Why a checkpoint could not be read, on one short line: the innermost
-  cause (TensorStore's I/O error, not Orbax's wrapper of it)."""
-  while error.__cause__ is not None:
-    error = error.__cause__
-  text = ' '.join(str(error).split())
-  if len(text) > 240:
-    text = text[:240] + '...'
-  return f'{type(error).__name__}: {text}' if text else type(error).__name__
 
 
 def _read_step(manager: ocp.CheckpointManager, step: int
@@ -343,10 +336,10 @@ def read_checkpoint(workdir: str, step: int | None = None
         found = _read_step(manager, candidate)
         break
       except Exception as e:  # pylint: disable=broad-except
-        failed[candidate] = _reason(e)  # Damaged files raise many kinds.
+        # Damaged files raise many kinds of errors.
+        failed[candidate] = errors.describe(e)
   if not failed:  # Then what the libraries said may matter.
-    for record in held.records:
-      std_logging.getLogger(record.name).handle(record)
+    held.release()
   if found is not None:
     for skipped, reason in failed.items():
       logging.warning(

@@ -1,6 +1,17 @@
 """Errors a user can cause and fix; `main` prints their message, not a traceback."""
 
 
+def describe(error: BaseException) -> str:
+  """Why something failed, on one short line: the innermost cause (e.g.
+  TensorStore's I/O error, not Orbax's wrapper of it), type and message."""
+  while error.__cause__ is not None:
+    error = error.__cause__
+  text = ' '.join(str(error).split())
+  if len(text) > 240:
+    text = text[:240] + '...'
+  return f'{type(error).__name__}: {text}' if text else type(error).__name__
+
+
 class UserError(Exception):
   """Base class: the message names what went wrong and how to fix it."""
 

@@ -210,13 +210,6 @@ DAMAGED_RUN_FILE = ('restore it from a backup, or rerun the run\'s launch '
 DAMAGED_FILE = 'restore it from a backup.'
 
 
-def _reason(error: Exception) -> str:
-  """An exception in a few words, on one line."""
-  text = ' '.join(str(error).split())
-  return f'{type(error).__name__}: {text[:150]}' if text else type(
-      error).__name__
-
-
 _JSON_TYPES = {list: 'array', str: 'string', int: 'number', float: 'number',
                bool: 'boolean', type(None): 'null'}
 
@@ -237,7 +230,7 @@ def read_json(directory: str, name: str, if_missing: str,
       parsed = json.loads(f.read().decode('utf-8'))
   except (UnicodeDecodeError, json.JSONDecodeError) as e:
     raise errors.WorkdirError(
-        f'{name} in {directory} is not valid JSON ({_reason(e)}): '
+        f'{name} in {directory} is not valid JSON ({errors.describe(e)}): '
         f'{if_damaged}') from None
   except OSError as e:
     raise errors.WorkdirError(
