@@ -68,28 +68,23 @@ class MetricWriter:
   def _keep_rows_up_to(self, step: int) -> None:
     if not os.path.exists(self.path):
       return
-    with open(self.path, encoding='utf-8') as f:
+    with open(self.path, 'rb') as f:  # Bytes: a line may be damaged.
       lines = f.read().splitlines(keepends=True)
     kept, superseded = [], []
     for line in lines:
-      try:
-        row = json.loads(line)
-        complete = line.endswith('\n')
-      except json.JSONDecodeError:
-        row, complete = None, False
-      if complete and row['step'] <= step:
+      row = workdir_files.metrics_row(line)
+      if row is not None and line.endswith(b'\n') and row['step'] <= step:
         kept.append(line)
         self._logged.add((row['step'], row['split']))
-      else:
-        superseded.append(line if line.endswith('\n') else line + '\n')
+      else:  # Later, cut short or damaged.
+        superseded.append(line if line.endswith(b'\n') else line + b'\n')
     if not superseded:
       return
     # Kept first, then removed from metrics.jsonl (atomically).
     with open(os.path.join(os.path.dirname(self.path),
-                           workdir_files.SUPERSEDED_METRICS), 'a',
-              encoding='utf-8') as f:
+                           workdir_files.SUPERSEDED_METRICS), 'ab') as f:
       f.writelines(superseded)
-    workdir_files.write_atomically(self.path, ''.join(kept))
+    workdir_files.write_atomically(self.path, b''.join(kept))
     logging.info('Moved %d metric rows logged after step %d (which the '
                  'resumed run logs again) to metrics.superseded.jsonl.',
                  len(superseded), step)

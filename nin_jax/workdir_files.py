@@ -246,6 +246,20 @@ def read_json(directory: str, name: str, if_missing: str,
 # --- metrics.jsonl ----------------------------------------------------------------
 
 
+def metrics_row(line: bytes) -> dict[str, Any] | None:
+  """One line of metrics.jsonl as its row; None if it is damaged (binary
+  bytes, or not a JSON object with a numeric `step` and a string `split`)."""
+  try:
+    row = json.loads(line.decode('utf-8'))
+  except (UnicodeDecodeError, json.JSONDecodeError):
+    return None
+  if (isinstance(row, dict) and isinstance(row.get('split'), str)
+      and isinstance(row.get('step'), (int, float))
+      and not isinstance(row['step'], bool)):
+    return row
+  return None
+
+
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
   """metrics.jsonl's rows ([] if there is none yet).
 
@@ -265,13 +279,8 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
   for number, line in enumerate([*lines, cut]):
     if not line.strip():
       continue
-    try:
-      row = json.loads(line.decode('utf-8'))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-      row = None
-    if (isinstance(row, dict) and isinstance(row.get('split'), str)
-        and isinstance(row.get('step'), (int, float))
-        and not isinstance(row['step'], bool)):
+    row = metrics_row(line)
+    if row is not None:
       rows.append(row)
     elif number < len(lines):  # A cut last line is expected, not damage.
       damaged += 1

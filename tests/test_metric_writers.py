@@ -65,3 +65,20 @@ def test_wandb_project_without_the_package_is_a_config_error(
   tiny_config.wandb_project = 'nin-test'
   with pytest.raises(errors.ConfigError, match='pip install wandb'):
     config_checks.validate(tiny_config)
+
+
+def test_a_resume_keeps_rows_up_to_its_step_and_moves_the_rest(tmp_path):
+  """Later rows, damaged lines and a cut last line go to the superseded file
+  (before, a row without a step or binary bytes stopped the resume)."""
+  good = b'{"step": 2, "split": "train", "loss": 1.0}\n'
+  later = b'{"step": 4, "split": "train", "loss": 0.9}\n'
+  damaged = [b'\xff\xfe binary\n', b'{"split": "train"}\n']
+  cut = b'{"step": 6, "spl'
+  (tmp_path / 'metrics.jsonl').write_bytes(good + later + b''.join(damaged)
+                                           + cut)
+  writer = metric_writers.MetricWriter(str(tmp_path), resumed_step=2)
+  writer.close()
+  assert writer.logged(2, 'train') and not writer.logged(4, 'train')
+  assert (tmp_path / 'metrics.jsonl').read_bytes() == good
+  assert (tmp_path / 'metrics.superseded.jsonl').read_bytes() == (
+      later + b''.join(damaged) + cut + b'\n')
