@@ -209,7 +209,7 @@ def fit(kind: str, batches: Iterable[np.ndarray], num_channels: int,
                        np.full(num_channels, 1.0 / pixel_max, np.float32))
 
 
-def cache_root(config: ml_collections.ConfigDict, tfds_data: bool) -> str:
+def fits_directory(config: ml_collections.ConfigDict, tfds_data: bool) -> str:
   """Where fitted transforms are cached: a TFDS dataset's beside its data
   (they go when it goes), any other's in nin_jax's cache root, as TFDS's
   folder is no place for data that is not TFDS's."""
@@ -242,7 +242,7 @@ def fit_cached(config: ml_collections.ConfigDict, fingerprint: str,
 
   `fingerprint` identifies the training examples (dataset, version, range and
   a digest of some of their bytes), so mock or changed data never reuses a
-  stale fit. `tfds_data`: whether the data is TFDS's (see cache_root). An
+  stale fit. `tfds_data`: whether the data is TFDS's (see fits_directory). An
   unwritable cache only costs a refit next time; every process of a run
   fits and writes the same file atomically. Trusts `config`:
   config_checks.validate has checked it.
@@ -252,7 +252,7 @@ def fit_cached(config: ml_collections.ConfigDict, fingerprint: str,
   # A file name from the dataset's name ('folder:/data/x' -> 'folder_data_x').
   dataset = re.sub(r'[^A-Za-z0-9_.-]+', '_', config.dataset)
   name = f'{dataset}-{config.preprocessing}-{cache_key(fingerprint, config)}.npz'
-  path = os.path.join(cache_root(config, tfds_data), name)
+  path = os.path.join(fits_directory(config, tfds_data), name)
   if os.path.exists(path):
     try:
       cached = Preprocessing.load(path)

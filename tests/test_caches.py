@@ -93,9 +93,9 @@ def test_cache_root_falls_back_to_xdg_then_home(places, monkeypatch):
   config.cache_dir = '~/mine'
   assert workdir_files.cache_root(config) == str(home / 'mine')
   # TFDS data's fits stay beside it; other data's never go there.
-  assert preprocessing.cache_root(config, tfds_data=True) == os.path.join(
+  assert preprocessing.fits_directory(config, tfds_data=True) == os.path.join(
       str(places['tfds']), 'nin_jax_preprocessing')
-  assert preprocessing.cache_root(config, tfds_data=False) == str(
+  assert preprocessing.fits_directory(config, tfds_data=False) == str(
       home / 'mine' / 'nin_jax_preprocessing')
 
 
@@ -122,6 +122,6 @@ def test_a_tfds_fit_of_a_bucket_data_dir_is_cached_locally(places):
   del places  # Only its temporary cache root.
   config = test_config.get_config()
   config.data_dir = 'gs://bucket/tensorflow_datasets'
-  local = preprocessing.cache_root(config, tfds_data=True)
+  local = preprocessing.fits_directory(config, tfds_data=True)
   assert local.startswith(workdir_files.cache_root(config))
   assert not workdir_files.is_remote(local)
