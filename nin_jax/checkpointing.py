@@ -18,8 +18,6 @@ array metadata when a TFDS generator pipeline ran beside it.
 
 import contextlib
 import logging as std_logging
-import os
-import shutil
 import threading
 import time
 from typing import Any, Iterator
@@ -68,7 +66,7 @@ class Checkpointer:
   def __init__(self, workdir: str, keep: int, keep_best: bool = False):
     """Keeps the `keep` newest checkpoints and, with `keep_best`, also the
     one saved with the highest `accuracy` metric (see `save`)."""
-    self.workdir = os.path.abspath(workdir)
+    self.workdir = workdir_files.location(workdir)
     self.directory = workdir_files.checkpoints_dir(self.workdir)
     self._failed = False  # A save failed: close() then stays quiet.
     self._remove_unfinished_saves()
@@ -90,13 +88,19 @@ class Checkpointer:
 
     Done here, synchronously, rather than by Orbax's cleanup_tmp_directories,
     whose background thread lost its file system to tfds.testing.mock_data
-    (which patches file functions while a dataset is opened).
+    (which patches file functions while a dataset is opened). On gs://
+    Orbax writes a step in place and marks it finished with
+    commit_success.txt: a step directory without one is such a remnant.
     """
-    if jax.process_index() != 0 or not os.path.isdir(self.directory):
+    if jax.process_index() != 0:
       return
-    for name in os.listdir(self.directory):
-      if TMP_SUFFIX in name:
-        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+    on_gcs = self.directory.startswith('gs://')
+    for name in workdir_files.list_dir(self.directory):
+      step_dir = workdir_files.path(self.directory, name)
+      if TMP_SUFFIX in name or (on_gcs and name.isdigit() and not (
+          workdir_files.exists(workdir_files.path(
+              step_dir, workdir_files.COMMIT_SUCCESS)))):
+        workdir_files.remove_tree(step_dir)
         logging.info('Removed %s, left by a save that did not finish.', name)
 
   def latest_step(self) -> int | None:
@@ -212,11 +216,12 @@ class Checkpointer:
 
   def _set_aside(self, step: int, error: Exception) -> None:
     """Moves an unreadable checkpoint out of Orbax's way, keeping its files."""
-    target = os.path.join(self.workdir, workdir_files.UNREADABLE_CHECKPOINTS,
-                          f'{step}-{time.strftime("%Y%m%dT%H%M%S")}')
+    target = workdir_files.path(
+        workdir_files.path(self.workdir, workdir_files.UNREADABLE_CHECKPOINTS),
+        f'{step}-{time.strftime("%Y%m%dT%H%M%S")}')
     if jax.process_index() == 0:
-      os.makedirs(os.path.dirname(target), exist_ok=True)
-      shutil.move(os.path.join(self.directory, str(step)), target)
+      workdir_files.move_tree(workdir_files.path(self.directory, str(step)),
+                              target)
     if jax.process_count() > 1:  # Others wait until it has moved.
       multihost_utils.sync_global_devices(f'set_aside_{step}')
     logging.warning('Checkpoint at step %d cannot be read (%s: %s); moved it '
@@ -315,8 +320,8 @@ def read_checkpoint(workdir: str, step: int | None = None
   when it resumes). A damaged `step` asked for is a WorkdirError that
   names the other saved steps.
   """
-  directory = workdir_files.checkpoints_dir(os.path.abspath(workdir))
-  if not os.path.isdir(directory):
+  directory = workdir_files.checkpoints_dir(workdir_files.location(workdir))
+  if not workdir_files.is_dir(directory):
     raise errors.WorkdirError(
         f'No checkpoints in {workdir} (no {directory}): pass the --workdir '
         'of a run of python -m nin_jax.main.')

@@ -10,6 +10,7 @@ from importlib import util as importlib_util
 import logging as std_logging
 import os
 import re
+import shutil
 import sys
 import tempfile
 import traceback
@@ -246,6 +247,12 @@ def _why(error: OSError) -> str:
   return error.strerror or str(error)
 
 
+def output_path(path: str) -> str:
+  """Where output_directory(`path`) puts its files, as the user sees it."""
+  return (workdir_files.location(path, '--out') if workdir_files.is_remote(path)
+          else os.path.abspath(path))
+
+
 @contextlib.contextmanager
 def output_directory(path: str, flag: str = 'out') -> Iterator[str]:
   """Makes the output directory `path` before the work starts, so that an
@@ -253,7 +260,26 @@ def output_directory(path: str, flag: str = 'out') -> Iterator[str]:
 
   Yields its absolute path. Directories it made are removed again, if still
   empty, when the body fails: a failed command leaves nothing behind.
+
+  A URL (gs://...) yields a local folder instead, whose files are uploaded
+  to `path` when the body succeeds (plots and reports are written by
+  libraries that know only local files).
   """
+  if workdir_files.is_remote(path):
+    path = workdir_files.location(path, f'--{flag}')
+    staging = tempfile.mkdtemp(prefix='nin_jax_out_')
+    try:
+      yield staging
+      try:
+        workdir_files.upload_tree(staging, path)
+      except Exception as e:  # pylint: disable=broad-except
+        raise errors.WorkdirError(
+            f'Cannot write to {path} ({errors.describe(e)}): check the '
+            f'bucket\'s permissions and your credentials, or give a local '
+            f'--{flag}.') from None
+    finally:
+      shutil.rmtree(staging, ignore_errors=True)
+    return
   path = os.path.abspath(path)
   made, existing = [], path
   while not os.path.lexists(existing):

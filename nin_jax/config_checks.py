@@ -9,7 +9,6 @@ rest (more epochs, another learning rate) and saying what changed.
 """
 
 import math
-import os
 from typing import Any, Callable
 
 from absl import logging
@@ -200,7 +199,7 @@ def saved_config(workdir: str, if_damaged: str | None = None
   """
   saved = workdir_files.read_config(workdir, if_damaged)
   if saved is None:
-    if os.path.exists(workdir_files.path(workdir, workdir_files.CONFIG)):
+    if workdir_files.exists(workdir_files.path(workdir, workdir_files.CONFIG)):
       logging.warning('Ignoring unreadable %s.',
                       workdir_files.path(workdir, workdir_files.CONFIG))
     return None

@@ -96,20 +96,20 @@ def write_report(run: trained_run.TrainedRun, split: str, top_k: int,
         f'{run.workdir} is a published model, which is never written to: '
         'pass --out=DIR for the report.')
   out = out or os.path.join(run.workdir, 'evaluation', f'{split}_step{run.step}')
-  with cli.output_directory(out) as out:
+  with cli.output_directory(out) as local:
     logits, labels = predictions(run, split, data_dir)
     result = {'workdir': run.workdir, 'step': run.step, 'split': split,
               'dataset': run.info.name,
               **report(logits, labels, run.info.class_names, top_k)}
-    cli.write_output(os.path.join(out, 'report.json'),
+    cli.write_output(os.path.join(local, 'report.json'),
                      json.dumps(result, indent=2))
-    with cli.writing(out):
+    with cli.writing(local):
       plots.confusion_matrix(
           np.array(result['confusion_matrix']), run.info.class_names,
           f'{run.info.name} {split}, step {run.step}: accuracy '
           f'{100 * result["accuracy"]:.2f}% ({result["num_examples"]} '
-          'examples)', os.path.join(out, 'confusion.png'))
-  return result, out
+          'examples)', os.path.join(local, 'confusion.png'))
+  return result, cli.output_path(out)
 
 
 def main(argv: list[str]) -> None:

@@ -34,6 +34,7 @@ import numpy as np
 from nin_jax import cli
 from nin_jax import errors
 from nin_jax import trained_run
+from nin_jax import workdir_files
 
 FLAGS = flags.FLAGS
 
@@ -242,13 +243,20 @@ def _write_savedmodel_safely(run: trained_run.TrainedRun, out: str,
 
 
 def write(run: trained_run.TrainedRun, out: str, export_format: str = 'stablehlo',
-          platforms: tuple[str, ...] = ('cpu', 'cuda', 'tpu')) -> None:
-  """Writes `out` (a file, or a SavedModel directory) and `out`.json.
+          platforms: tuple[str, ...] = ('cpu', 'cuda', 'tpu')) -> int:
+  """Writes `out` (a file, or a SavedModel directory) and `out`.json;
+  returns the size of `out` in bytes.
 
   An unusable `out` (a directory where a file goes, an unwritable place) is
   a WorkdirError before any work, or at the latest when it is written; a
-  failed write leaves no temporary file, nor directories it made.
+  failed write leaves no temporary file, nor directories it made. A URL
+  (gs://...) is written locally first, then uploaded.
   """
+  if workdir_files.is_remote(out):
+    out = workdir_files.location(out, '--out')
+    with cli.output_directory(os.path.dirname(out)) as staging:
+      return write(run, os.path.join(staging, os.path.basename(out)),
+                   export_format, platforms)
   unknown = [p for p in platforms if p not in PLATFORMS]
   if unknown:
     raise errors.ConfigError(f'Unknown platforms {unknown}; choose from '
@@ -274,6 +282,7 @@ def write(run: trained_run.TrainedRun, out: str, export_format: str = 'stablehlo
       _write_savedmodel_safely(run, out, platforms)
     cli.write_output(out + '.json', json.dumps(
         metadata(run, export_format, platforms), indent=2))
+  return _size(out)
 
 
 def _size(path: str) -> int:
@@ -299,11 +308,13 @@ def define_flags() -> None:
 def main(argv: list[str]) -> None:
   cli.check_command_line(argv)
   run = cli.load_run()
-  replaced = os.path.lexists(FLAGS.out)
-  write(run, FLAGS.out, FLAGS.format, tuple(FLAGS.platforms))
+  replaced = (workdir_files.exists(FLAGS.out)
+              if workdir_files.is_remote(FLAGS.out)
+              else os.path.lexists(FLAGS.out))
+  size = write(run, FLAGS.out, FLAGS.format, tuple(FLAGS.platforms))
   where = ('ONNX Runtime' if FLAGS.format == 'onnx'
            else ', '.join(FLAGS.platforms))
-  print(f'Wrote {FLAGS.out} ({_size(FLAGS.out) / 2**20:.1f} MB, '
+  print(f'Wrote {FLAGS.out} ({size / 2**20:.1f} MB, '
         f'step {run.step}, {where}) and {FLAGS.out}.json'
         + (', replacing what was there' if replaced else ''))
 

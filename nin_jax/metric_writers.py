@@ -9,6 +9,8 @@ import importlib.util
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 from typing import Any, Mapping
 
@@ -44,6 +46,10 @@ class MetricWriter:
   after that step by the interrupted run (and a line cut off mid-write) are
   moved to `metrics.superseded.jsonl`: metrics.jsonl then reads exactly as if
   the run had never stopped.
+
+  In a remote workdir (gs://...), where objects cannot be appended to,
+  metrics.jsonl is written whole at every row, and the TensorBoard event
+  files are written locally and uploaded whole at every row.
   """
 
   def __init__(self, workdir: str, enabled: bool = True,
@@ -56,20 +62,26 @@ class MetricWriter:
     self._logged = set()  # (step, split) pairs in metrics.jsonl.
     if not enabled:
       return
-    os.makedirs(workdir, exist_ok=True)
+    workdir_files.make_dirs(workdir)
     self.path = workdir_files.path(workdir, workdir_files.METRICS)
-    self._keep_rows_up_to(resumed_step)
-    self._jsonl = open(self.path, 'a', encoding='utf-8')
+    self._remote = workdir_files.is_remote(workdir)
+    self._rows = self._keep_rows_up_to(resumed_step)  # Remote: all rows.
+    self._jsonl = None if self._remote else open(self.path, 'a',
+                                                 encoding='utf-8')
     self._tb = {}
     self._tb_dir = workdir_files.path(workdir, workdir_files.TENSORBOARD)
+    # Where the event files are written; uploaded from there if remote.
+    self._tb_local = (tempfile.mkdtemp(prefix='nin_jax_tensorboard_')
+                      if self._remote else self._tb_dir)
     self._wandb = (_start_wandb(wandb_project, workdir, run_config)
                    if wandb_project else None)
 
-  def _keep_rows_up_to(self, step: int) -> None:
-    if not os.path.exists(self.path):
-      return
-    with open(self.path, 'rb') as f:  # Bytes: a line may be damaged.
-      lines = f.read().splitlines(keepends=True)
+  def _keep_rows_up_to(self, step: int) -> list[bytes]:
+    """Moves rows after `step` aside; returns the rows kept."""
+    if not workdir_files.exists(self.path):
+      return []
+    # Bytes: a line may be damaged.
+    lines = workdir_files.read_bytes(self.path).splitlines(keepends=True)
     kept, superseded = [], []
     for line in lines:
       row = workdir_files.metrics_row(line)
@@ -79,15 +91,17 @@ class MetricWriter:
       else:  # Later, cut short or damaged.
         superseded.append(line if line.endswith(b'\n') else line + b'\n')
     if not superseded:
-      return
+      return kept
     # Kept first, then removed from metrics.jsonl (atomically).
-    with open(os.path.join(os.path.dirname(self.path),
-                           workdir_files.SUPERSEDED_METRICS), 'ab') as f:
-      f.writelines(superseded)
+    workdir_files.append_bytes(
+        workdir_files.path(os.path.dirname(self.path),
+                           workdir_files.SUPERSEDED_METRICS),
+        b''.join(superseded))
     workdir_files.write_atomically(self.path, b''.join(kept))
     logging.info('Moved %d metric rows logged after step %d (which the '
                  'resumed run logs again) to metrics.superseded.jsonl.',
                  len(superseded), step)
+    return kept
 
   def logged(self, step: int, split: str) -> bool:
     return (int(step), split) in self._logged
@@ -101,19 +115,26 @@ class MetricWriter:
     record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
               for k, v in record.items()}
     try:
-      self._jsonl.write(json.dumps(record) + '\n')
-      self._jsonl.flush()
+      line = json.dumps(record) + '\n'
+      if self._remote:
+        self._rows.append(line.encode('utf-8'))
+        workdir_files.write_atomically(self.path, b''.join(self._rows))
+      else:
+        self._jsonl.write(line)
+        self._jsonl.flush()
       self._logged.add((int(step), split))
       if split not in self._tb:
         # TensorBoard's own event writer: no TensorFlow needed.
         self._tb[split] = event_file_writer.EventFileWriter(
-            os.path.join(self._tb_dir, split))
+            os.path.join(self._tb_local, split))
       summary = summary_pb2.Summary(value=[
           summary_pb2.Summary.Value(tag=name, simple_value=float(value))
           for name, value in metrics.items()])
       self._tb[split].add_event(event_pb2.Event(
           wall_time=record['time'], step=int(step), summary=summary))
       self._tb[split].flush()
+      if self._remote:
+        workdir_files.upload_tree(self._tb_local, self._tb_dir)
     except Exception as e:  # pylint: disable=broad-except
       if not _is_storage_error(e):
         raise
@@ -128,7 +149,8 @@ class MetricWriter:
     if not self._enabled:
       return
     try:
-      self._jsonl.close()
+      if self._jsonl is not None:
+        self._jsonl.close()
       for writer in self._tb.values():
         writer.close()
     except Exception as e:  # pylint: disable=broad-except
@@ -137,10 +159,14 @@ class MetricWriter:
       if not self._failed:
         raise self._error(e) from None
     finally:
+      if self._remote:  # Every event was uploaded when it was written.
+        shutil.rmtree(self._tb_local, ignore_errors=True)
       if self._wandb is not None:
         self._wandb.finish()
 
   def _error(self, error: Exception) -> errors.WorkdirError:
+    if isinstance(error, errors.WorkdirError):  # It names file and fix.
+      return error
     reason = getattr(error, 'strerror', None) or error
     return errors.WorkdirError(
         f'Could not write the metrics in {os.path.dirname(self.path)} '
@@ -150,9 +176,11 @@ class MetricWriter:
 
 def _is_storage_error(error: Exception) -> bool:
   """A full or unwritable disk: an OSError, or TensorFlow's file errors
-  (TensorBoard writes through TensorFlow when it is installed)."""
-  return isinstance(error, OSError) or type(error).__name__ in (
-      'ResourceExhaustedError', 'PermissionDeniedError')
+  (TensorBoard writes through TensorFlow when it is installed), or a
+  remote write that workdir_files turned into a WorkdirError."""
+  return isinstance(error, (OSError, errors.WorkdirError)) or (
+      type(error).__name__ in ('ResourceExhaustedError',
+                               'PermissionDeniedError'))
 
 
 def check_wandb(config: Any) -> None:
@@ -169,8 +197,10 @@ def _start_wandb(project: str, workdir: str,
   # One W&B run per workdir, so that a resumed run continues its own. W&B
   # drops rows at steps it has already seen (those a resume logs again).
   run_id = hashlib.sha256(workdir.encode()).hexdigest()[:16]
+  # W&B keeps its files in a local directory: the workdir, unless remote.
   return wandb.init(project=project, id=run_id, resume='allow',
-                    dir=workdir, name=os.path.basename(workdir),
+                    dir=None if workdir_files.is_remote(workdir) else workdir,
+                    name=os.path.basename(workdir),
                     config=dict(run_config or {}))
 
 

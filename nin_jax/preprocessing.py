@@ -18,6 +18,7 @@ apply exactly what training applied.
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import re
@@ -115,7 +116,9 @@ class Preprocessing:
     would call garbage 'pickled data' and a truncated file a BadZipFile.
     """
     try:
-      with np.load(path, allow_pickle=False) as data:
+      source = (io.BytesIO(workdir_files.read_bytes(path))
+                if workdir_files.is_remote(path) else path)
+      with np.load(source, allow_pickle=False) as data:
         settings = json.loads(str(data['settings']))
         loaded = cls(shift=data['shift'], scale=data['scale'],
                      zca=data['zca'] if 'zca' in data else None, **settings)
@@ -281,7 +284,7 @@ def record(preprocessing: Preprocessing, workdir: str) -> None:
 def recorded(workdir: str) -> Preprocessing | None:
   """The transform a run in `workdir` trained with, if there was one."""
   path = workdir_files.path(workdir, workdir_files.PREPROCESSING)
-  return Preprocessing.load(path) if os.path.exists(path) else None
+  return Preprocessing.load(path) if workdir_files.exists(path) else None
 
 
 def check_matches(preprocessing: Preprocessing,

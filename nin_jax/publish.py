@@ -70,7 +70,7 @@ def publish(workdir: str, name: str, step: int | None = None,
     raise errors.ConfigError(
         f'--name={name!r}: a model name is letters, digits and _ . - (it '
         'becomes a directory name), not a path.')
-  workdir = os.path.abspath(workdir)
+  workdir = workdir_files.location(workdir)
   if trained_run.is_published(workdir):
     raise errors.WorkdirError(f'{workdir} is a published model already; copy '
                               'its directory to give it another name.')
@@ -84,9 +84,10 @@ def publish(workdir: str, name: str, step: int | None = None,
   staging = tempfile.mkdtemp(prefix=f'.{name}.publishing-', dir=root)
   try:
     os.chmod(staging, 0o755)  # mkdtemp's 0o700 would stay after the rename.
-    for file_name in COPIED:
-      shutil.copyfile(os.path.join(workdir, file_name),
-                      os.path.join(staging, file_name))
+    for file_name in COPIED:  # The workdir may be remote (gs://).
+      with open(os.path.join(staging, file_name), 'wb') as f:
+        f.write(workdir_files.read_bytes(workdir_files.path(workdir,
+                                                            file_name)))
     variables = jax.tree.map(np.asarray, jax.device_get(run.variables))
     with open(os.path.join(staging, trained_run.VARIABLES_FILE), 'wb') as f:
       f.write(serialization.msgpack_serialize(variables))

@@ -19,6 +19,8 @@ import functools
 import hashlib
 import math
 import os
+import shutil
+import tempfile
 from typing import Any, Callable
 
 from absl import logging
@@ -101,8 +103,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if not workdir:
     raise errors.WorkdirError('--workdir is empty: name the directory for '
                               'this run, e.g. --workdir=/tmp/nin.')
-  workdir_files.check_local(workdir, '--workdir')
-  workdir = os.path.abspath(workdir)
+  workdir = workdir_files.location(workdir)
+  workdir_files.check_reachable(workdir)
   config, changed = _preflight(config, workdir)
   with contextlib.ExitStack() as cleanup:
     # Listening from here, so a signal during start-up is not lost.
@@ -119,7 +121,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                            init_from_now)
     stop.stop_before_training()  # Before the workdir is touched.
     if jax.process_index() == 0:  # One trainer per workdir.
-      cleanup.enter_context(workdir_files.RunLock(workdir))
+      cleanup.enter_context(workdir_files.run_lock(workdir))
     checkpointer = checkpointing.Checkpointer(
         workdir, config.keep_checkpoints, config.keep_best)
     # Checkpointer and metric files are closed even if training fails.
@@ -185,6 +187,9 @@ def _check_workdir_writable(workdir: str) -> None:
   Creates nothing: a run that fails later (e.g. no dataset) leaves no
   empty workdir behind.
   """
+  if workdir_files.is_remote(workdir):
+    _check_remote_workdir_writable(workdir)
+    return
   existing = workdir
   while not os.path.exists(existing):
     existing = os.path.dirname(existing)
@@ -212,6 +217,23 @@ def _check_workdir_writable(workdir: str) -> None:
     raise errors.WorkdirError(
         f'Cannot write to the workdir {workdir}: {reason}. Pick a writable '
         '--workdir (or free some disk space).')
+
+
+def _check_remote_workdir_writable(workdir: str) -> None:
+  """The same for a URL: a probe object written and deleted (an object
+  store has no directories until something is written below them)."""
+  checkpoints = workdir_files.checkpoints_dir(workdir)
+  # Also the first request: a bucket that does not exist, missing
+  # credentials or a missing gcsfs fail here.
+  workdir_files.write_atomically(
+      workdir_files.path(workdir, f'.write_test.{os.getpid()}'), 'ok')
+  workdir_files.remove_file(
+      workdir_files.path(workdir, f'.write_test.{os.getpid()}'))
+  if workdir_files.exists(checkpoints) and not workdir_files.is_dir(
+      checkpoints):
+    raise errors.WorkdirError(
+        f'Cannot write to the workdir {workdir}: {checkpoints} is a file, '
+        'where checkpoints go; move it aside.')
 
 
 # --- 2. Data -----------------------------------------------------------------------
@@ -353,7 +375,7 @@ def _record(config: ml_collections.ConfigDict, workdir: str, data: _Data,
   """config.json, dataset.json and preprocessing.npz (process 0 writes)."""
   if jax.process_index() != 0:
     return
-  os.makedirs(workdir, exist_ok=True)
+  workdir_files.make_dirs(workdir)
   workdir_files.write_config(workdir, config, start_step)
   workdir_files.write_dataset_info(workdir, data.info)
   if not data.prep_is_recorded:
@@ -400,12 +422,14 @@ def _step_runner(run: _Run, start_step: int
 class _StepTrace:
   """config.profile_steps: a jax.profiler trace of that many steps (whole
   dispatches), from the second dispatch on, since the first is mostly
-  compilation. Written where TensorBoard's profile tab looks."""
+  compilation. Written where TensorBoard's profile tab looks (for a remote
+  workdir, into a local folder first, then uploaded)."""
 
   def __init__(self, num_steps: int, directory: str):
     self._left = num_steps
     self._directory = directory
     self._tracing = False
+    self._local = directory
 
   def __enter__(self) -> '_StepTrace':
     return self
@@ -416,7 +440,9 @@ class _StepTrace:
 
   def before(self, first_dispatch: bool) -> None:
     if self._left > 0 and not self._tracing and not first_dispatch:
-      jax.profiler.start_trace(self._directory)
+      if workdir_files.is_remote(self._directory):
+        self._local = tempfile.mkdtemp(prefix='nin_jax_profile_')
+      jax.profiler.start_trace(self._local)
       self._tracing = True
 
   def after(self, num_steps: int, outputs: Any) -> None:
@@ -430,6 +456,9 @@ class _StepTrace:
     jax.profiler.stop_trace()
     self._tracing = False
     self._left = 0
+    if self._local != self._directory:
+      workdir_files.upload_tree(self._local, self._directory)
+      shutil.rmtree(self._local, ignore_errors=True)
     logging.info('Wrote a profile of the training steps to %s (TensorBoard: '
                  'the profile tab).', self._directory)
 

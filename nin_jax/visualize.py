@@ -169,13 +169,14 @@ def main(argv: list[str]) -> None:
     images, labels = pick_examples(run, FLAGS.split, FLAGS.num_images,
                                    FLAGS.data_dir)
     rows = read_metrics(run.workdir)
-    maps_path = os.path.join(out, 'class_maps.png')
-    curves_path = os.path.join(out, 'training_curves.png')
     with cli.writing(out):
-      draw_class_maps(run, images, labels, maps_path, FLAGS.split)
+      draw_class_maps(run, images, labels,
+                      os.path.join(out, 'class_maps.png'), FLAGS.split)
       plots.training_curves(rows, f'{run.info.name}: {run.workdir}',
-                            curves_path)
-  print(f'Wrote {maps_path} and {curves_path}')
+                            os.path.join(out, 'training_curves.png'))
+  shown = cli.output_path(FLAGS.out)
+  print(f'Wrote {os.path.join(shown, "class_maps.png")} and '
+        f'{os.path.join(shown, "training_curves.png")}')
 
 
 if __name__ == '__main__':

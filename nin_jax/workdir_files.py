@@ -15,19 +15,30 @@ The writers and readers of each file sit side by side here, so a format has
 one owner. Also here: writes that a crash cannot leave half done, the data
 root, where TFDS data lives, and the cache root, where nin_jax caches what
 it derives from other data.
+
+A workdir is a local directory or a URL that etils.epath understands
+(gs://bucket/run, s3://...). Every file call below goes through
+etils.epath, so both read and write the same way; where an object store
+differs (no append, no rename of a directory, no lock) the functions here
+do what it allows: files are written whole, directories are copied and then
+deleted, and the run lock is a lease.
 """
 
 import dataclasses
 import fcntl
+import io
 import json
 import os
 import re
+import secrets
 import socket
 import tempfile
+import threading
 import time
 from typing import Any
 
 from absl import logging
+from etils import epath
 import ml_collections
 import numpy as np
 
@@ -49,17 +60,157 @@ def path(workdir: str, name: str) -> str:
   return os.path.join(workdir, name)
 
 
+# --- Local or remote -------------------------------------------------------------
+
+
+def is_remote(name: str) -> bool:
+  """Whether `name` is a URL (gs://, s3://, ...) rather than a local path."""
+  return bool(re.match(r'[A-Za-z][A-Za-z0-9+.-]*://', name or ''))
+
+
+# The URL schemes etils.epath reads and writes (with TensorFlow's gfile or
+# fsspec's gcsfs/s3fs behind it).
+REMOTE_SCHEMES = ('gs', 's3', 'az')
+
+
+def location(name: str, flag: str = '--workdir') -> str:
+  """How a workdir is kept: a local path made absolute (~ expanded), a URL
+  as given less a trailing '/'. A URL of a scheme nin_jax cannot write is
+  a WorkdirError: os.path would make it the local folder './gs:/...'."""
+  if not is_remote(name):
+    return os.path.abspath(os.path.expanduser(name))
+  scheme, rest = name.split('://', 1)
+  if scheme not in REMOTE_SCHEMES or not rest.strip('/'):
+    raise errors.WorkdirError(
+        f'{flag}={name}: nin_jax reads and writes local paths and '
+        f'{", ".join(s + "://" for s in REMOTE_SCHEMES)} URLs with a bucket '
+        'name; mount other storage and pass the mount point.')
+  return name.rstrip('/')
+
+
+def check_reachable(name: str, flag: str = '--workdir') -> None:
+  """For a URL: one request, so that no network, no credentials, a missing
+  bucket or a missing client library is one WorkdirError up front rather
+  than a traceback from deep in a library."""
+  if not is_remote(name):
+    return
+  try:
+    _path(name).exists()
+  except Exception as e:  # pylint: disable=broad-except
+    raise errors.WorkdirError(
+        f'Cannot reach {flag}={name} ({errors.describe(e)}): check the '
+        'network, your credentials (gcloud auth application-default login) '
+        'and the bucket name; for gs:// without TensorFlow, pip install '
+        'gcsfs.') from None
+
+
+def check_local(name: str, flag: str) -> None:
+  """Refuses a URL where nin_jax needs a local directory (a cache)."""
+  if is_remote(name):
+    raise errors.WorkdirError(
+        f'{flag}={name}: this must be a local directory (nin_jax memory-maps '
+        'what it keeps there); pass a local path.')
+
+
+def _path(name: str) -> epath.Path:
+  return epath.Path(name)
+
+
+def exists(name: str) -> bool:
+  return _path(name).exists()
+
+
+def is_dir(name: str) -> bool:
+  return _path(name).is_dir()
+
+
+def list_dir(name: str) -> list[str]:
+  """The names in directory `name` ([] if there is none)."""
+  if not is_dir(name):
+    return []
+  return sorted(child.name for child in _path(name).iterdir())
+
+
+def make_dirs(name: str) -> None:
+  _path(name).mkdir(parents=True, exist_ok=True)
+
+
+def read_bytes(name: str) -> bytes:
+  return _path(name).read_bytes()
+
+
+def append_bytes(file: str, data: bytes) -> None:
+  """Adds `data` at the end of `file` (an object store cannot append: the
+  object is read and written whole)."""
+  if is_remote(file):
+    write_atomically(file, (read_bytes(file) if exists(file) else b'') + data)
+    return
+  try:
+    with open(file, 'ab') as f:
+      f.write(data)
+  except OSError as e:
+    raise _write_error(file, e) from None
+
+
+def remove_file(name: str) -> None:
+  """Deletes file `name`; no error if it is gone."""
+  _path(name).unlink(missing_ok=True)
+
+
+def remove_tree(name: str) -> None:
+  """Deletes directory `name` and all it holds; no error if it is gone."""
+  target = _path(name)
+  if target.exists():
+    target.rmtree()
+
+
+def move_tree(source: str, target: str) -> None:
+  """Moves directory `source` to `target`: renamed on a disk; on an object
+  store, which has no directories to rename, copied file by file first and
+  only then deleted, so a failure in between loses nothing."""
+  if not is_remote(source):
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    os.replace(source, target)
+    return
+  source_path = _path(source)
+  for directory, _, files in source_path.walk():
+    relative = os.path.relpath(os.fspath(directory), os.fspath(source_path))
+    for name in files:
+      copied = _path(target) / relative / name
+      copied.parent.mkdir(parents=True, exist_ok=True)
+      (directory / name).copy(copied, overwrite=True)
+  source_path.rmtree()
+
+
+def upload_tree(local: str, target: str) -> None:
+  """Copies every file under the local directory `local` into `target`."""
+  for directory, _, files in os.walk(local):
+    relative = os.path.relpath(directory, local)
+    for name in files:
+      copied = _path(target) / relative / name
+      copied.parent.mkdir(parents=True, exist_ok=True)
+      with open(os.path.join(directory, name), 'rb') as f:
+        copied.write_bytes(f.read())
+
+
 # --- Writes a crash cannot leave half done --------------------------------------
 
 
 def write_atomically(file: str, data: str | bytes | bytearray) -> None:
   """Replaces `file` with `data`, so that a crash leaves the old or the new
-  file, never part of one (written beside it, then renamed over it)."""
+  file, never part of one (written beside it, then renamed over it; an
+  object store does that itself: an object appears when it is whole)."""
   binary = not isinstance(data, str)
+  encoded = bytes(data) if binary else data.encode('utf-8')
+  if is_remote(file):
+    try:
+      _path(file).write_bytes(encoded)
+    except Exception as e:  # pylint: disable=broad-except
+      raise _write_error(file, e) from None
+    return
   try:
-    with open(file + '.tmp', 'wb' if binary else 'w',
-              encoding=None if binary else 'utf-8') as f:
-      f.write(data)
+    with open(file + '.tmp', 'wb') as f:
+      f.write(encoded)
     os.replace(file + '.tmp', file)
   except OSError as e:  # A full disk, most often: leave nothing half done.
     if os.path.exists(file + '.tmp'):
@@ -70,6 +221,11 @@ def write_atomically(file: str, data: str | bytes | bytearray) -> None:
 def write_npz_atomically(file: str, **arrays: np.ndarray) -> None:
   """np.savez to `file` through a uniquely named file beside it, so that
   concurrent writers (the processes of one run) and readers never clash."""
+  if is_remote(file):
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_atomically(file, buffer.getvalue())
+    return
   directory = os.path.dirname(file)
   os.makedirs(directory, exist_ok=True)
   handle, temporary = tempfile.mkstemp(dir=directory, suffix='.npz.tmp')
@@ -85,30 +241,16 @@ def write_npz_atomically(file: str, **arrays: np.ndarray) -> None:
     raise
 
 
-def _write_error(file: str, error: OSError) -> errors.WorkdirError:
+def _write_error(file: str, error: Exception) -> errors.WorkdirError:
+  if is_remote(file):
+    return errors.WorkdirError(
+        f'Could not write {file} ({errors.describe(error)}): check the '
+        'bucket\'s permissions and your credentials, then run the same '
+        'command again.')
   return errors.WorkdirError(
-      f'Could not write {file} ({error.strerror or error}): free some disk '
-      'space or fix the permissions, then run the same command again.')
-
-
-def is_remote(name: str) -> bool:
-  """Whether `name` is a URL (gs://, s3://, ...) rather than a local path."""
-  return bool(re.match(r'[A-Za-z][A-Za-z0-9+.-]*://', name or ''))
-
-
-def check_local(name: str, flag: str) -> None:
-  """Refuses a remote path where nin_jax writes with local file calls.
-
-  os.path would make `gs://b/run` the local folder `./gs:/b/run`, silently:
-  a pod's hosts would then not share the run.
-  """
-  if is_remote(name):
-    raise errors.WorkdirError(
-        f'{flag}={name}: nin_jax reads and writes this with local file '
-        'calls, and a URL would become a local folder. Mount the bucket '
-        '(gcsfuse, with --implicit-dirs and --rename-dir-limit for Orbax\'s '
-        'renames) and pass the mount point, or use a local directory and '
-        'copy it (gcloud storage rsync -r).')
+      f'Could not write {file} ({getattr(error, "strerror", None) or error}): '
+      'free some disk space or fix the permissions, then run the same '
+      'command again.')
 
 
 def data_root(config: ml_collections.ConfigDict) -> str:
@@ -151,13 +293,11 @@ def write_config(workdir: str, config: ml_collections.ConfigDict,
   """Writes config.json; a different earlier config is kept, not overwritten."""
   file = path(workdir, CONFIG)
   text = config.to_json_best_effort(indent=2, sort_keys=True)
-  if os.path.exists(file):
-    with open(file, 'rb') as f:  # Bytes: it may be damaged.
-      previous = f.read()
-    if previous == text.encode('utf-8'):
+  if exists(file):
+    if read_bytes(file) == text.encode('utf-8'):  # Bytes: it may be damaged.
       return
     kept = path(workdir, f'config.before_step{resumed_step}.json')
-    os.replace(file, kept)
+    _path(file).replace(kept)
     logging.info('The earlier %s differs from this run\'s config: kept it as '
                  '%s.', CONFIG, kept)
   write_atomically(file, text)
@@ -172,8 +312,7 @@ def read_config(workdir: str, if_damaged: str | None = None
   user should do; the commands that load a run pass DAMAGED_CONFIG), it is
   a WorkdirError that names the file and ends with that instead.
   """
-  file = path(workdir, CONFIG)
-  if not os.path.exists(file):
+  if not exists(path(workdir, CONFIG)):
     return None
   try:
     return read_json(workdir, CONFIG, '', if_damaged or DAMAGED_CONFIG)
@@ -223,11 +362,10 @@ def read_json(directory: str, name: str, if_missing: str,
   half-written file) is a WorkdirError that ends with `if_damaged`.
   """
   file = path(directory, name)
-  if not os.path.exists(file):
+  if not exists(file):
     raise errors.WorkdirError(f'{directory} has no {name}; {if_missing}')
   try:
-    with open(file, 'rb') as f:
-      parsed = json.loads(f.read().decode('utf-8'))
+    parsed = json.loads(read_bytes(file).decode('utf-8'))
   except (UnicodeDecodeError, json.JSONDecodeError) as e:
     raise errors.WorkdirError(
         f'{name} in {directory} is not valid JSON ({errors.describe(e)}): '
@@ -269,10 +407,9 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
   and one warning line counts what was skipped.
   """
   file = path(workdir, METRICS)
-  if not os.path.exists(file):
+  if not exists(file):
     return []
-  with open(file, 'rb') as f:
-    lines = f.read().split(b'\n')
+  lines = read_bytes(file).split(b'\n')
   # After the last '\n': empty, or a line cut short (or being written).
   lines, cut = lines[:-1], lines[-1]
   rows, damaged = [], 0
@@ -298,12 +435,36 @@ def checkpoints_dir(workdir: str) -> str:
   return path(workdir, CHECKPOINTS)
 
 
+# Orbax's mark of a finished save on gs:// (where it renames nothing).
+COMMIT_SUCCESS = 'commit_success.txt'
+
+
 def has_checkpoint(workdir: str) -> bool:
   """Whether `workdir` holds a finished save: a directory named by its step
-  (what Orbax renames a save to when it is complete); nothing is read."""
+  (what Orbax renames a save to when it is complete; on gs://, one that
+  holds Orbax's commit_success.txt); no array is read."""
   directory = checkpoints_dir(workdir)
-  return os.path.isdir(directory) and any(
-      name.isdigit() for name in os.listdir(directory))
+  finished = [name for name in list_dir(directory) if name.isdigit()]
+  if directory.startswith('gs://'):
+    return any(exists(path(path(directory, name), COMMIT_SUCCESS))
+               for name in finished)
+  return bool(finished)
+
+
+def run_lock(workdir: str) -> 'RunLock | LeaseLock':
+  """The lock that keeps a second trainer out of `workdir`."""
+  return LeaseLock(workdir) if is_remote(workdir) else RunLock(workdir)
+
+
+def _holder() -> str:
+  return (f'pid {os.getpid()} on {socket.gethostname()}, since '
+          f'{time.strftime("%Y-%m-%d %H:%M:%S")}')
+
+
+def _held_elsewhere(workdir: str, holder: str) -> errors.WorkdirError:
+  return errors.WorkdirError(
+      f'Another trainer is running in {workdir} ({holder or "holder unknown"})'
+      ': wait for it or stop it, or pick another --workdir.')
 
 
 class RunLock:
@@ -327,13 +488,9 @@ class RunLock:
     except OSError:
       holder = os.read(fd, 200).decode('utf-8', 'replace').strip()
       os.close(fd)
-      raise errors.WorkdirError(
-          f'Another trainer is running in {os.path.dirname(self._file)} '
-          f'({holder or "holder unknown"}): wait for it or stop it, or pick '
-          'another --workdir.') from None
+      raise _held_elsewhere(os.path.dirname(self._file), holder) from None
     os.ftruncate(fd, 0)
-    os.write(fd, f'pid {os.getpid()} on {socket.gethostname()}, since '
-                 f'{time.strftime("%Y-%m-%d %H:%M:%S")}'.encode())
+    os.write(fd, _holder().encode())
     self._fd = fd
     return self
 
@@ -343,3 +500,84 @@ class RunLock:
       os.close(self._fd)
       self._fd = None
 
+
+
+class LeaseLock:
+  """RunLock for an object store, which has no flock: a lease.
+
+  <workdir>/.lock holds the holder, a random token and the time of its
+  last renewal; a thread renews it every RENEW_SECONDS. A lock renewed
+  within EXPIRES_SECONDS keeps a second trainer out; an older one was left
+  by a process that died (on any host) and is taken over. Two trainers
+  started within a second of each other both write the lock: each reads it
+  back after SETTLE_SECONDS and only the one whose token it holds goes on.
+  The clocks of the hosts that share a workdir must agree to well within
+  EXPIRES_SECONDS (NTP does).
+  """
+
+  RENEW_SECONDS = 30.0
+  EXPIRES_SECONDS = 120.0
+  SETTLE_SECONDS = 2.0
+
+  def __init__(self, workdir: str):
+    self._workdir = workdir
+    self._file = path(workdir, LOCK)
+    self._token = secrets.token_hex(8)
+    self._stop = threading.Event()
+    self._renewer = None
+
+  def _read(self) -> dict[str, Any] | None:
+    try:
+      lease = json.loads(read_bytes(self._file).decode('utf-8'))
+    except FileNotFoundError:
+      return None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+      return {}  # Damaged: treated as expired.
+    return lease if isinstance(lease, dict) else {}
+
+  def _write(self, holder: str) -> None:
+    write_atomically(self._file, json.dumps(
+        {'holder': holder, 'token': self._token, 'renewed': time.time()}))
+
+  def __enter__(self) -> 'LeaseLock':
+    lease = self._read()
+    if lease and time.time() - float(lease.get('renewed', 0)) < (
+        self.EXPIRES_SECONDS):
+      raise _held_elsewhere(self._workdir, str(lease.get('holder', '')))
+    if lease is not None:
+      logging.info('Took over the lock %s, last renewed %.0f s ago by %s (it '
+                   'stopped without releasing it).', self._file,
+                   time.time() - float(lease.get('renewed', 0)),
+                   lease.get('holder', 'an unknown holder'))
+    self._holder = _holder()
+    self._write(self._holder)
+    time.sleep(self.SETTLE_SECONDS)
+    lease = self._read() or {}
+    if lease.get('token') != self._token:
+      raise _held_elsewhere(self._workdir, str(lease.get('holder', '')))
+    self._renewer = threading.Thread(target=self._renew, daemon=True,
+                                     name='nin_jax-lease')
+    self._renewer.start()
+    return self
+
+  def _renew(self) -> None:
+    while not self._stop.wait(self.RENEW_SECONDS):
+      try:
+        self._write(self._holder)
+      except errors.WorkdirError as e:  # The next renewal may work.
+        logging.warning('Could not renew the lock: %s', e)
+
+  def __exit__(self, *exc) -> None:
+    if self._renewer is None:
+      return
+    self._stop.set()
+    self._renewer.join()
+    self._renewer = None
+    try:
+      if (self._read() or {}).get('token') == self._token:
+        _path(self._file).unlink()
+    except Exception as e:  # pylint: disable=broad-except
+      # It expires by itself.
+      logging.warning('Could not release the lock %s (%s); it expires in '
+                      '%.0f s.', self._file, errors.describe(e),
+                      self.EXPIRES_SECONDS)

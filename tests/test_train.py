@@ -278,11 +278,24 @@ def test_one_trainer_per_workdir_and_other_bad_workdirs(tiny_config, tmp_path):
                                           'metrics.jsonl']
 
 
-def test_a_url_workdir_is_refused_not_made_a_local_folder(
+def test_a_url_workdir_never_becomes_a_local_folder(
     tiny_config, tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
-  with pytest.raises(errors.WorkdirError, match='gs://bucket/run: .*gcsfuse'):
+  # A scheme nin_jax cannot write is refused; gs:// that cannot be reached
+  # (no network here) is one error too.
+  with pytest.raises(errors.WorkdirError, match='hdfs://nn/run: .*mount'):
+    train.train_and_evaluate(tiny_config, 'hdfs://nn/run')
+  class Unreachable:
+    def __init__(self, name):
+      del name
+    def exists(self):
+      raise OSError('Could not resolve host')
+  monkeypatch.setattr(workdir_files, '_path', Unreachable)
+  with pytest.raises(errors.WorkdirError,
+                     match=r'Cannot reach --workdir=gs://bucket/run \(OSError'):
     train.train_and_evaluate(tiny_config, 'gs://bucket/run')
+  monkeypatch.undo()
+  monkeypatch.chdir(tmp_path)
   tiny_config.cache_dir = 's3://bucket/cache'
   with pytest.raises(errors.WorkdirError, match='config.cache_dir'):
     train.train_and_evaluate(tiny_config, str(tmp_path / 'run'))
