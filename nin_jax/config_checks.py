@@ -111,8 +111,10 @@ def _type_name(value: Any) -> str:
 
 
 def _same_type(value: Any, reference: Any) -> bool:
-  if reference is None or value is None:
-    return True  # Placeholders (e.g. data_dir) may be None.
+  if reference is None:
+    return True  # Placeholders (e.g. data_dir): None or a value.
+  if value is None:
+    return False  # A number set to None would fail in the range checks.
   if isinstance(reference, bool) or isinstance(value, bool):
     return isinstance(value, bool) and isinstance(reference, bool)
   if isinstance(reference, float):
@@ -140,13 +142,42 @@ def validate(config: ml_collections.ConfigDict) -> None:
   their input. Runs after JAX (and jax.distributed) has started: batch
   sizes and data shards are checked against the devices and processes.
   """
+  check_fields(config)
+  # What depends on this machine too, so not for a saved run's config
+  # (check_fields), which may be read where it was not trained.
+  parallel.check_batch_size('batch_size', config.batch_size)
+  parallel.check_batch_size('eval_batch_size', config.eval_batch_size)
+  metric_writers.check_wandb(config)
+  if config.get('cache_dir'):
+    workdir_files.check_local(config.cache_dir, '--config.cache_dir')
+
+
+def check_fields(config: ml_collections.ConfigDict) -> None:
+  """validate's checks of the config alone, as the factories need them.
+
+  trained_run.load runs these on a saved config.json: its machine (devices,
+  installed packages) may differ from the one the run was trained on.
+  """
   reference = _flatten(default.get_config())
   values = _flatten(config)
+  groups = {name.rsplit('.', 1)[0] for name in reference if '.' in name}
+  replaced = sorted(groups & set(values))  # E.g. "model": "abc".
+  if replaced:
+    name = replaced[0]
+    raise errors.ConfigError(
+        f'config.{name}={values[name]!r} is a {_type_name(values[name])}; it '
+        f'must be a group of fields (config.{name}.*) like the default.')
   unknown = sorted(set(values) - set(reference))
   if unknown:
     raise errors.ConfigError(
         f'Unknown config field(s) {", ".join(unknown)}: not in '
         'nin_jax/configs/default.py, which lists every field with a comment.')
+  missing = sorted(set(reference) - set(values))
+  if missing:
+    raise errors.ConfigError(
+        f'The config has no field(s) {", ".join(missing)}: build it from '
+        'nin_jax/configs/default.py\'s get_config(), as the bundled configs '
+        'do, and change what differs.')
   for name, value in values.items():
     if not _same_type(value, reference[name]):
       raise errors.ConfigError(
@@ -167,14 +198,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.num_train_steps <= 0 and config.num_epochs <= 0:
     raise errors.ConfigError('Set config.num_epochs or config.num_train_steps '
                              'to a positive value.')
-  parallel.check_batch_size('batch_size', config.batch_size)
-  parallel.check_batch_size('eval_batch_size', config.eval_batch_size)
   input_pipeline.check_config(config)
   models.check_config(config, _image_side(config))
   optimizer.check_config(config)
-  metric_writers.check_wandb(config)
-  if config.get('cache_dir'):
-    workdir_files.check_local(config.cache_dir, '--config.cache_dir')
 
 
 def _with_defaults(saved: dict[str, Any], defaults: dict[str, Any]

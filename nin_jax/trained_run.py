@@ -262,7 +262,7 @@ def load(workdir: str, step: int | None = None) -> TrainedRun:
     raise errors.WorkdirError(
         f'{workdir} is not a training workdir (it has no config.json): pass '
         'the --workdir of a run of python -m nin_jax.main.')
-  config = ml_collections.ConfigDict(saved)
+  config = _checked_config(saved, workdir, config_fix)
   info = _dataset_info(workdir, file_fix)
   try:
     prep = preprocessing.recorded(workdir)
@@ -275,10 +275,65 @@ def load(workdir: str, step: int | None = None) -> TrainedRun:
         f'{workdir} has no {workdir_files.PREPROCESSING}: the run did not get '
         'far enough to record its preprocessing.')
   step, variables = read_variables(workdir, step)
+  model = models.create_model(config)
+  _check_fits(model, variables, info.image_shape,
+              f'{workdir_files.CONFIG} in {workdir}',
+              VARIABLES_FILE if published else f'its checkpoint of step {step}',
+              config_fix)
   return TrainedRun(workdir=workdir, step=step, config=config, info=info,
-                    prep=prep, model=models.create_model(config),
+                    prep=prep, model=model,
                     variables=jax.tree.map(jnp.asarray, variables),
                     published=published)
+
+
+def _checked_config(saved: dict[str, Any], workdir: str, if_damaged: str
+                    ) -> ml_collections.ConfigDict:
+  """config.json as a ConfigDict that passes config_checks.check_fields: a
+  field of the wrong type or value would otherwise fail deep inside the
+  model's creation, with a traceback."""
+  try:
+    config = ml_collections.ConfigDict(saved)  # Refuses dotted keys.
+    config_checks.check_fields(config)
+  except ValueError as e:  # errors.ConfigError among them.
+    raise errors.WorkdirError(
+        f'{workdir_files.CONFIG} in {workdir} is not a config this nin_jax '
+        f'can use ({e}): {if_damaged}') from None
+  return config
+
+
+def _check_fits(model: models.NiN, variables: dict[str, Any],
+                image_shape: tuple[int, ...], config_file: str, weights: str,
+                if_damaged: str) -> None:
+  """Refuses weights whose shapes are not those of the model the config
+  describes: a config.json edited by hand (another width; a field deleted,
+  which then takes its default) fails here, not inside Flax."""
+  try:
+    wanted = jax.eval_shape(
+        functools.partial(model.init, train=False),
+        {'params': jax.random.key(0)},
+        jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
+  except Exception as e:  # pylint: disable=broad-except
+    # Flax and XLA raise many kinds for a layout these images cannot take.
+    raise errors.WorkdirError(
+        f'{config_file} describes a model that cannot take '
+        f'{"x".join(map(str, image_shape))} images ({errors.describe(e)}): '
+        f'{if_damaged}') from None
+  wanted = {path: tuple(a.shape) for path, a in
+            traverse_util.flatten_dict(wanted, sep='/').items()}
+  saved = {path: np.shape(a) for path, a in
+           traverse_util.flatten_dict(variables, sep='/').items()}
+  for path in sorted(wanted.keys() | saved.keys()):  # The first difference.
+    if path not in saved:
+      detail = f'{path} {wanted[path]}: described, not saved'
+    elif path not in wanted:
+      detail = f'{path} {saved[path]}: saved, not described'
+    elif saved[path] != wanted[path]:
+      detail = f'{path}: saved {saved[path]}, described {wanted[path]}'
+    else:
+      continue
+    raise errors.WorkdirError(
+        f'{config_file} does not describe the model of {weights} ({detail}): '
+        f'{if_damaged}')
 
 
 # --- Starting a new run from trained parameters (config.init_from) --------

@@ -140,6 +140,22 @@ def test_batch_sizes_and_data_shards_are_checked_against_the_hardware(
     config_checks.validate(tiny_config)
 
 
+def test_a_config_without_a_field_or_with_none_is_one_error(tiny_config):
+  """A config file that deletes a field, or sets a number to None, failed
+  with a KeyError or TypeError inside validate."""
+  config = tiny_config.copy_and_resolve_references()
+  del config['seed']
+  with pytest.raises(errors.ConfigError, match=re.escape(
+      'The config has no field(s) seed: build it from')):
+    config_checks.validate(config)
+  tiny_config.learning_rate = None
+  with pytest.raises(errors.ConfigError, match=re.escape(
+      'config.learning_rate=None is a NoneType; it must be a float')):
+    config_checks.validate(tiny_config)
+  tiny_config.learning_rate, tiny_config.data_dir = 0.1, None
+  config_checks.validate(tiny_config)  # A placeholder may be None.
+
+
 def test_config_file_with_a_wrong_type(tmp_path, monkeypatch, capsys):
   bad = tmp_path / 'bad_config.py'
   bad.write_text('import ml_collections\n'

@@ -181,6 +181,72 @@ def test_a_damaged_file_is_one_line_from_the_command(workdir, tmp_path, capsys):
   assert not (tmp_path / 'out').exists()
 
 
+def _edit_config(workdir, edit):
+  file = os.path.join(workdir, 'config.json')
+  with open(file, encoding='utf-8') as f:
+    config = json.load(f)
+  edit(config)
+  with open(file, 'w', encoding='utf-8') as f:
+    json.dump(config, f)
+
+
+def _delete(group, name):
+  return lambda config: config[group].pop(name)
+
+
+def _assign(value, *keys):
+  def edit(config):
+    for key in keys[:-1]:
+      config = config[key]
+    config[keys[-1]] = value
+  return edit
+
+
+# Valid JSON, but not a config the model can be built from (each failed
+# inside models.create_model or Flax with a traceback before), or one that
+# builds another model than the checkpoint's.
+@pytest.mark.parametrize('edit, expected', [
+    (_assign('abc', 'model', 'block_features'),
+     "config.model.block_features='abc' is a str"),
+    (_assign('10', 'num_classes'), "config.num_classes='10' is a str"),
+    (_assign(None, 'learning_rate'), 'config.learning_rate=None is a NoneType'),
+    (_assign('x', 'model'), "config.model='x' is a str; it must be a group"),
+    (_assign(1, 'no_such_field'), 'Unknown config field(s) no_such_field'),
+    (_assign(1, 'model.widths'), 'does not accept dots'),
+    (_assign(['max'], 'model', 'pools'), 'config.model.pools needs 2 entries'),
+    (_assign([[8, 6, 4], [8, 8, 8], [8, 9]], 'model', 'block_features'),
+     'the model of its checkpoint of step 4 (params/mlpconv3/mlp1/bias: '
+     'saved (8,), described (9,))'),
+    # A deleted field takes its default (as one added after the run was
+    # saved does): here the paper's widths, not the checkpoint's.
+    (_delete('model', 'block_features'), 'saved (8,), described (192,)'),
+    (_assign(True, 'model', 'use_batchnorm'), 'described, not saved'),
+], ids=['widths-str', 'classes-str', 'none', 'group-str', 'unknown', 'dotted',
+        'pools', 'other-width', 'deleted', 'batchnorm'])
+def test_a_config_json_of_wrong_fields_is_one_error_naming_the_fix(
+    workdir, edit, expected):
+  _edit_config(workdir, edit)
+  with pytest.raises(errors.WorkdirError) as raised:
+    trained_run.load(workdir)
+  message = str(raised.value)
+  assert message.startswith(f'config.json in {workdir} ') and '\n' not in message
+  assert expected in message
+  assert message.endswith(workdir_files.DAMAGED_CONFIG)
+
+
+@pytest.mark.parametrize('command', [evaluate, predict, visualize, export])
+def test_a_config_json_of_wrong_types_is_one_line_from_each_command(
+    command, workdir, tmp_path, capsys):
+  _edit_config(workdir, _assign('abc', 'model', 'block_features'))
+  before = _listing(workdir)
+  out = str(tmp_path / 'out')
+  args = {evaluate: [f'--out={out}'], predict: ['x.png'],
+          visualize: [f'--out={out}'], export: [f'--out={out}']}[command]
+  assert _run(command, f'--workdir={workdir}', *args) == 2
+  assert 'config.json in' in _one_error_line(capsys)
+  assert _listing(workdir) == before and not os.path.exists(out)
+
+
 def test_a_damaged_preprocessing_cache_is_refitted(tmp_path):
   path = str(tmp_path / 'cached.npz')
   with open(path, 'wb') as f:
