@@ -23,9 +23,10 @@ import functools
 import hashlib
 import itertools
 import os
+import re
 import socket
 import urllib.parse
-from typing import Iterator
+from typing import Any, Iterator
 
 from absl import logging
 import jax
@@ -397,6 +398,38 @@ class Dataset:
           f'TFDS cannot tell the size of split {part!r} of {self.name!r}.')
     return n
 
+  def stored_split(self, split: str) -> str:
+    """The stored split (e.g. 'train+extra') that logical `split` is in."""
+    return self._ranges[split][0]
+
+  def numpy(self, ds, split: str) -> Iterator[Any]:
+    """ds.as_numpy_iterator() of data read from stored split `split`; a
+    damaged file of a TFDS dataset is one DatasetUnavailableError."""
+    if self.in_memory:
+      yield from ds.as_numpy_iterator()
+      return
+    tf = tensorflow(f'TFDS dataset {self.name!r}')
+    try:
+      yield from ds.as_numpy_iterator()
+    except tuple(getattr(tf.errors, name) for name in _DAMAGED) as e:
+      raise self._damaged(split, e) from None
+
+  def _damaged(self, split: str, error: Exception
+               ) -> errors.DatasetUnavailableError:
+    """TensorFlow's error for an unreadable TFDS file as one line: which
+    prepared dataset, and how to prepare it again."""
+    where = os.fspath(self._builder.data_dir)
+    root = os.fspath(self._builder.data_dir_root)
+    # TensorFlow wraps the reason in the names of its function and op.
+    reason = ' '.join(re.sub(r'\{\{.*?\}\}|\[Op:.*', '',
+                             getattr(error, 'message', str(error))).split())
+    return errors.DatasetUnavailableError(
+        f'TFDS dataset {self.name!r} in {where} is damaged: its {split!r} '
+        f'split cannot be read ({type(error).__name__}: {reason}). Delete '
+        f'{where} and run the same command again: TFDS then prepares the '
+        'dataset anew (downloading it, or from the files in '
+        f'{os.path.join(root, "downloads", "manual")}).')
+
   def num_examples(self, split: str) -> int:
     """Size of a logical split (known without reading it)."""
     _, start, stop = self._ranges[split]
@@ -412,7 +445,7 @@ class Dataset:
         images, labels = self._read_arrays(name, lo, hi)
         examples = [{'image': i, 'label': l} for i, l in zip(images, labels)]
       else:
-        examples = self._read(name, lo, hi).as_numpy_iterator()
+        examples = self.numpy(self._read(name, lo, hi), name)
       for example in examples:
         digest.update(example['image'].tobytes())
         digest.update(np.int64(example['label']).tobytes())
@@ -460,7 +493,7 @@ class Dataset:
       empty = not len(labels)
     else:
       ds = self._load(split, 0, 1, False).take(count).batch(count)
-      batch = next(ds.as_numpy_iterator(), None)
+      batch = next(self.numpy(ds, self.stored_split(split)), None)
       empty = batch is None
     if empty:
       raise errors.ConfigError(f'The {split} split of {self.name} is empty.')
@@ -492,6 +525,13 @@ class Dataset:
         split='+'.join(pieces), shuffle_files=False,
         read_config=tfds.ReadConfig(interleave_cycle_length=1))
     return ds.map(lambda x: {'image': x['image'], 'label': x['label']})
+
+
+# What TensorFlow raises (tf.errors.*) for a TFDS file that is garbled, cut
+# short (TFDS then counts fewer examples than it recorded), gone or
+# unreadable.
+_DAMAGED = ('DataLossError', 'FailedPreconditionError', 'NotFoundError',
+            'PermissionDeniedError')
 
 
 def _split_parts(names: set[str]) -> set[str]:
@@ -528,8 +568,8 @@ def fit_preprocessing(dataset: Dataset, info: DatasetInfo,
     images = dataset.arrays(TRAIN)[0]
     batches = (images[i:i + 1024] for i in range(0, len(images), 1024))
   else:
-    batches = (b['image'] for b in
-               dataset.source(TRAIN).batch(1024).as_numpy_iterator())
+    batches = (b['image'] for b in dataset.numpy(
+        dataset.source(TRAIN).batch(1024), dataset.stored_split(TRAIN)))
   # Only TFDS data is streamed, so in-memory data (digits, folders) is not
   # TFDS's: its fit goes to nin_jax's cache root, not TFDS's data_dir.
   return preprocessing.fit_cached(config, dataset.fingerprint(TRAIN), batches,
@@ -661,7 +701,8 @@ def train_batches(dataset: Dataset, info: DatasetInfo,
     ds = tf.data.Dataset.zip(tuple(shard_epoch(j, epoch) for j in own))
     ds = ds.map(lambda *parts: {k: tf.concat([p[k] for p in parts], 0)
                                 for k in parts[0]})
-    yield from ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+    yield from dataset.numpy(ds.prefetch(tf.data.AUTOTUNE),
+                             dataset.stored_split(TRAIN))
 
 
 def _raw_eval_batches(dataset: Dataset, split: str, local_batch_size: int,
@@ -684,7 +725,7 @@ def _raw_eval_batches(dataset: Dataset, split: str, local_batch_size: int,
                  'label': tf.cast(x['label'], tf.int32),
                  'mask': tf.ones_like(x['label'], tf.float32)},
       num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-  yield from ds.as_numpy_iterator()
+  yield from dataset.numpy(ds, dataset.stored_split(split))
 
 
 def eval_batches(dataset: Dataset, info: DatasetInfo,

@@ -286,6 +286,110 @@ def test_damaged_metrics_rows_are_skipped_and_counted(workdir, tmp_path,
     visualize.read_metrics(workdir)
 
 
+# --- TFDS data --------------------------------------------------------------
+
+_PROBE = 'nin_jax_damage_probe'
+
+
+@pytest.fixture(scope='module')
+def prepared_tfds(tmp_path_factory):
+  """A small TFDS dataset prepared on disk (tfds.testing.mock_data writes no
+  files to damage): 8x8 grey images as the digits', 48 + 24 of them, in 4
+  files per split, so that a damaged middle file is found only by the reads
+  of the whole split (not by the fingerprint's of its first and last 8)."""
+  tfds = pytest.importorskip('tensorflow_datasets')
+
+  class NinJaxDamageProbe(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version('1.0.0')
+
+    def _info(self):
+      features = tfds.features.FeaturesDict({
+          'image': tfds.features.Image(shape=(8, 8, 1)),
+          'label': tfds.features.ClassLabel(num_classes=10)})
+      return tfds.core.DatasetInfo(builder=self, features=features)
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {'train': self._generate_examples(48),
+              'test': self._generate_examples(24)}
+
+    def _generate_examples(self, count):
+      for i in range(count):
+        yield i, {'image': np.full((8, 8, 1), 10 * (i % 10), np.uint8),
+                  'label': i % 10}
+
+  root = str(tmp_path_factory.mktemp('tfds'))
+  NinJaxDamageProbe(data_dir=root).download_and_prepare(
+      download_config=tfds.download.DownloadConfig(num_shards=4))
+  return root
+
+
+def _damaged_tfds(prepared_tfds, tmp_path, split, how):
+  """A copy of the prepared dataset with the second file of `split` garbled,
+  cut or emptied."""
+  root = str(tmp_path / 'tfds')
+  shutil.copytree(prepared_tfds, root)
+  version = os.path.join(root, _PROBE, '1.0.0')
+  file = os.path.join(version, f'{_PROBE}-{split}.tfrecord-00001-of-00004')
+  with open(file, 'r+b') as f:
+    # A record: its length (8 bytes), their CRC (4), the data, its CRC (4).
+    second = 16 + int.from_bytes(f.read(8), 'little')
+    if how == 'garbled':
+      f.seek(second + 20)
+      f.write(b'\xff' * 8)
+    else:  # Within the second record, or before the first.
+      f.truncate(second + 20 if how == 'cut' else 0)
+  return root, version
+
+
+@pytest.mark.parametrize('how, reason', [
+    ('garbled', 'DataLossError: corrupted record at'),
+    ('cut', 'DataLossError: truncated record at'),
+    # TFDS counts the examples against its record of the split.
+    ('emptied', 'FailedPreconditionError: Input dataset was expected to '
+     'contain 24 elements but contained only 18 elements.')])
+def test_a_damaged_tfds_file_is_one_line_from_evaluate(
+    workdir, prepared_tfds, tmp_path, capsys, how, reason):
+  root, version = _damaged_tfds(prepared_tfds, tmp_path, 'test', how)
+  # The digits run, pointed at the probe (the same 8x8 grey images).
+  _edit_config(workdir, _assign(_PROBE, 'dataset'))
+  before = _listing(workdir)
+  out = tmp_path / 'out'
+  assert _run(evaluate, f'--workdir={workdir}', f'--data_dir={root}',
+              f'--out={out}') == 2
+  line = _one_error_line(capsys)
+  assert f"TFDS dataset '{_PROBE}' in {version} is damaged: its 'test' split " \
+      'cannot be read' in line and reason in line
+  assert f'Delete {version} and run the same command again' in line
+  assert _listing(workdir) == before and not out.exists()
+
+
+@pytest.mark.parametrize('input_pipeline_, preprocessing_', [
+    ('device', 'standardize'),  # Found while fitting the preprocessing.
+    ('device', 'none'),  # While reading the split onto the devices.
+    ('streaming', 'none')])  # In the first training batches.
+def test_a_damaged_tfds_file_stops_the_trainer_with_one_line(
+    prepared_tfds, tmp_path, monkeypatch, capsys, input_pipeline_,
+    preprocessing_):
+  """Found before the workdir is written only by the preprocessing's fit,
+  which reads the whole split; the training batches are read once the
+  run's files are recorded, and then no checkpoint is saved."""
+  root, version = _damaged_tfds(prepared_tfds, tmp_path, 'train', 'garbled')
+  workdir = tmp_path / 'run'
+  assert main_runner.run_main(
+      monkeypatch, workdir, f'--config.dataset={_PROBE}',
+      f'--config.data_dir={root}',
+      f'--config.input_pipeline={input_pipeline_}',
+      f'--config.preprocessing={preprocessing_}') == 2
+  line = _one_error_line(capsys)
+  assert f"in {version} is damaged: its 'train' split cannot be read " \
+      '(DataLossError: corrupted record at' in line
+  if preprocessing_ == 'none':
+    assert os.listdir(workdir / 'checkpoints') == []
+  else:
+    assert not workdir.exists()
+
+
 # --- Images ----------------------------------------------------------------
 
 
