@@ -42,7 +42,8 @@ def _verbose() -> bool:
 class QuietLibraries:
   """Drops library messages that ask nothing of the user, unless verbose.
 
-  Orbax's and TensorFlow's INFO chatter, JAX's probing of absent backends
+  Orbax's, TensorFlow's and fsspec's INFO chatter (gcsfs logs a line for
+  each file of a gs:// workdir it opens), JAX's probing of absent backends
   ('Unable to initialize backend tpu'), and TFDS's warning about a version
   folder without dataset_info.json, which it gives while checking whether
   the data is prepared (tfds.testing.mock_data's metadata folders are such).
@@ -54,7 +55,8 @@ class QuietLibraries:
       return True
     if record.levelno < std_logging.WARNING:
       return not (record.name.startswith('jax._src.xla_bridge') or any(
-          part in record.pathname for part in ('/orbax/', '/tensorflow')))
+          part in record.pathname
+          for part in ('/orbax/', '/tensorflow', '/fsspec/', '/gcsfs/')))
     return not ('/tensorflow_datasets/' in record.pathname
                 and str(record.msg).startswith('Variant folder'))
 

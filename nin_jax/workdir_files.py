@@ -26,6 +26,7 @@ deleted, and the run lock is a lease.
 
 import dataclasses
 import fcntl
+import importlib.util
 import io
 import json
 import os
@@ -94,14 +95,26 @@ def check_reachable(name: str, flag: str = '--workdir') -> None:
   than a traceback from deep in a library."""
   if not is_remote(name):
     return
+  if name.startswith('gs://') and not _importable('google.cloud.storage'):
+    # Orbax lists and deletes checkpoints on gs:// with it.
+    raise errors.WorkdirError(
+        f'{flag}={name} needs google-cloud-storage: pip install '
+        '"nin_jax[gcs]" (or gcsfs, which brings it).')
   try:
     _path(name).exists()
   except Exception as e:  # pylint: disable=broad-except
     raise errors.WorkdirError(
         f'Cannot reach {flag}={name} ({errors.describe(e)}): check the '
         'network, your credentials (gcloud auth application-default login) '
-        'and the bucket name; for gs:// without TensorFlow, pip install '
-        'gcsfs.') from None
+        'and the bucket name; without TensorFlow, gs:// needs pip install '
+        '"nin_jax[gcs]".') from None
+
+
+def _importable(module: str) -> bool:
+  try:
+    return importlib.util.find_spec(module) is not None
+  except ModuleNotFoundError:  # A parent package is missing.
+    return False
 
 
 def check_local(name: str, flag: str) -> None:
@@ -173,13 +186,23 @@ def move_tree(source: str, target: str) -> None:
     os.replace(source, target)
     return
   source_path = _path(source)
-  for directory, _, files in source_path.walk():
-    relative = os.path.relpath(os.fspath(directory), os.fspath(source_path))
-    for name in files:
-      copied = _path(target) / relative / name
-      copied.parent.mkdir(parents=True, exist_ok=True)
-      (directory / name).copy(copied, overwrite=True)
+  for relative in _files_below(source_path):
+    copied = _path(target) / relative
+    copied.parent.mkdir(parents=True, exist_ok=True)
+    (source_path / relative).copy(copied, overwrite=True)
   source_path.rmtree()
+
+
+def _files_below(directory: epath.Path) -> list[str]:
+  """Paths of all files below `directory`, relative to it (epath's walk
+  drops the gs:// of what it yields)."""
+  found = []
+  for child in directory.iterdir():
+    if child.is_dir():
+      found += [f'{child.name}/{name}' for name in _files_below(child)]
+    else:
+      found.append(child.name)
+  return found
 
 
 def upload_tree(local: str, target: str) -> None:

@@ -1,0 +1,133 @@
+"""A run on gs://, against a local GCS emulator (tests/gcs_emulator.py).
+
+Train, resume past a damaged checkpoint, evaluate, visualize and export,
+all with --workdir=gs://...: every file lands in the bucket, nothing in a
+local folder. Skipped where gcp-storage-emulator or gcsfs is missing.
+"""
+
+import json
+import os
+import time
+
+from etils import epath
+import pytest
+
+from gcs_emulator import emulated_gcs  # pylint: disable=unused-import
+import main_runner
+from nin_jax import errors
+from nin_jax import evaluate
+from nin_jax import export
+from nin_jax import publish
+from nin_jax import trained_run
+from nin_jax import visualize
+from nin_jax import workdir_files
+
+
+@pytest.fixture(autouse=True)
+def _quick_lease(monkeypatch):
+  # Two trainers started together are told apart after this pause; 2 s on
+  # a real bucket, a fraction here where requests take milliseconds.
+  monkeypatch.setattr(workdir_files.LeaseLock, 'SETTLE_SECONDS', 0.1)
+
+
+def _damage(emulator, prefix: str) -> None:
+  """Every file of a checkpoint emptied, its commit mark left: a finished
+  save whose files were damaged afterwards."""
+  for name in emulator.objects(prefix):
+    if not name.endswith(workdir_files.COMMIT_SUCCESS):
+      epath.Path(f'{emulator.url}/{name}').write_bytes(b'')
+
+
+def test_train_resume_evaluate_visualize_export_on_gs(
+    emulated_gcs, monkeypatch, tmp_path):
+  monkeypatch.chdir(tmp_path)  # Where a URL made a local path would land.
+  run = f'{emulated_gcs.url}/run'
+  assert main_runner.run_main(monkeypatch, run) == 0
+  objects = emulated_gcs.objects('run/')
+  for name in ('config.json', 'dataset.json', 'preprocessing.npz',
+               'metrics.jsonl', 'checkpoints/2/commit_success.txt',
+               'checkpoints/4/commit_success.txt'):
+    assert f'run/{name}' in objects, objects
+  assert any(name.startswith('run/tensorboard/train/events.out')
+             for name in objects)
+  assert 'run/.lock' not in objects  # Released.
+  assert not any('.write_test' in name or name.endswith('.tmp')
+                 for name in objects)
+
+  # The newest checkpoint damaged: set aside (copied, then deleted), the
+  # run resumes from step 2 and relogs steps 3-4 as if it never stopped.
+  _damage(emulated_gcs, 'run/checkpoints/4/')
+  damaged = [name[len('run/checkpoints/4/'):]
+             for name in emulated_gcs.objects('run/checkpoints/4/')]
+  assert main_runner.run_main(monkeypatch, run,
+                              '--config.num_train_steps=6') == 0
+  objects = emulated_gcs.objects('run/')
+  (aside,) = {name.split('/')[2] for name in objects
+              if name.startswith('run/checkpoints_unreadable/')}
+  assert aside.startswith('4-')
+  assert emulated_gcs.objects(f'run/checkpoints_unreadable/{aside}/') == [
+      f'run/checkpoints_unreadable/{aside}/{name}' for name in damaged]
+  assert 'run/checkpoints/6/commit_success.txt' in objects
+  rows = workdir_files.read_metrics(run)
+  keys = [(row['step'], row['split']) for row in rows]
+  assert len(keys) == len(set(keys))
+  assert max(step for step, _ in keys) == 6
+  superseded = workdir_files.read_bytes(
+      f'{run}/{workdir_files.SUPERSEDED_METRICS}').decode().splitlines()
+  assert {json.loads(line)['step'] for line in superseded} == {4}
+
+  assert main_runner.run_command(evaluate, f'--workdir={run}') == 0
+  report = json.loads(workdir_files.read_bytes(
+      f'{run}/evaluation/test_step6/report.json'))
+  assert report['step'] == 6 and report['workdir'] == run
+  assert main_runner.run_command(
+      visualize, f'--workdir={run}', f'--out={run}/figures') == 0
+  assert main_runner.run_command(
+      export, f'--workdir={run}', f'--out={emulated_gcs.url}/models/nin.export'
+  ) == 0
+  objects = emulated_gcs.objects()
+  for name in ('run/evaluation/test_step6/confusion.png',
+               'run/figures/class_maps.png', 'run/figures/training_curves.png',
+               'models/nin.export', 'models/nin.export.json'):
+    assert name in objects, objects
+  assert os.listdir(tmp_path) == []
+
+  # Published from the bucket into a local directory of models.
+  published, _ = publish.publish(run, 'from_gs', root=str(tmp_path / 'models'))
+  assert trained_run.load(published).step == 6
+
+
+def test_one_trainer_per_gs_workdir(emulated_gcs, monkeypatch, capsys):
+  run = f'{emulated_gcs.url}/run'
+  lock = f'{run}/{workdir_files.LOCK}'
+  with workdir_files.run_lock(run):
+    with pytest.raises(errors.WorkdirError,
+                       match=f'Another trainer is running in {run} \\(pid '):
+      with workdir_files.run_lock(run):
+        pass
+    # The trainer meets the same: one error line, exit 2, nothing written.
+    assert main_runner.run_main(monkeypatch, run) == 2
+    assert 'Another trainer is running' in capsys.readouterr().err
+    assert emulated_gcs.objects('run/') == ['run/.lock']
+  assert not workdir_files.exists(lock)  # Released on exit.
+
+  # A lease its holder stopped renewing (killed) is taken over.
+  workdir_files.write_atomically(lock, json.dumps(
+      {'holder': 'pid 1 on gone', 'token': 'x',
+       'renewed': time.time() - 2 * workdir_files.LeaseLock.EXPIRES_SECONDS}))
+  with workdir_files.run_lock(run):
+    holder = json.loads(workdir_files.read_bytes(lock))['holder']
+    assert holder.startswith(f'pid {os.getpid()} ')
+
+
+def test_urls_nin_jax_cannot_write_are_refused():
+  assert workdir_files.location('gs://b/run/') == 'gs://b/run'
+  for url in ('hdfs://nn/run', 'gs://', 'http://host/run'):
+    with pytest.raises(errors.WorkdirError, match='mount'):
+      workdir_files.location(url)
+
+
+def test_gs_without_google_cloud_storage_names_the_extra(monkeypatch):
+  monkeypatch.setattr(workdir_files, '_importable', lambda module: False)
+  with pytest.raises(errors.WorkdirError, match=r'pip install "nin_jax\[gcs\]"'):
+    workdir_files.check_reachable('gs://b/run')
