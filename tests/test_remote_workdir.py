@@ -42,8 +42,11 @@ def test_train_resume_evaluate_visualize_export_on_gs(
     emulated_gcs, monkeypatch, tmp_path):
   monkeypatch.chdir(tmp_path)  # Where a URL made a local path would land.
   run = f'{emulated_gcs.url}/run'
-  assert main_runner.run_main(monkeypatch, run) == 0
+  assert main_runner.run_main(monkeypatch, run,
+                              '--config.profile_steps=2') == 0
   objects = emulated_gcs.objects('run/')
+  assert any(name.startswith('run/tensorboard/plugins/profile/')
+             for name in objects), objects
   for name in ('config.json', 'dataset.json', 'preprocessing.npz',
                'metrics.jsonl', 'checkpoints/2/commit_success.txt',
                'checkpoints/4/commit_success.txt'):
@@ -57,6 +60,8 @@ def test_train_resume_evaluate_visualize_export_on_gs(
   # The newest checkpoint damaged: set aside (copied, then deleted), the
   # run resumes from step 2 and relogs steps 3-4 as if it never stopped.
   _damage(emulated_gcs, 'run/checkpoints/4/')
+  # And a save cut short: on gs:// a step without commit_success.txt.
+  workdir_files.write_atomically(f'{run}/checkpoints/8/state/_METADATA', '{')
   damaged = [name[len('run/checkpoints/4/'):]
              for name in emulated_gcs.objects('run/checkpoints/4/')]
   assert main_runner.run_main(monkeypatch, run,
@@ -68,6 +73,7 @@ def test_train_resume_evaluate_visualize_export_on_gs(
   assert emulated_gcs.objects(f'run/checkpoints_unreadable/{aside}/') == [
       f'run/checkpoints_unreadable/{aside}/{name}' for name in damaged]
   assert 'run/checkpoints/6/commit_success.txt' in objects
+  assert not any(name.startswith('run/checkpoints/8/') for name in objects)
   rows = workdir_files.read_metrics(run)
   keys = [(row['step'], row['split']) for row in rows]
   assert len(keys) == len(set(keys))
