@@ -468,8 +468,8 @@ def _train(run: _Run, state: steps.TrainState, start_step: int,
            stop: stop_signals.StopSignals) -> dict[str, float]:
   """Steps from `start_step` to the end; the final evaluation's metrics."""
   config, plan = run.config, run.plan
-  if start_step and start_step % plan.eval_every == 0 and not run.writer.logged(
-      start_step, run.periodic_split):
+  if start_step and start_step % plan.eval_every == 0 and not _logged(
+      run.writer, start_step, run.periodic_split):
     # Saved by an older version, which checkpointed before evaluating, and
     # killed in between.
     run.writer.write(start_step, run.periodic_split,
@@ -544,6 +544,17 @@ def _train(run: _Run, state: steps.TrainState, start_step: int,
       if saving or evaluating:
         window.start_clock()
   return result
+
+
+def _logged(writer: metric_writers.MetricWriter, step: int, split: str
+            ) -> bool:
+  """writer.logged as process 0, which writes the metrics, sees it, on
+  every process: whether to evaluate (collectives) must agree everywhere,
+  and the other processes' writers hold no rows."""
+  logged = writer.logged(step, split)
+  if jax.process_count() > 1:
+    logged = bool(multihost_utils.broadcast_one_to_all(np.int32(logged)))
+  return logged
 
 
 def _log(run: _Run, step: int, window: metric_writers.LogWindow,
