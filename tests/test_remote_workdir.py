@@ -7,6 +7,9 @@ local folder. Skipped where gcp-storage-emulator or gcsfs is missing.
 
 import json
 import os
+import socket
+import subprocess
+import sys
 import time
 
 from etils import epath
@@ -101,6 +104,38 @@ def test_train_resume_evaluate_visualize_export_on_gs(
   # Published from the bucket into a local directory of models.
   published, _ = publish.publish(run, 'from_gs', root=str(tmp_path / 'models'))
   assert trained_run.load(published).step == 6
+
+
+def test_two_processes_share_a_gs_workdir(emulated_gcs):
+  # What a pod slice does: every host writes its shards of each checkpoint
+  # into the same bucket, process 0 the rest; then a resume, by both.
+  run = f'{emulated_gcs.url}/run'
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+
+  def both(*overrides):
+    processes = [subprocess.Popen(
+        [sys.executable, '-m', 'nin_jax.main', f'--workdir={run}',
+         f'--config={main_runner.TEST_CONFIG}', *overrides,
+         f'--coordinator_address=localhost:{port}', '--num_processes=2',
+         f'--process_id={i}'],
+        env={**os.environ, **emulated_gcs.env, 'TF_CPP_MIN_LOG_LEVEL': '2'},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(2)]
+    for process in processes:
+      out, _ = process.communicate(timeout=300)
+      assert process.returncode == 0, main_runner.failure_tail(out)
+    return out
+
+  both()
+  out = both('--config.num_train_steps=6')
+  objects = emulated_gcs.objects('run/')
+  assert 'run/checkpoints/6/commit_success.txt' in objects
+  assert 'run/.lock' not in objects
+  rows = workdir_files.read_metrics(run)
+  assert sorted({row['step'] for row in rows if row['split'] == 'train'}) == [
+      2, 4, 6]
 
 
 def test_one_trainer_per_gs_workdir(emulated_gcs, monkeypatch, capsys):
