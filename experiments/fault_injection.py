@@ -15,11 +15,20 @@ identical; exits 1 if they are not.
 
 Both runs share a persistent XLA compilation cache (in the workdir), so
 restarts cost seconds; a cached program computes the same bits.
+
+  python experiments/fault_injection.py --workdir=/tmp/nin_starts --start_up
+
+Instead starts two processes over gloo (loopback) several times and sends a
+stop signal to one or both while they start (importing, connecting,
+reading data, compiling): each time both must exit 75 within --patience
+seconds, with one checkpoint (JAX's preemption service stops them after
+their first step). Prints one line per start; exits 1 if any fails.
 """
 
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -46,7 +55,17 @@ _OVERRIDES = flags.DEFINE_multi_string(
                  '--config.checkpoint_every_steps=7',
                  '--config.eval_every_steps=50'],
     'Extra --config.* flags of both runs.')
+_START_UP = flags.DEFINE_bool(
+    'start_up', False, 'Signal two processes while they start, instead.')
+_PATIENCE = flags.DEFINE_float(
+    'patience', 120, 'Seconds both processes of a --start_up run may take.')
 TIMING = ('time', 'images_per_sec')
+# --start_up: (signal, seconds after both were launched, processes signalled).
+# 0.3 s: importing; 1-2 s: connecting or reading data; 4 s: compiling.
+START_UP_CASES = [(signal.SIGTERM, delay, targets)
+                  for delay in (0.3, 1.5, 4.0)
+                  for targets in ((1,), (0,), (0, 1))] + [
+                      (signal.SIGINT, 0.3, (1,)), (signal.SIGHUP, 1.5, (0,))]
 
 
 def _command(workdir):
@@ -91,8 +110,63 @@ def _same_arrays(a, b):
       for x, y in zip(leaves_a, leaves_b))
 
 
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def _start_up(case, workdir):
+  """One --start_up case: True if both processes exit 75 in time."""
+  signum, delay, targets = case
+  address = f'localhost:{_free_port()}'
+  logs = [os.path.join(_WORKDIR.value, f'{os.path.basename(workdir)}.p{i}.log')
+          for i in range(2)]
+  processes = []
+  started = time.perf_counter()
+  for i, log_path in enumerate(logs):
+    with open(log_path, 'w', encoding='utf-8') as log:
+      processes.append(subprocess.Popen(
+          _command(workdir) + [f'--coordinator_address={address}',
+                               '--num_processes=2', f'--process_id={i}'],
+          cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT))
+  time.sleep(delay)
+  for i in targets:
+    processes[i].send_signal(signum)
+  statuses = []
+  for process in processes:
+    left = _PATIENCE.value - (time.perf_counter() - started)
+    try:
+      statuses.append(process.wait(timeout=max(left, 1)))
+    except subprocess.TimeoutExpired:
+      process.kill()
+      process.wait()
+      statuses.append('hung')
+  checkpoints = (sorted(os.listdir(workdir_files.checkpoints_dir(workdir)))
+                 if os.path.isdir(workdir_files.checkpoints_dir(workdir))
+                 else [])
+  ok = statuses == [75, 75] and len(checkpoints) == 1
+  print(f'{signal.Signals(signum).name} {delay} s after launch to process(es) '
+        f'{", ".join(map(str, targets))}: exit statuses {statuses} after '
+        f'{time.perf_counter() - started:.1f} s, checkpoints {checkpoints}'
+        f'{"" if ok else "  <- FAILED (logs: " + ", ".join(logs) + ")"}',
+        flush=True)
+  return ok
+
+
 def main(argv):
   del argv
+  if _START_UP.value:
+    os.makedirs(_WORKDIR.value, exist_ok=True)
+    runs = [os.path.join(_WORKDIR.value, f'start{i}')
+            for i in range(len(START_UP_CASES))]
+    if any(os.path.exists(run) for run in runs):
+      raise app.UsageError(f'{_WORKDIR.value} holds runs; pass a new '
+                           '--workdir.')
+    results = [_start_up(case, run) for case, run in zip(START_UP_CASES, runs)]
+    print(f'{sum(results)} of {len(results)} starts: both processes exited 75 '
+          'with one checkpoint.')
+    sys.exit(0 if all(results) else 1)
   rng = random.Random(_SEED.value)
   straight = os.path.join(_WORKDIR.value, 'straight')
   broken = os.path.join(_WORKDIR.value, 'killed')

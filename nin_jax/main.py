@@ -10,6 +10,12 @@ checkpoint. Everything below this file reads the config, never flags.
 import os
 import sys
 
+if __name__ == '__main__':
+  # Before the imports (seconds): a stop signal from now on is noted, and
+  # honoured once the run listens, instead of killing the process.
+  from nin_jax import stop_signals  # pylint: disable=g-import-not-at-top
+  stop_signals.listen_early()
+
 from nin_jax import cli  # First: it quiets TensorFlow's C++ banners.
 from absl import app
 from absl import flags
@@ -66,6 +72,9 @@ def main(argv):
   from nin_jax import train  # pylint: disable=g-import-not-at-top
 
   initialize_distributed()
+  if jax.process_count() > 1:
+    from nin_jax import stop_signals  # pylint: disable=g-import-not-at-top
+    stop_signals.hand_to_jax()
   if jax.process_index() != 0:  # Process 0 speaks for the run.
     logging.set_verbosity(logging.WARNING)
   logging.info('JAX %s on %s: process %d of %d, %d local / %d global devices.',

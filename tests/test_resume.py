@@ -21,6 +21,7 @@ import pytest
 from nin_jax import checkpointing
 from nin_jax import errors
 from nin_jax import steps
+from nin_jax import stop_signals
 from nin_jax import train
 from nin_jax import workdir_files
 
@@ -186,6 +187,29 @@ def test_a_signal_during_start_up_exits_75_before_the_workdir_is_touched(
   assert not os.path.exists(tmp_path / 'run')
   # The handlers are restored afterwards.
   assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+
+
+def test_a_signal_before_the_run_listens_exits_75_too(tiny_config, tmp_path):
+  """python -m nin_jax.main notes stop signals from its first moment on
+  (stop_signals.listen_early), before its imports: one that comes then
+  killed the process (status -15) before."""
+  previous = {s: signal.getsignal(s)
+              for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+  stop_signals.listen_early()
+  try:
+    os.kill(os.getpid(), signal.SIGTERM)
+    with pytest.raises(errors.Preempted, match='SIGTERM received while the '
+                       'run was starting: nothing new to save'):
+      train.train_and_evaluate(tiny_config, str(tmp_path / 'run'))
+  finally:
+    now = {s: signal.getsignal(s) for s in previous}
+    for signum, handler in previous.items():
+      signal.signal(signum, handler)
+  assert now == previous  # The run gave the handlers back.
+  assert not os.path.exists(tmp_path / 'run')
+  # Forgotten once honoured: the next run in this process is not stopped.
+  with stop_signals.StopSignals() as stop:
+    assert stop.received is None
 
 
 def test_a_second_sigint_is_one_line_and_exit_130(monkeypatch, tmp_path,
