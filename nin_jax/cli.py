@@ -333,14 +333,8 @@ def check_output_file(path: str, flag: str = 'out',
 def write_output(file: str, data: str | bytes, flag: str = 'out') -> None:
   """Writes an output file atomically; a failed write is one WorkdirError
   and leaves neither the file's temporary copy nor half a file."""
-  try:
-    workdir_files.write_atomically(file, data)
-  except OSError as e:
-    if os.path.isfile(file + '.tmp'):
-      os.remove(file + '.tmp')
-    raise errors.WorkdirError(
-        f'Cannot write {file} ({_why(e)}): give a writable --{flag} (or free '
-        'some disk space).') from None
+  workdir_files.write_atomically(
+      file, data, fix=f'give a writable --{flag} (or free some disk space).')
 
 
 @contextlib.contextmanager

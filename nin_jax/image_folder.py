@@ -55,6 +55,10 @@ def is_folder(dataset: str) -> bool:
 
 def root_of(dataset: str) -> str:
   """The absolute folder of a 'folder:ROOT' dataset name."""
+  workdir_files.check_local(
+      dataset[len(PREFIX):], '--config.dataset=folder:',
+      'its images are read with local file calls; copy a bucket\'s first, '
+      'e.g. gcloud storage rsync -r gs://BUCKET/DIR DIR')
   return os.path.abspath(os.path.expanduser(dataset[len(PREFIX):]))
 
 

@@ -74,7 +74,10 @@ def publish(workdir: str, name: str, step: int | None = None,
   if trained_run.is_published(workdir):
     raise errors.WorkdirError(f'{workdir} is a published model already; copy '
                               'its directory to give it another name.')
-  root = os.path.abspath(root or trained_run.pretrained_root())
+  root = root or trained_run.pretrained_root()
+  workdir_files.check_local(root, '--root', 'published models are looked '
+                            'up there by name')
+  root = os.path.abspath(root)
   target = os.path.join(root, name)
   if os.path.exists(target) and not overwrite:
     raise errors.WorkdirError(f'{target} exists: pass --overwrite to replace '

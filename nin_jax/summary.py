@@ -194,8 +194,7 @@ def main(argv: list[str]) -> None:
   text, entries = render(FLAGS.config)
   print(text)
   if FLAGS.json:
-    with open(FLAGS.json, 'w', encoding='utf-8') as f:
-      json.dump(entries, f, indent=2)
+    cli.write_output(FLAGS.json, json.dumps(entries, indent=2), flag='json')
 
 
 if __name__ == '__main__':

@@ -117,12 +117,13 @@ def _importable(module: str) -> bool:
     return False
 
 
-def check_local(name: str, flag: str) -> None:
-  """Refuses a URL where nin_jax needs a local directory (a cache)."""
+def check_local(name: str, flag: str,
+                why: str = 'nin_jax memory-maps what it keeps there') -> None:
+  """Refuses a URL where nin_jax needs a local directory (`why`)."""
   if is_remote(name):
     raise errors.WorkdirError(
-        f'{flag}={name}: this must be a local directory (nin_jax memory-maps '
-        'what it keeps there); pass a local path.')
+        f'{flag}={name}: this must be a local directory ({why}); pass a '
+        'local path.')
 
 
 def _path(name: str) -> epath.Path:
@@ -219,17 +220,22 @@ def upload_tree(local: str, target: str) -> None:
 # --- Writes a crash cannot leave half done --------------------------------------
 
 
-def write_atomically(file: str, data: str | bytes | bytearray) -> None:
+def write_atomically(file: str, data: str | bytes | bytearray,
+                     fix: str | None = None) -> None:
   """Replaces `file` with `data`, so that a crash leaves the old or the new
   file, never part of one (written beside it, then renamed over it; an
-  object store does that itself: an object appears when it is whole)."""
+  object store does that itself: an object appears when it is whole).
+
+  A failure is a WorkdirError with the reason and `fix` (what the user
+  should do; by default, free space or fix permissions and rerun).
+  """
   binary = not isinstance(data, str)
   encoded = bytes(data) if binary else data.encode('utf-8')
   if is_remote(file):
     try:
       _path(file).write_bytes(encoded)
     except Exception as e:  # pylint: disable=broad-except
-      raise _write_error(file, e) from None
+      raise _write_error(file, e, fix) from None
     return
   try:
     with open(file + '.tmp', 'wb') as f:
@@ -238,7 +244,7 @@ def write_atomically(file: str, data: str | bytes | bytearray) -> None:
   except OSError as e:  # A full disk, most often: leave nothing half done.
     if os.path.exists(file + '.tmp'):
       os.remove(file + '.tmp')
-    raise _write_error(file, e) from None
+    raise _write_error(file, e, fix) from None
 
 
 def write_npz_atomically(file: str, **arrays: np.ndarray) -> None:
@@ -264,16 +270,17 @@ def write_npz_atomically(file: str, **arrays: np.ndarray) -> None:
     raise
 
 
-def _write_error(file: str, error: Exception) -> errors.WorkdirError:
+def _write_error(file: str, error: Exception,
+                 fix: str | None = None) -> errors.WorkdirError:
   if is_remote(file):
     return errors.WorkdirError(
-        f'Could not write {file} ({errors.describe(error)}): check the '
-        'bucket\'s permissions and your credentials, then run the same '
-        'command again.')
+        f'Cannot write {file} ({errors.describe(error)}): ' + (
+            fix or 'check the bucket\'s permissions and your credentials, '
+            'then run the same command again.'))
   return errors.WorkdirError(
-      f'Could not write {file} ({getattr(error, "strerror", None) or error}): '
-      'free some disk space or fix the permissions, then run the same '
-      'command again.')
+      f'Cannot write {file} ({getattr(error, "strerror", None) or error}): '
+      + (fix or 'free some disk space or fix the permissions, then run the '
+         'same command again.'))
 
 
 def data_root(config: ml_collections.ConfigDict) -> str:

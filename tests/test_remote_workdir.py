@@ -20,6 +20,7 @@ import main_runner
 from nin_jax import errors
 from nin_jax import evaluate
 from nin_jax import export
+from nin_jax import image_folder
 from nin_jax import publish
 from nin_jax import trained_run
 from nin_jax import visualize
@@ -166,6 +167,13 @@ def test_urls_nin_jax_cannot_write_are_refused():
   for url in ('hdfs://nn/run', 'gs://', 'http://host/run'):
     with pytest.raises(errors.WorkdirError, match='mount'):
       workdir_files.location(url)
+
+
+def test_what_must_stay_local_refuses_a_url(tmp_path):
+  with pytest.raises(errors.WorkdirError, match='rsync'):
+    image_folder.root_of('folder:gs://b/images')
+  with pytest.raises(errors.WorkdirError, match='--root=gs://b/models'):
+    publish.publish(str(tmp_path), 'x', root='gs://b/models')
 
 
 def test_gs_without_google_cloud_storage_names_the_extra(monkeypatch):
