@@ -16,6 +16,13 @@ identical; exits 1 if they are not.
 Both runs share a persistent XLA compilation cache (in the workdir), so
 restarts cost seconds; a cached program computes the same bits.
 
+  python experiments/fault_injection.py --workdir=/tmp/nin_faults_gs --gcs
+
+The same with both runs in a gs:// bucket of a local GCS emulator
+(tests/gcs_emulator.py; pip install -e ".[test]"): kills land mid-upload
+too, and the resumed run must still match bit for bit. --workdir then
+holds only the logs and the compilation cache.
+
   python experiments/fault_injection.py --workdir=/tmp/nin_starts --start_up
 
 Instead starts two processes over gloo (loopback) several times and sends a
@@ -57,6 +64,8 @@ _OVERRIDES = flags.DEFINE_multi_string(
     'Extra --config.* flags of both runs.')
 _START_UP = flags.DEFINE_bool(
     'start_up', False, 'Signal two processes while they start, instead.')
+_GCS = flags.DEFINE_bool(
+    'gcs', False, 'Run both workdirs on gs:// (a local GCS emulator).')
 _PATIENCE = flags.DEFINE_float(
     'patience', 120, 'Seconds both processes of a --start_up run may take.')
 TIMING = ('time', 'images_per_sec')
@@ -74,6 +83,7 @@ def _command(workdir):
 
 
 def _env():
+  # os.environ holds the emulator's variables under --gcs.
   cache = os.path.join(_WORKDIR.value, 'xla_cache')
   return dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=REPO,
               JAX_COMPILATION_CACHE_DIR=cache,
@@ -96,10 +106,12 @@ def _logged_step(workdir):
 
 
 def _newest_checkpoint(workdir):
+  """The newest finished save (on gs://, one with Orbax's commit mark)."""
   directory = workdir_files.checkpoints_dir(workdir)
-  if not os.path.isdir(directory):
-    return 0
-  return max((int(n) for n in os.listdir(directory) if n.isdigit()), default=0)
+  finished = [int(n) for n in workdir_files.list_dir(directory) if n.isdigit()
+              and (not directory.startswith('gs://') or workdir_files.exists(
+                  f'{directory}/{n}/{workdir_files.COMMIT_SUCCESS}'))]
+  return max(finished, default=0)
 
 
 def _same_arrays(a, b):
@@ -167,11 +179,25 @@ def main(argv):
     print(f'{sum(results)} of {len(results)} starts: both processes exited 75 '
           'with one checkpoint.')
     sys.exit(0 if all(results) else 1)
+  if _GCS.value:
+    sys.path.insert(0, os.path.join(REPO, 'tests'))
+    import gcs_emulator  # pylint: disable=g-import-not-at-top
+    os.makedirs(_WORKDIR.value, exist_ok=True)
+    with gcs_emulator.gcs_emulator() as emulator:
+      print(f'GCS emulator at {emulator.endpoint}, bucket {emulator.url}')
+      _kill_and_compare(emulator.url)
+  else:
+    _kill_and_compare(_WORKDIR.value)
+
+
+def _kill_and_compare(root):
+  """Kills a run in `root` --kills times, lets it finish, compares it with
+  an uninterrupted one; exits 1 if they differ."""
   rng = random.Random(_SEED.value)
-  straight = os.path.join(_WORKDIR.value, 'straight')
-  broken = os.path.join(_WORKDIR.value, 'killed')
+  straight = f'{root}/straight'
+  broken = f'{root}/killed'
   for path in (straight, broken):
-    if os.path.exists(path):
+    if workdir_files.exists(path):
       raise app.UsageError(f'{path} exists; pass a new --workdir.')
 
   started = time.perf_counter()

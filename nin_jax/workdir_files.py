@@ -29,6 +29,7 @@ import fcntl
 import importlib.util
 import io
 import json
+import math
 import os
 import re
 import secrets
@@ -538,7 +539,9 @@ class LeaseLock:
   <workdir>/.lock holds the holder, a random token and the time of its
   last renewal; a thread renews it every RENEW_SECONDS. A lock renewed
   within EXPIRES_SECONDS keeps a second trainer out; an older one was left
-  by a process that died (on any host) and is taken over. Two trainers
+  by a process that died (on any host) and is taken over, as is a fresh
+  one whose holder was a process of this host that no longer exists (a
+  killed run restarted at once). Two trainers
   started within a second of each other both write the lock: each reads it
   back after SETTLE_SECONDS and only the one whose token it holds goes on.
   The clocks of the hosts that share a workdir must agree to well within
@@ -567,17 +570,44 @@ class LeaseLock:
 
   def _write(self, holder: str) -> None:
     write_atomically(self._file, json.dumps(
-        {'holder': holder, 'token': self._token, 'renewed': time.time()}))
+        {'holder': holder, 'token': self._token, 'renewed': time.time(),
+         'host': socket.gethostname(), 'pid': os.getpid()}))
+
+  def _age(self, lease: dict[str, Any]) -> float:
+    """Seconds since the lease was renewed (infinite if damaged)."""
+    renewed = lease.get('renewed')
+    if not isinstance(renewed, (int, float)) or isinstance(renewed, bool):
+      return math.inf
+    return time.time() - renewed
+
+  @staticmethod
+  def _holder_is_gone(lease: dict[str, Any]) -> bool:
+    """Whether the holder was a process of this host that has ended."""
+    pid = lease.get('pid')
+    if lease.get('host') != socket.gethostname() or not isinstance(pid, int):
+      return False
+    try:
+      os.kill(pid, 0)
+    except ProcessLookupError:
+      return True
+    except OSError:  # It exists, as another user's process.
+      return False
+    return False
 
   def __enter__(self) -> 'LeaseLock':
     lease = self._read()
-    if lease and time.time() - float(lease.get('renewed', 0)) < (
-        self.EXPIRES_SECONDS):
-      raise _held_elsewhere(self._workdir, str(lease.get('holder', '')))
+    if lease and self._age(lease) < self.EXPIRES_SECONDS and not (
+        self._holder_is_gone(lease)):
+      raise errors.WorkdirError(
+          f'Another trainer is running in {self._workdir} '
+          f'({lease.get("holder") or "holder unknown"}, lock renewed '
+          f'{self._age(lease):.0f} s ago): wait for it or stop it, or pick '
+          f'another --workdir. If it was killed, its lock expires '
+          f'{self.EXPIRES_SECONDS:.0f} s after that renewal (or delete '
+          f'{self._file}).')
     if lease is not None:
-      logging.info('Took over the lock %s, last renewed %.0f s ago by %s (it '
-                   'stopped without releasing it).', self._file,
-                   time.time() - float(lease.get('renewed', 0)),
+      logging.info('Took over the lock %s of %s, which stopped without '
+                   'releasing it.', self._file,
                    lease.get('holder', 'an unknown holder'))
     self._holder = _holder()
     self._write(self._holder)

@@ -161,6 +161,16 @@ def test_one_trainer_per_gs_workdir(emulated_gcs, monkeypatch, capsys):
     holder = json.loads(workdir_files.read_bytes(lock))['holder']
     assert holder.startswith(f'pid {os.getpid()} ')
 
+  # So is a fresh one of a process of this host that has ended (a killed
+  # run, restarted at once).
+  dead_pid = subprocess.Popen(['true'])
+  dead_pid.wait()
+  workdir_files.write_atomically(lock, json.dumps(
+      {'holder': f'pid {dead_pid.pid}', 'token': 'y', 'renewed': time.time(),
+       'host': socket.gethostname(), 'pid': dead_pid.pid}))
+  with workdir_files.run_lock(run):
+    assert json.loads(workdir_files.read_bytes(lock))['pid'] == os.getpid()
+
 
 def test_urls_nin_jax_cannot_write_are_refused():
   assert workdir_files.location('gs://b/run/') == 'gs://b/run'
