@@ -127,6 +127,23 @@ def check_local(name: str, flag: str,
         'local path.')
 
 
+def _list_afresh() -> None:
+  """gcsfs (etils' client for gs:// where TensorFlow is absent or not
+  used) caches directory listings for the life of a process, so saves by
+  another process (a trainer, seen by a reader or a notebook) would go
+  unseen: a newest checkpoint missing, or 'No checkpoint'. Listed afresh
+  each time instead (a request either way)."""
+  try:
+    import fsspec  # pylint: disable=g-import-not-at-top
+  except ImportError:  # Then gcsfs is absent too.
+    return
+  fsspec.config.conf.setdefault('gcs', {}).setdefault('use_listings_cache',
+                                                       False)
+
+
+_list_afresh()
+
+
 def _path(name: str) -> epath.Path:
   return epath.Path(name)
 

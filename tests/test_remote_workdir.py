@@ -190,3 +190,19 @@ def test_gs_without_google_cloud_storage_names_the_extra(monkeypatch):
   monkeypatch.setattr(workdir_files, '_importable', lambda module: False)
   with pytest.raises(errors.WorkdirError, match=r'pip install "nin_jax\[gcs\]"'):
     workdir_files.check_reachable('gs://b/run')
+
+
+def test_listings_see_what_another_process_wrote(emulated_gcs):
+  # gcsfs would otherwise keep this process's first listing: a reader
+  # beside a trainer would miss its newer checkpoints.
+  directory = f'{emulated_gcs.url}/run/checkpoints'
+
+  def save_elsewhere(step):
+    subprocess.run([sys.executable, '-c', 'from etils import epath; epath.Path('
+                    f'"{directory}/{step}/x").write_text("1")'],
+                   env={**os.environ, **emulated_gcs.env}, check=True)
+
+  save_elsewhere(2)
+  assert workdir_files.list_dir(directory) == ['2']
+  save_elsewhere(4)
+  assert workdir_files.list_dir(directory) == ['2', '4']
