@@ -48,6 +48,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from nin_jax import checkpointing  # pylint: disable=g-import-not-at-top,wrong-import-position
+from nin_jax import storage  # pylint: disable=g-import-not-at-top,wrong-import-position
 from nin_jax import workdir_files  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Root for both runs.',
@@ -108,8 +109,8 @@ def _logged_step(workdir):
 def _newest_checkpoint(workdir):
   """The newest finished save (on gs://, one with Orbax's commit mark)."""
   directory = workdir_files.checkpoints_dir(workdir)
-  finished = [int(n) for n in workdir_files.list_dir(directory) if n.isdigit()
-              and (not directory.startswith('gs://') or workdir_files.exists(
+  finished = [int(n) for n in storage.list_dir(directory) if n.isdigit()
+              and (not directory.startswith('gs://') or storage.exists(
                   f'{directory}/{n}/{workdir_files.COMMIT_SUCCESS}'))]
   return max(finished, default=0)
 
@@ -197,7 +198,7 @@ def _kill_and_compare(root):
   straight = f'{root}/straight'
   broken = f'{root}/killed'
   for path in (straight, broken):
-    if workdir_files.exists(path):
+    if storage.exists(path):
       raise app.UsageError(f'{path} exists; pass a new --workdir.')
 
   started = time.perf_counter()

@@ -29,6 +29,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from nin_jax import errors
+from nin_jax import storage
 from nin_jax import workdir_files
 
 # Orbax writes a step into '<step>.orbax-checkpoint-tmp-<time>' and renames
@@ -66,7 +67,7 @@ class Checkpointer:
   def __init__(self, workdir: str, keep: int, keep_best: bool = False):
     """Keeps the `keep` newest checkpoints and, with `keep_best`, also the
     one saved with the highest `accuracy` metric (see `save`)."""
-    self.workdir = workdir_files.location(workdir)
+    self.workdir = storage.location(workdir)
     self.directory = workdir_files.checkpoints_dir(self.workdir)
     self._failed = False  # A save failed: close() then stays quiet.
     self._remove_unfinished_saves()
@@ -95,12 +96,12 @@ class Checkpointer:
     if jax.process_index() != 0:
       return
     on_gcs = self.directory.startswith('gs://')
-    for name in workdir_files.list_dir(self.directory):
+    for name in storage.list_dir(self.directory):
       step_dir = workdir_files.path(self.directory, name)
       if TMP_SUFFIX in name or (on_gcs and name.isdigit() and not (
-          workdir_files.exists(workdir_files.path(
+          storage.exists(workdir_files.path(
               step_dir, workdir_files.COMMIT_SUCCESS)))):
-        workdir_files.remove_tree(step_dir)
+        storage.remove_tree(step_dir)
         logging.info('Removed %s, left by a save that did not finish.', name)
 
   def latest_step(self) -> int | None:
@@ -220,7 +221,7 @@ class Checkpointer:
         workdir_files.path(self.workdir, workdir_files.UNREADABLE_CHECKPOINTS),
         f'{step}-{time.strftime("%Y%m%dT%H%M%S")}')
     if jax.process_index() == 0:
-      workdir_files.move_tree(workdir_files.path(self.directory, str(step)),
+      storage.move_tree(workdir_files.path(self.directory, str(step)),
                               target)
     if jax.process_count() > 1:  # Others wait until it has moved.
       multihost_utils.sync_global_devices(f'set_aside_{step}')
@@ -320,8 +321,8 @@ def read_checkpoint(workdir: str, step: int | None = None
   when it resumes). A damaged `step` asked for is a WorkdirError that
   names the other saved steps.
   """
-  directory = workdir_files.checkpoints_dir(workdir_files.location(workdir))
-  if not workdir_files.is_dir(directory):
+  directory = workdir_files.checkpoints_dir(storage.location(workdir))
+  if not storage.is_dir(directory):
     raise errors.WorkdirError(
         f'No checkpoints in {workdir} (no {directory}): pass the --workdir '
         'of a run of python -m nin_jax.main.')

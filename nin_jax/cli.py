@@ -28,7 +28,7 @@ import ml_collections  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
 from nin_jax import errors  # pylint: disable=g-import-not-at-top
-from nin_jax import workdir_files  # pylint: disable=g-import-not-at-top
+from nin_jax import storage
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), 'configs',
                               'default.py')
@@ -251,7 +251,7 @@ def _why(error: OSError) -> str:
 
 def output_path(path: str) -> str:
   """Where output_directory(`path`) puts its files, as the user sees it."""
-  return (workdir_files.location(path, '--out') if workdir_files.is_remote(path)
+  return (storage.location(path, '--out') if storage.is_remote(path)
           else os.path.abspath(path))
 
 
@@ -267,13 +267,13 @@ def output_directory(path: str, flag: str = 'out') -> Iterator[str]:
   to `path` when the body succeeds (plots and reports are written by
   libraries that know only local files).
   """
-  if workdir_files.is_remote(path):
-    path = workdir_files.location(path, f'--{flag}')
+  if storage.is_remote(path):
+    path = storage.location(path, f'--{flag}')
     staging = tempfile.mkdtemp(prefix='nin_jax_out_')
     try:
       yield staging
       try:
-        workdir_files.upload_tree(staging, path)
+        storage.upload_tree(staging, path)
       except Exception as e:  # pylint: disable=broad-except
         raise errors.WorkdirError(
             f'Cannot write to {path} ({errors.describe(e)}): check the '
@@ -333,7 +333,7 @@ def check_output_file(path: str, flag: str = 'out',
 def write_output(file: str, data: str | bytes, flag: str = 'out') -> None:
   """Writes an output file atomically; a failed write is one WorkdirError
   and leaves neither the file's temporary copy nor half a file."""
-  workdir_files.write_atomically(
+  storage.write_atomically(
       file, data, fix=f'give a writable --{flag} (or free some disk space).')
 
 

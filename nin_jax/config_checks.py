@@ -24,6 +24,7 @@ from nin_jax import optimizer
 from nin_jax import parallel
 from nin_jax import pooling
 from nin_jax import preprocessing
+from nin_jax import storage
 from nin_jax import workdir_files
 from nin_jax.configs import default
 
@@ -149,7 +150,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   parallel.check_batch_size('eval_batch_size', config.eval_batch_size)
   metric_writers.check_wandb(config)
   if config.get('cache_dir'):
-    workdir_files.check_local(config.cache_dir, '--config.cache_dir')
+    storage.check_local(config.cache_dir, '--config.cache_dir')
 
 
 def check_fields(config: ml_collections.ConfigDict) -> None:
@@ -225,7 +226,7 @@ def saved_config(workdir: str, if_damaged: str | None = None
   """
   saved = workdir_files.read_config(workdir, if_damaged)
   if saved is None:
-    if workdir_files.exists(workdir_files.path(workdir, workdir_files.CONFIG)):
+    if storage.exists(workdir_files.path(workdir, workdir_files.CONFIG)):
       logging.warning('Ignoring unreadable %s.',
                       workdir_files.path(workdir, workdir_files.CONFIG))
     return None

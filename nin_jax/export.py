@@ -33,8 +33,8 @@ import numpy as np
 
 from nin_jax import cli
 from nin_jax import errors
+from nin_jax import storage
 from nin_jax import trained_run
-from nin_jax import workdir_files
 
 FLAGS = flags.FLAGS
 
@@ -252,8 +252,8 @@ def write(run: trained_run.TrainedRun, out: str, export_format: str = 'stablehlo
   failed write leaves no temporary file, nor directories it made. A URL
   (gs://...) is written locally first, then uploaded.
   """
-  if workdir_files.is_remote(out):
-    out = workdir_files.location(out, '--out')
+  if storage.is_remote(out):
+    out = storage.location(out, '--out')
     with cli.output_directory(os.path.dirname(out)) as staging:
       return write(run, os.path.join(staging, os.path.basename(out)),
                    export_format, platforms)
@@ -308,8 +308,8 @@ def define_flags() -> None:
 def main(argv: list[str]) -> None:
   cli.check_command_line(argv)
   run = cli.load_run()
-  replaced = (workdir_files.exists(FLAGS.out)
-              if workdir_files.is_remote(FLAGS.out)
+  replaced = (storage.exists(FLAGS.out)
+              if storage.is_remote(FLAGS.out)
               else os.path.lexists(FLAGS.out))
   size = write(run, FLAGS.out, FLAGS.format, tuple(FLAGS.platforms))
   where = ('ONNX Runtime' if FLAGS.format == 'onnx'

@@ -34,6 +34,7 @@ import ml_collections
 import numpy as np
 
 from nin_jax import errors
+from nin_jax import storage
 from nin_jax import workdir_files
 
 PREFIX = 'folder:'
@@ -55,7 +56,7 @@ def is_folder(dataset: str) -> bool:
 
 def root_of(dataset: str) -> str:
   """The absolute folder of a 'folder:ROOT' dataset name."""
-  workdir_files.check_local(
+  storage.check_local(
       dataset[len(PREFIX):], '--config.dataset=folder:',
       'its images are read with local file calls; copy a bucket\'s first, '
       'e.g. gcloud storage rsync -r gs://BUCKET/DIR DIR')
@@ -258,7 +259,7 @@ def load_split(root: str, split: str, listing: Listing,
   labels = listing.labels[order]
   try:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    workdir_files.write_npz_atomically(path, images=images, labels=labels,
+    storage.write_npz_atomically(path, images=images, labels=labels,
                                paths=np.asarray(paths))
   except OSError as e:
     logging.warning('Could not cache the decoded images in %s (%s); the next '

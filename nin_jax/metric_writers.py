@@ -23,6 +23,7 @@ from tensorboard.summary.writer import event_file_writer
 
 from nin_jax import errors
 from nin_jax import steps
+from nin_jax import storage
 from nin_jax import workdir_files
 
 
@@ -62,9 +63,9 @@ class MetricWriter:
     self._logged = set()  # (step, split) pairs in metrics.jsonl.
     if not enabled:
       return
-    workdir_files.make_dirs(workdir)
+    storage.make_dirs(workdir)
     self.path = workdir_files.path(workdir, workdir_files.METRICS)
-    self._remote = workdir_files.is_remote(workdir)
+    self._remote = storage.is_remote(workdir)
     self._rows = self._keep_rows_up_to(resumed_step)  # Remote: all rows.
     self._jsonl = None if self._remote else open(self.path, 'a',
                                                  encoding='utf-8')
@@ -78,10 +79,10 @@ class MetricWriter:
 
   def _keep_rows_up_to(self, step: int) -> list[bytes]:
     """Moves rows after `step` aside; returns the rows kept."""
-    if not workdir_files.exists(self.path):
+    if not storage.exists(self.path):
       return []
     # Bytes: a line may be damaged.
-    lines = workdir_files.read_bytes(self.path).splitlines(keepends=True)
+    lines = storage.read_bytes(self.path).splitlines(keepends=True)
     kept, superseded = [], []
     for line in lines:
       row = workdir_files.metrics_row(line)
@@ -93,11 +94,11 @@ class MetricWriter:
     if not superseded:
       return kept
     # Kept first, then removed from metrics.jsonl (atomically).
-    workdir_files.append_bytes(
+    storage.append_bytes(
         workdir_files.path(os.path.dirname(self.path),
                            workdir_files.SUPERSEDED_METRICS),
         b''.join(superseded))
-    workdir_files.write_atomically(self.path, b''.join(kept))
+    storage.write_atomically(self.path, b''.join(kept))
     logging.info('Moved %d metric rows logged after step %d (which the '
                  'resumed run logs again) to metrics.superseded.jsonl.',
                  len(superseded), step)
@@ -118,7 +119,7 @@ class MetricWriter:
       line = json.dumps(record) + '\n'
       if self._remote:
         self._rows.append(line.encode('utf-8'))
-        workdir_files.write_atomically(self.path, b''.join(self._rows))
+        storage.write_atomically(self.path, b''.join(self._rows))
       else:
         self._jsonl.write(line)
         self._jsonl.flush()
@@ -134,7 +135,7 @@ class MetricWriter:
           wall_time=record['time'], step=int(step), summary=summary))
       self._tb[split].flush()
       if self._remote:
-        workdir_files.upload_tree(self._tb_local, self._tb_dir)
+        storage.upload_tree(self._tb_local, self._tb_dir)
     except Exception as e:  # pylint: disable=broad-except
       if not _is_storage_error(e):
         raise
@@ -199,7 +200,7 @@ def _start_wandb(project: str, workdir: str,
   run_id = hashlib.sha256(workdir.encode()).hexdigest()[:16]
   # W&B keeps its files in a local directory: the workdir, unless remote.
   return wandb.init(project=project, id=run_id, resume='allow',
-                    dir=None if workdir_files.is_remote(workdir) else workdir,
+                    dir=None if storage.is_remote(workdir) else workdir,
                     name=os.path.basename(workdir),
                     config=dict(run_config or {}))
 

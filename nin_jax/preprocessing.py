@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 
 from nin_jax import errors
+from nin_jax import storage
 from nin_jax import workdir_files
 
 # The choices of config.preprocessing, checked by config_checks.validate.
@@ -105,7 +106,7 @@ class Preprocessing:
               'settings': np.array(json.dumps(self.settings()))}
     if self.zca is not None:
       arrays['zca'] = self.zca
-    workdir_files.write_npz_atomically(path, **arrays)
+    storage.write_npz_atomically(path, **arrays)
 
   @classmethod
   def load(cls, path: str) -> 'Preprocessing':
@@ -116,8 +117,8 @@ class Preprocessing:
     would call garbage 'pickled data' and a truncated file a BadZipFile.
     """
     try:
-      source = (io.BytesIO(workdir_files.read_bytes(path))
-                if workdir_files.is_remote(path) else path)
+      source = (io.BytesIO(storage.read_bytes(path))
+                if storage.is_remote(path) else path)
       with np.load(source, allow_pickle=False) as data:
         settings = json.loads(str(data['settings']))
         loaded = cls(shift=data['shift'], scale=data['scale'],
@@ -219,7 +220,7 @@ def fits_directory(config: ml_collections.ConfigDict, tfds_data: bool) -> str:
   data_root = workdir_files.data_root(config)
   # TFDS reads a gs:// data_dir itself; the fit, written with local file
   # calls, then goes to the cache root.
-  root = (data_root if tfds_data and not workdir_files.is_remote(data_root)
+  root = (data_root if tfds_data and not storage.is_remote(data_root)
           else workdir_files.cache_root(config))
   return os.path.join(root, 'nin_jax_preprocessing')
 
@@ -284,7 +285,7 @@ def record(preprocessing: Preprocessing, workdir: str) -> None:
 def recorded(workdir: str) -> Preprocessing | None:
   """The transform a run in `workdir` trained with, if there was one."""
   path = workdir_files.path(workdir, workdir_files.PREPROCESSING)
-  return Preprocessing.load(path) if workdir_files.exists(path) else None
+  return Preprocessing.load(path) if storage.exists(path) else None
 
 
 def check_matches(preprocessing: Preprocessing,

@@ -37,6 +37,7 @@ import numpy as np
 
 from nin_jax import cli
 from nin_jax import errors
+from nin_jax import storage
 from nin_jax import workdir_files
 from nin_jax import trained_run
 
@@ -70,12 +71,12 @@ def publish(workdir: str, name: str, step: int | None = None,
     raise errors.ConfigError(
         f'--name={name!r}: a model name is letters, digits and _ . - (it '
         'becomes a directory name), not a path.')
-  workdir = workdir_files.location(workdir)
+  workdir = storage.location(workdir)
   if trained_run.is_published(workdir):
     raise errors.WorkdirError(f'{workdir} is a published model already; copy '
                               'its directory to give it another name.')
   root = root or trained_run.pretrained_root()
-  workdir_files.check_local(root, '--root', 'published models are looked '
+  storage.check_local(root, '--root', 'published models are looked '
                             'up there by name')
   root = os.path.abspath(root)
   target = os.path.join(root, name)
@@ -89,7 +90,7 @@ def publish(workdir: str, name: str, step: int | None = None,
     os.chmod(staging, 0o755)  # mkdtemp's 0o700 would stay after the rename.
     for file_name in COPIED:  # The workdir may be remote (gs://).
       with open(os.path.join(staging, file_name), 'wb') as f:
-        f.write(workdir_files.read_bytes(workdir_files.path(workdir,
+        f.write(storage.read_bytes(workdir_files.path(workdir,
                                                             file_name)))
     variables = jax.tree.map(np.asarray, jax.device_get(run.variables))
     with open(os.path.join(staging, trained_run.VARIABLES_FILE), 'wb') as f:
@@ -116,7 +117,7 @@ def publish(workdir: str, name: str, step: int | None = None,
             for row in rows if row.get('step') == run.step
             and row.get('split') in ('validation', 'test')},
     }
-    workdir_files.write_atomically(os.path.join(staging, trained_run.INFO_FILE),
+    storage.write_atomically(os.path.join(staging, trained_run.INFO_FILE),
                            json.dumps(info, indent=2) + '\n')
     if os.path.exists(target):  # --overwrite: the old one goes last.
       old = tempfile.mkdtemp(prefix=f'.{name}.replaced-', dir=root)

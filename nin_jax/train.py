@@ -40,6 +40,7 @@ from nin_jax import parallel
 from nin_jax import preprocessing
 from nin_jax import steps
 from nin_jax import stop_signals
+from nin_jax import storage
 from nin_jax import trained_run
 from nin_jax import workdir_files
 
@@ -103,8 +104,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if not workdir:
     raise errors.WorkdirError('--workdir is empty: name the directory for '
                               'this run, e.g. --workdir=/tmp/nin.')
-  workdir = workdir_files.location(workdir)
-  workdir_files.check_reachable(workdir)
+  workdir = storage.location(workdir)
+  storage.check_reachable(workdir)
   config, changed = _preflight(config, workdir)
   with contextlib.ExitStack() as cleanup:
     # Listening from here, so a signal during start-up is not lost.
@@ -187,7 +188,7 @@ def _check_workdir_writable(workdir: str) -> None:
   Creates nothing: a run that fails later (e.g. no dataset) leaves no
   empty workdir behind.
   """
-  if workdir_files.is_remote(workdir):
+  if storage.is_remote(workdir):
     _check_remote_workdir_writable(workdir)
     return
   existing = workdir
@@ -225,11 +226,11 @@ def _check_remote_workdir_writable(workdir: str) -> None:
   checkpoints = workdir_files.checkpoints_dir(workdir)
   # Also the first request: a bucket that does not exist, missing
   # credentials or a missing gcsfs fail here.
-  workdir_files.write_atomically(
+  storage.write_atomically(
       workdir_files.path(workdir, f'.write_test.{os.getpid()}'), 'ok')
-  workdir_files.remove_file(
+  storage.remove_file(
       workdir_files.path(workdir, f'.write_test.{os.getpid()}'))
-  if workdir_files.exists(checkpoints) and not workdir_files.is_dir(
+  if storage.exists(checkpoints) and not storage.is_dir(
       checkpoints):
     raise errors.WorkdirError(
         f'Cannot write to the workdir {workdir}: {checkpoints} is a file, '
@@ -375,7 +376,7 @@ def _record(config: ml_collections.ConfigDict, workdir: str, data: _Data,
   """config.json, dataset.json and preprocessing.npz (process 0 writes)."""
   if jax.process_index() != 0:
     return
-  workdir_files.make_dirs(workdir)
+  storage.make_dirs(workdir)
   workdir_files.write_config(workdir, config, start_step)
   workdir_files.write_dataset_info(workdir, data.info)
   if not data.prep_is_recorded:
@@ -440,7 +441,7 @@ class _StepTrace:
 
   def before(self, first_dispatch: bool) -> None:
     if self._left > 0 and not self._tracing and not first_dispatch:
-      if workdir_files.is_remote(self._directory):
+      if storage.is_remote(self._directory):
         self._local = tempfile.mkdtemp(prefix='nin_jax_profile_')
       jax.profiler.start_trace(self._local)
       self._tracing = True
@@ -457,7 +458,7 @@ class _StepTrace:
     self._tracing = False
     self._left = 0
     if self._local != self._directory:
-      workdir_files.upload_tree(self._local, self._directory)
+      storage.upload_tree(self._local, self._directory)
       shutil.rmtree(self._local, ignore_errors=True)
     logging.info('Wrote a profile of the training steps to %s (TensorBoard: '
                  'the profile tab).', self._directory)

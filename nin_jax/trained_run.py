@@ -30,6 +30,7 @@ from nin_jax import image_folder
 from nin_jax import input_pipeline
 from nin_jax import models
 from nin_jax import preprocessing
+from nin_jax import storage
 from nin_jax import workdir_files
 
 VARIABLES_FILE = 'variables.msgpack'
@@ -245,9 +246,9 @@ def load(workdir: str, step: int | None = None) -> TrainedRun:
   one), or the published model in that directory (whose one step `step`
   must then be). A damaged file is one WorkdirError that names it and what
   to do."""
-  workdir = workdir_files.location(workdir)
-  workdir_files.check_reachable(workdir)
-  if not workdir_files.is_dir(workdir):
+  workdir = storage.location(workdir)
+  storage.check_reachable(workdir)
+  if not storage.is_dir(workdir):
     raise errors.WorkdirError(f'No workdir {workdir}: pass the --workdir of a '
                               'run of python -m nin_jax.main.')
   published = is_published(workdir)
@@ -406,8 +407,8 @@ def transfer(loaded: dict[str, Any], fresh: dict[str, Any], source: str
 
 def find_source(init_from: str) -> str:
   """config.init_from's directory: a workdir, or a published model's."""
-  if workdir_files.is_remote(init_from):
-    return workdir_files.location(init_from, 'config.init_from')
+  if storage.is_remote(init_from):
+    return storage.location(init_from, 'config.init_from')
   if not _by_name(init_from) and os.path.isdir(
       workdir_files.checkpoints_dir(init_from)):
     return os.path.abspath(init_from)

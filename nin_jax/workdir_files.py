@@ -12,39 +12,30 @@
     .lock                      held by the running trainer (one per workdir)
 
 The writers and readers of each file sit side by side here, so a format has
-one owner. Also here: writes that a crash cannot leave half done, the data
-root, where TFDS data lives, and the cache root, where nin_jax caches what
-it derives from other data.
+one owner. Also here: the data root, where TFDS data lives, and the cache
+root, where nin_jax caches what it derives from other data.
 
-A workdir is a local directory or a URL that etils.epath understands
-(gs://bucket/run, s3://...). Every file call below goes through
-etils.epath, so both read and write the same way; where an object store
-differs (no append, no rename of a directory, no lock) the functions here
-do what it allows: files are written whole, directories are copied and then
-deleted, and the run lock is a lease.
+A workdir is a local directory or a URL (gs://bucket/run): every file call
+goes through storage.py, which reads and writes both. An object store has
+no lock, so there the run lock is a lease (LeaseLock).
 """
 
 import dataclasses
 import fcntl
-import importlib.util
-import io
 import json
 import math
 import os
-import re
 import secrets
 import socket
-import tempfile
 import threading
 import time
 from typing import Any
 
 from absl import logging
-from etils import epath
 import ml_collections
-import numpy as np
 
 from nin_jax import errors
+from nin_jax import storage
 
 CONFIG = 'config.json'
 DATASET = 'dataset.json'
@@ -60,245 +51,6 @@ UNREADABLE_CHECKPOINTS = 'checkpoints_unreadable'
 def path(workdir: str, name: str) -> str:
   """`workdir`/`name`, for one of the names above."""
   return os.path.join(workdir, name)
-
-
-# --- Local or remote -------------------------------------------------------------
-
-
-def is_remote(name: str) -> bool:
-  """Whether `name` is a URL (gs://, s3://, ...) rather than a local path."""
-  return bool(re.match(r'[A-Za-z][A-Za-z0-9+.-]*://', name or ''))
-
-
-# The URL schemes etils.epath reads and writes (with TensorFlow's gfile or
-# fsspec's gcsfs/s3fs behind it).
-REMOTE_SCHEMES = ('gs', 's3', 'az')
-
-
-def location(name: str, flag: str = '--workdir') -> str:
-  """How a workdir is kept: a local path made absolute (~ expanded), a URL
-  as given less a trailing '/'. A URL of a scheme nin_jax cannot write is
-  a WorkdirError: os.path would make it the local folder './gs:/...'."""
-  if not is_remote(name):
-    return os.path.abspath(os.path.expanduser(name))
-  scheme, rest = name.split('://', 1)
-  if scheme not in REMOTE_SCHEMES or not rest.strip('/'):
-    raise errors.WorkdirError(
-        f'{flag}={name}: nin_jax reads and writes local paths and '
-        f'{", ".join(s + "://" for s in REMOTE_SCHEMES)} URLs with a bucket '
-        'name; mount other storage and pass the mount point.')
-  return name.rstrip('/')
-
-
-def check_reachable(name: str, flag: str = '--workdir') -> None:
-  """For a URL: one request, so that no network, no credentials, a missing
-  bucket or a missing client library is one WorkdirError up front rather
-  than a traceback from deep in a library."""
-  if not is_remote(name):
-    return
-  if name.startswith('gs://') and not _importable('google.cloud.storage'):
-    # Orbax lists and deletes checkpoints on gs:// with it.
-    raise errors.WorkdirError(
-        f'{flag}={name} needs google-cloud-storage: pip install '
-        '"nin_jax[gcs]" (or gcsfs, which brings it).')
-  try:
-    _path(name).exists()
-  except Exception as e:  # pylint: disable=broad-except
-    raise errors.WorkdirError(
-        f'Cannot reach {flag}={name} ({errors.describe(e)}): check the '
-        'network, your credentials (gcloud auth application-default login) '
-        'and the bucket name; without TensorFlow, gs:// needs pip install '
-        '"nin_jax[gcs]".') from None
-
-
-def _importable(module: str) -> bool:
-  try:
-    return importlib.util.find_spec(module) is not None
-  except ModuleNotFoundError:  # A parent package is missing.
-    return False
-
-
-def check_local(name: str, flag: str,
-                why: str = 'nin_jax memory-maps what it keeps there') -> None:
-  """Refuses a URL where nin_jax needs a local directory (`why`)."""
-  if is_remote(name):
-    raise errors.WorkdirError(
-        f'{flag}={name}: this must be a local directory ({why}); pass a '
-        'local path.')
-
-
-def _list_afresh() -> None:
-  """gcsfs (etils' client for gs:// where TensorFlow is absent or not
-  used) caches directory listings for the life of a process, so saves by
-  another process (a trainer, seen by a reader or a notebook) would go
-  unseen: a newest checkpoint missing, or 'No checkpoint'. Listed afresh
-  each time instead (a request either way)."""
-  try:
-    import fsspec  # pylint: disable=g-import-not-at-top
-  except ImportError:  # Then gcsfs is absent too.
-    return
-  fsspec.config.conf.setdefault('gcs', {}).setdefault('use_listings_cache',
-                                                       False)
-
-
-_list_afresh()
-
-
-def _path(name: str) -> epath.Path:
-  return epath.Path(name)
-
-
-def exists(name: str) -> bool:
-  return _path(name).exists()
-
-
-def is_dir(name: str) -> bool:
-  return _path(name).is_dir()
-
-
-def list_dir(name: str) -> list[str]:
-  """The names in directory `name` ([] if there is none)."""
-  if not is_dir(name):
-    return []
-  return sorted(child.name for child in _path(name).iterdir())
-
-
-def make_dirs(name: str) -> None:
-  _path(name).mkdir(parents=True, exist_ok=True)
-
-
-def read_bytes(name: str) -> bytes:
-  return _path(name).read_bytes()
-
-
-def append_bytes(file: str, data: bytes) -> None:
-  """Adds `data` at the end of `file` (an object store cannot append: the
-  object is read and written whole)."""
-  if is_remote(file):
-    write_atomically(file, (read_bytes(file) if exists(file) else b'') + data)
-    return
-  try:
-    with open(file, 'ab') as f:
-      f.write(data)
-  except OSError as e:
-    raise _write_error(file, e) from None
-
-
-def remove_file(name: str) -> None:
-  """Deletes file `name`; no error if it is gone."""
-  _path(name).unlink(missing_ok=True)
-
-
-def remove_tree(name: str) -> None:
-  """Deletes directory `name` and all it holds; no error if it is gone."""
-  target = _path(name)
-  if target.exists():
-    target.rmtree()
-
-
-def move_tree(source: str, target: str) -> None:
-  """Moves directory `source` to `target`: renamed on a disk; on an object
-  store, which has no directories to rename, copied file by file first and
-  only then deleted, so a failure in between loses nothing."""
-  if not is_remote(source):
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    os.replace(source, target)
-    return
-  source_path = _path(source)
-  for relative in _files_below(source_path):
-    copied = _path(target) / relative
-    copied.parent.mkdir(parents=True, exist_ok=True)
-    (source_path / relative).copy(copied, overwrite=True)
-  source_path.rmtree()
-
-
-def _files_below(directory: epath.Path) -> list[str]:
-  """Paths of all files below `directory`, relative to it (epath's walk
-  drops the gs:// of what it yields)."""
-  found = []
-  for child in directory.iterdir():
-    if child.is_dir():
-      found += [f'{child.name}/{name}' for name in _files_below(child)]
-    else:
-      found.append(child.name)
-  return found
-
-
-def upload_tree(local: str, target: str) -> None:
-  """Copies every file under the local directory `local` into `target`."""
-  for directory, _, files in os.walk(local):
-    relative = os.path.relpath(directory, local)
-    for name in files:
-      copied = _path(target) / relative / name
-      copied.parent.mkdir(parents=True, exist_ok=True)
-      with open(os.path.join(directory, name), 'rb') as f:
-        copied.write_bytes(f.read())
-
-
-# --- Writes a crash cannot leave half done --------------------------------------
-
-
-def write_atomically(file: str, data: str | bytes | bytearray,
-                     fix: str | None = None) -> None:
-  """Replaces `file` with `data`, so that a crash leaves the old or the new
-  file, never part of one (written beside it, then renamed over it; an
-  object store does that itself: an object appears when it is whole).
-
-  A failure is a WorkdirError with the reason and `fix` (what the user
-  should do; by default, free space or fix permissions and rerun).
-  """
-  binary = not isinstance(data, str)
-  encoded = bytes(data) if binary else data.encode('utf-8')
-  if is_remote(file):
-    try:
-      _path(file).write_bytes(encoded)
-    except Exception as e:  # pylint: disable=broad-except
-      raise _write_error(file, e, fix) from None
-    return
-  try:
-    with open(file + '.tmp', 'wb') as f:
-      f.write(encoded)
-    os.replace(file + '.tmp', file)
-  except OSError as e:  # A full disk, most often: leave nothing half done.
-    if os.path.exists(file + '.tmp'):
-      os.remove(file + '.tmp')
-    raise _write_error(file, e, fix) from None
-
-
-def write_npz_atomically(file: str, **arrays: np.ndarray) -> None:
-  """np.savez to `file` through a uniquely named file beside it, so that
-  concurrent writers (the processes of one run) and readers never clash."""
-  if is_remote(file):
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    write_atomically(file, buffer.getvalue())
-    return
-  directory = os.path.dirname(file)
-  os.makedirs(directory, exist_ok=True)
-  handle, temporary = tempfile.mkstemp(dir=directory, suffix='.npz.tmp')
-  try:
-    with os.fdopen(handle, 'wb') as f:
-      np.savez(f, **arrays)
-    os.replace(temporary, file)
-  except BaseException as e:
-    if os.path.exists(temporary):
-      os.remove(temporary)
-    if isinstance(e, OSError):
-      raise _write_error(file, e) from None
-    raise
-
-
-def _write_error(file: str, error: Exception,
-                 fix: str | None = None) -> errors.WorkdirError:
-  if is_remote(file):
-    return errors.WorkdirError(
-        f'Cannot write {file} ({errors.describe(error)}): ' + (
-            fix or 'check the bucket\'s permissions and your credentials, '
-            'then run the same command again.'))
-  return errors.WorkdirError(
-      f'Cannot write {file} ({getattr(error, "strerror", None) or error}): '
-      + (fix or 'free some disk space or fix the permissions, then run the '
-         'same command again.'))
 
 
 def data_root(config: ml_collections.ConfigDict) -> str:
@@ -341,14 +93,14 @@ def write_config(workdir: str, config: ml_collections.ConfigDict,
   """Writes config.json; a different earlier config is kept, not overwritten."""
   file = path(workdir, CONFIG)
   text = config.to_json_best_effort(indent=2, sort_keys=True)
-  if exists(file):
-    if read_bytes(file) == text.encode('utf-8'):  # Bytes: it may be damaged.
+  if storage.exists(file):
+    if storage.read_bytes(file) == text.encode('utf-8'):  # Bytes: it may be damaged.
       return
     kept = path(workdir, f'config.before_step{resumed_step}.json')
-    _path(file).replace(kept)
+    storage.rename(file, kept)
     logging.info('The earlier %s differs from this run\'s config: kept it as '
                  '%s.', CONFIG, kept)
-  write_atomically(file, text)
+  storage.write_atomically(file, text)
 
 
 def read_config(workdir: str, if_damaged: str | None = None
@@ -360,7 +112,7 @@ def read_config(workdir: str, if_damaged: str | None = None
   user should do; the commands that load a run pass DAMAGED_CONFIG), it is
   a WorkdirError that names the file and ends with that instead.
   """
-  if not exists(path(workdir, CONFIG)):
+  if not storage.exists(path(workdir, CONFIG)):
     return None
   try:
     return read_json(workdir, CONFIG, '', if_damaged or DAMAGED_CONFIG)
@@ -375,7 +127,7 @@ def read_config(workdir: str, if_damaged: str | None = None
 
 def write_dataset_info(workdir: str, info: Any) -> None:
   """`info`: an input_pipeline.DatasetInfo."""
-  write_atomically(path(workdir, DATASET),
+  storage.write_atomically(path(workdir, DATASET),
                    json.dumps(dataclasses.asdict(info), indent=2))
 
 
@@ -410,10 +162,10 @@ def read_json(directory: str, name: str, if_missing: str,
   half-written file) is a WorkdirError that ends with `if_damaged`.
   """
   file = path(directory, name)
-  if not exists(file):
+  if not storage.exists(file):
     raise errors.WorkdirError(f'{directory} has no {name}; {if_missing}')
   try:
-    parsed = json.loads(read_bytes(file).decode('utf-8'))
+    parsed = json.loads(storage.read_bytes(file).decode('utf-8'))
   except (UnicodeDecodeError, json.JSONDecodeError) as e:
     raise errors.WorkdirError(
         f'{name} in {directory} is not valid JSON ({errors.describe(e)}): '
@@ -455,9 +207,9 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
   and one warning line counts what was skipped.
   """
   file = path(workdir, METRICS)
-  if not exists(file):
+  if not storage.exists(file):
     return []
-  lines = read_bytes(file).split(b'\n')
+  lines = storage.read_bytes(file).split(b'\n')
   # After the last '\n': empty, or a line cut short (or being written).
   lines, cut = lines[:-1], lines[-1]
   rows, damaged = [], 0
@@ -492,16 +244,16 @@ def has_checkpoint(workdir: str) -> bool:
   (what Orbax renames a save to when it is complete; on gs://, one that
   holds Orbax's commit_success.txt); no array is read."""
   directory = checkpoints_dir(workdir)
-  finished = [name for name in list_dir(directory) if name.isdigit()]
+  finished = [name for name in storage.list_dir(directory) if name.isdigit()]
   if directory.startswith('gs://'):
-    return any(exists(path(path(directory, name), COMMIT_SUCCESS))
+    return any(storage.exists(path(path(directory, name), COMMIT_SUCCESS))
                for name in finished)
   return bool(finished)
 
 
 def run_lock(workdir: str) -> 'RunLock | LeaseLock':
   """The lock that keeps a second trainer out of `workdir`."""
-  return LeaseLock(workdir) if is_remote(workdir) else RunLock(workdir)
+  return LeaseLock(workdir) if storage.is_remote(workdir) else RunLock(workdir)
 
 
 def _holder() -> str:
@@ -578,7 +330,7 @@ class LeaseLock:
 
   def _read(self) -> dict[str, Any] | None:
     try:
-      lease = json.loads(read_bytes(self._file).decode('utf-8'))
+      lease = json.loads(storage.read_bytes(self._file).decode('utf-8'))
     except FileNotFoundError:
       return None
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -586,7 +338,7 @@ class LeaseLock:
     return lease if isinstance(lease, dict) else {}
 
   def _write(self, holder: str) -> None:
-    write_atomically(self._file, json.dumps(
+    storage.write_atomically(self._file, json.dumps(
         {'holder': holder, 'token': self._token, 'renewed': time.time(),
          'host': socket.gethostname(), 'pid': os.getpid()}))
 
@@ -652,7 +404,7 @@ class LeaseLock:
     self._renewer = None
     try:
       if (self._read() or {}).get('token') == self._token:
-        _path(self._file).unlink()
+        storage.remove_file(self._file)
     except Exception as e:  # pylint: disable=broad-except
       # It expires by itself.
       logging.warning('Could not release the lock %s (%s); it expires in '

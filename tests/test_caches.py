@@ -9,6 +9,7 @@ import pytest
 from nin_jax import image_folder
 from nin_jax import input_pipeline
 from nin_jax import preprocessing
+from nin_jax import storage
 from nin_jax import train
 from nin_jax import workdir_files
 from nin_jax.configs import test as test_config
@@ -124,4 +125,4 @@ def test_a_tfds_fit_of_a_bucket_data_dir_is_cached_locally(places):
   config.data_dir = 'gs://bucket/tensorflow_datasets'
   local = preprocessing.fits_directory(config, tfds_data=True)
   assert local.startswith(workdir_files.cache_root(config))
-  assert not workdir_files.is_remote(local)
+  assert not storage.is_remote(local)

@@ -18,8 +18,8 @@ from nin_jax import models
 from nin_jax import optimizer
 from nin_jax import parallel
 from nin_jax import preprocessing
+from nin_jax import storage
 from nin_jax import train
-from nin_jax import workdir_files
 from tests import main_runner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -256,7 +256,7 @@ def test_a_full_disk_anywhere_is_one_line_and_leaves_no_temporary_file(
   with monkeypatch.context() as patch:
     patch.setattr(os, 'replace', lambda *a: (_ for _ in ()).throw(full))
     with pytest.raises(errors.WorkdirError, match='No space left'):
-      workdir_files.write_atomically(str(tmp_path / 'a.json'), '{}')
+      storage.write_atomically(str(tmp_path / 'a.json'), '{}')
   assert os.listdir(tmp_path) == []
   # TensorStore's way of saying it, from inside an Orbax save.
   real_save = ocp.CheckpointManager.save

@@ -22,6 +22,7 @@ from nin_jax import evaluate
 from nin_jax import export
 from nin_jax import image_folder
 from nin_jax import publish
+from nin_jax import storage
 from nin_jax import trained_run
 from nin_jax import visualize
 from nin_jax import workdir_files
@@ -65,7 +66,7 @@ def test_train_resume_evaluate_visualize_export_on_gs(
   # run resumes from step 2 and relogs steps 3-4 as if it never stopped.
   _damage(emulated_gcs, 'run/checkpoints/4/')
   # And a save cut short: on gs:// a step without commit_success.txt.
-  workdir_files.write_atomically(f'{run}/checkpoints/8/state/_METADATA', '{')
+  storage.write_atomically(f'{run}/checkpoints/8/state/_METADATA', '{')
   damaged = [name[len('run/checkpoints/4/'):]
              for name in emulated_gcs.objects('run/checkpoints/4/')]
   assert main_runner.run_main(monkeypatch, run,
@@ -82,12 +83,12 @@ def test_train_resume_evaluate_visualize_export_on_gs(
   keys = [(row['step'], row['split']) for row in rows]
   assert len(keys) == len(set(keys))
   assert max(step for step, _ in keys) == 6
-  superseded = workdir_files.read_bytes(
+  superseded = storage.read_bytes(
       f'{run}/{workdir_files.SUPERSEDED_METRICS}').decode().splitlines()
   assert {json.loads(line)['step'] for line in superseded} == {4}
 
   assert main_runner.run_command(evaluate, f'--workdir={run}') == 0
-  report = json.loads(workdir_files.read_bytes(
+  report = json.loads(storage.read_bytes(
       f'{run}/evaluation/test_step6/report.json'))
   assert report['step'] == 6 and report['workdir'] == run
   assert main_runner.run_command(
@@ -130,7 +131,7 @@ def test_two_processes_share_a_gs_workdir(emulated_gcs):
     return out
 
   both()
-  out = both('--config.num_train_steps=6')
+  both('--config.num_train_steps=6')
   objects = emulated_gcs.objects('run/')
   assert 'run/checkpoints/6/commit_success.txt' in objects
   assert 'run/.lock' not in objects
@@ -151,32 +152,32 @@ def test_one_trainer_per_gs_workdir(emulated_gcs, monkeypatch, capsys):
     assert main_runner.run_main(monkeypatch, run) == 2
     assert 'Another trainer is running' in capsys.readouterr().err
     assert emulated_gcs.objects('run/') == ['run/.lock']
-  assert not workdir_files.exists(lock)  # Released on exit.
+  assert not storage.exists(lock)  # Released on exit.
 
   # A lease its holder stopped renewing (killed) is taken over.
-  workdir_files.write_atomically(lock, json.dumps(
+  storage.write_atomically(lock, json.dumps(
       {'holder': 'pid 1 on gone', 'token': 'x',
        'renewed': time.time() - 2 * workdir_files.LeaseLock.EXPIRES_SECONDS}))
   with workdir_files.run_lock(run):
-    holder = json.loads(workdir_files.read_bytes(lock))['holder']
+    holder = json.loads(storage.read_bytes(lock))['holder']
     assert holder.startswith(f'pid {os.getpid()} ')
 
   # So is a fresh one of a process of this host that has ended (a killed
   # run, restarted at once).
   dead_pid = subprocess.Popen(['true'])
   dead_pid.wait()
-  workdir_files.write_atomically(lock, json.dumps(
+  storage.write_atomically(lock, json.dumps(
       {'holder': f'pid {dead_pid.pid}', 'token': 'y', 'renewed': time.time(),
        'host': socket.gethostname(), 'pid': dead_pid.pid}))
   with workdir_files.run_lock(run):
-    assert json.loads(workdir_files.read_bytes(lock))['pid'] == os.getpid()
+    assert json.loads(storage.read_bytes(lock))['pid'] == os.getpid()
 
 
 def test_urls_nin_jax_cannot_write_are_refused():
-  assert workdir_files.location('gs://b/run/') == 'gs://b/run'
+  assert storage.location('gs://b/run/') == 'gs://b/run'
   for url in ('hdfs://nn/run', 'gs://', 'http://host/run'):
     with pytest.raises(errors.WorkdirError, match='mount'):
-      workdir_files.location(url)
+      storage.location(url)
 
 
 def test_what_must_stay_local_refuses_a_url(tmp_path):
@@ -187,9 +188,9 @@ def test_what_must_stay_local_refuses_a_url(tmp_path):
 
 
 def test_gs_without_google_cloud_storage_names_the_extra(monkeypatch):
-  monkeypatch.setattr(workdir_files, '_importable', lambda module: False)
+  monkeypatch.setattr(storage, '_importable', lambda module: False)
   with pytest.raises(errors.WorkdirError, match=r'pip install "nin_jax\[gcs\]"'):
-    workdir_files.check_reachable('gs://b/run')
+    storage.check_reachable('gs://b/run')
 
 
 def test_listings_see_what_another_process_wrote(emulated_gcs):
@@ -203,6 +204,6 @@ def test_listings_see_what_another_process_wrote(emulated_gcs):
                    env={**os.environ, **emulated_gcs.env}, check=True)
 
   save_elsewhere(2)
-  assert workdir_files.list_dir(directory) == ['2']
+  assert storage.list_dir(directory) == ['2']
   save_elsewhere(4)
-  assert workdir_files.list_dir(directory) == ['2', '4']
+  assert storage.list_dir(directory) == ['2', '4']

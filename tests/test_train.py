@@ -17,6 +17,7 @@ from nin_jax import evaluate
 from nin_jax import input_pipeline
 from nin_jax import parallel
 from nin_jax import steps
+from nin_jax import storage
 from nin_jax import train
 from nin_jax import trained_run
 from nin_jax import workdir_files
@@ -290,7 +291,7 @@ def test_a_url_workdir_never_becomes_a_local_folder(
       del name
     def exists(self):
       raise OSError('Could not resolve host')
-  monkeypatch.setattr(workdir_files, '_path', Unreachable)
+  monkeypatch.setattr(storage, '_path', Unreachable)
   with pytest.raises(errors.WorkdirError,
                      match=r'Cannot reach --workdir=gs://bucket/run \(OSError'):
     train.train_and_evaluate(tiny_config, 'gs://bucket/run')

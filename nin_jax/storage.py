@@ -1,0 +1,264 @@
+"""Files wherever they are: a local path, or a URL that etils.epath
+understands (gs://bucket/run, s3://...).
+
+Every file call of nin_jax on a workdir, a dataset's cache or an output goes
+through here, so both kinds of place are read and written the same way.
+Where an object store differs (no append, no rename of a directory,
+objects appear only when whole, listings cached by gcsfs) the functions do
+what it allows: files are written whole, directories copied and then
+deleted, listings made afresh. Failures to write are one WorkdirError that
+names the file, the reason and the fix.
+"""
+
+import importlib.util
+import io
+import os
+import re
+import tempfile
+
+from etils import epath
+import numpy as np
+
+from nin_jax import errors
+
+
+def is_remote(name: str) -> bool:
+  """Whether `name` is a URL (gs://, s3://, ...) rather than a local path."""
+  return bool(re.match(r'[A-Za-z][A-Za-z0-9+.-]*://', name or ''))
+
+
+# The URL schemes etils.epath reads and writes (with TensorFlow's gfile or
+# fsspec's gcsfs/s3fs behind it).
+REMOTE_SCHEMES = ('gs', 's3', 'az')
+
+
+def location(name: str, flag: str = '--workdir') -> str:
+  """How a workdir is kept: a local path made absolute (~ expanded), a URL
+  as given less a trailing '/'. A URL of a scheme nin_jax cannot write is
+  a WorkdirError: os.path would make it the local folder './gs:/...'."""
+  if not is_remote(name):
+    return os.path.abspath(os.path.expanduser(name))
+  scheme, rest = name.split('://', 1)
+  if scheme not in REMOTE_SCHEMES or not rest.strip('/'):
+    raise errors.WorkdirError(
+        f'{flag}={name}: nin_jax reads and writes local paths and '
+        f'{", ".join(s + "://" for s in REMOTE_SCHEMES)} URLs with a bucket '
+        'name; mount other storage and pass the mount point.')
+  return name.rstrip('/')
+
+
+def check_reachable(name: str, flag: str = '--workdir') -> None:
+  """For a URL: one request, so that no network, no credentials, a missing
+  bucket or a missing client library is one WorkdirError up front rather
+  than a traceback from deep in a library."""
+  if not is_remote(name):
+    return
+  if name.startswith('gs://') and not _importable('google.cloud.storage'):
+    # Orbax lists and deletes checkpoints on gs:// with it.
+    raise errors.WorkdirError(
+        f'{flag}={name} needs google-cloud-storage: pip install '
+        '"nin_jax[gcs]" (or gcsfs, which brings it).')
+  try:
+    _path(name).exists()
+  except Exception as e:  # pylint: disable=broad-except
+    raise errors.WorkdirError(
+        f'Cannot reach {flag}={name} ({errors.describe(e)}): check the '
+        'network, your credentials (gcloud auth application-default login) '
+        'and the bucket name; without TensorFlow, gs:// needs pip install '
+        '"nin_jax[gcs]".') from None
+
+
+def _importable(module: str) -> bool:
+  try:
+    return importlib.util.find_spec(module) is not None
+  except ModuleNotFoundError:  # A parent package is missing.
+    return False
+
+
+def check_local(name: str, flag: str,
+                why: str = 'nin_jax memory-maps what it keeps there') -> None:
+  """Refuses a URL where nin_jax needs a local directory (`why`)."""
+  if is_remote(name):
+    raise errors.WorkdirError(
+        f'{flag}={name}: this must be a local directory ({why}); pass a '
+        'local path.')
+
+
+def _list_afresh() -> None:
+  """gcsfs (etils' client for gs:// where TensorFlow is absent or not
+  used) caches directory listings for the life of a process, so saves by
+  another process (a trainer, seen by a reader or a notebook) would go
+  unseen: a newest checkpoint missing, or 'No checkpoint'. Listed afresh
+  each time instead (a request either way)."""
+  try:
+    import fsspec  # pylint: disable=g-import-not-at-top
+  except ImportError:  # Then gcsfs is absent too.
+    return
+  fsspec.config.conf.setdefault('gcs', {}).setdefault('use_listings_cache',
+                                                       False)
+
+
+_list_afresh()
+
+
+def _path(name: str) -> epath.Path:
+  return epath.Path(name)
+
+
+def exists(name: str) -> bool:
+  return _path(name).exists()
+
+
+def is_dir(name: str) -> bool:
+  return _path(name).is_dir()
+
+
+def list_dir(name: str) -> list[str]:
+  """The names in directory `name` ([] if there is none)."""
+  if not is_dir(name):
+    return []
+  return sorted(child.name for child in _path(name).iterdir())
+
+
+def make_dirs(name: str) -> None:
+  _path(name).mkdir(parents=True, exist_ok=True)
+
+
+def read_bytes(name: str) -> bytes:
+  return _path(name).read_bytes()
+
+
+def append_bytes(file: str, data: bytes) -> None:
+  """Adds `data` at the end of `file` (an object store cannot append: the
+  object is read and written whole)."""
+  if is_remote(file):
+    write_atomically(file, (read_bytes(file) if exists(file) else b'') + data)
+    return
+  try:
+    with open(file, 'ab') as f:
+      f.write(data)
+  except OSError as e:
+    raise _write_error(file, e) from None
+
+
+def remove_file(name: str) -> None:
+  """Deletes file `name`; no error if it is gone."""
+  _path(name).unlink(missing_ok=True)
+
+
+def remove_tree(name: str) -> None:
+  """Deletes directory `name` and all it holds; no error if it is gone."""
+  target = _path(name)
+  if target.exists():
+    target.rmtree()
+
+
+def move_tree(source: str, target: str) -> None:
+  """Moves directory `source` to `target`: renamed on a disk; on an object
+  store, which has no directories to rename, copied file by file first and
+  only then deleted, so a failure in between loses nothing."""
+  if not is_remote(source):
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    os.replace(source, target)
+    return
+  source_path = _path(source)
+  for relative in _files_below(source_path):
+    copied = _path(target) / relative
+    copied.parent.mkdir(parents=True, exist_ok=True)
+    (source_path / relative).copy(copied, overwrite=True)
+  source_path.rmtree()
+
+
+def _files_below(directory: epath.Path) -> list[str]:
+  """Paths of all files below `directory`, relative to it (epath's walk
+  drops the gs:// of what it yields)."""
+  found = []
+  for child in directory.iterdir():
+    if child.is_dir():
+      found += [f'{child.name}/{name}' for name in _files_below(child)]
+    else:
+      found.append(child.name)
+  return found
+
+
+def upload_tree(local: str, target: str) -> None:
+  """Copies every file under the local directory `local` into `target`."""
+  for directory, _, files in os.walk(local):
+    relative = os.path.relpath(directory, local)
+    for name in files:
+      copied = _path(target) / relative / name
+      copied.parent.mkdir(parents=True, exist_ok=True)
+      with open(os.path.join(directory, name), 'rb') as f:
+        copied.write_bytes(f.read())
+
+
+# --- Writes a crash cannot leave half done --------------------------------------
+
+
+def write_atomically(file: str, data: str | bytes | bytearray,
+                     fix: str | None = None) -> None:
+  """Replaces `file` with `data`, so that a crash leaves the old or the new
+  file, never part of one (written beside it, then renamed over it; an
+  object store does that itself: an object appears when it is whole).
+
+  A failure is a WorkdirError with the reason and `fix` (what the user
+  should do; by default, free space or fix permissions and rerun).
+  """
+  binary = not isinstance(data, str)
+  encoded = bytes(data) if binary else data.encode('utf-8')
+  if is_remote(file):
+    try:
+      _path(file).write_bytes(encoded)
+    except Exception as e:  # pylint: disable=broad-except
+      raise _write_error(file, e, fix) from None
+    return
+  try:
+    with open(file + '.tmp', 'wb') as f:
+      f.write(encoded)
+    os.replace(file + '.tmp', file)
+  except OSError as e:  # A full disk, most often: leave nothing half done.
+    if os.path.exists(file + '.tmp'):
+      os.remove(file + '.tmp')
+    raise _write_error(file, e, fix) from None
+
+
+def write_npz_atomically(file: str, **arrays: np.ndarray) -> None:
+  """np.savez to `file` through a uniquely named file beside it, so that
+  concurrent writers (the processes of one run) and readers never clash."""
+  if is_remote(file):
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_atomically(file, buffer.getvalue())
+    return
+  directory = os.path.dirname(file)
+  os.makedirs(directory, exist_ok=True)
+  handle, temporary = tempfile.mkstemp(dir=directory, suffix='.npz.tmp')
+  try:
+    with os.fdopen(handle, 'wb') as f:
+      np.savez(f, **arrays)
+    os.replace(temporary, file)
+  except BaseException as e:
+    if os.path.exists(temporary):
+      os.remove(temporary)
+    if isinstance(e, OSError):
+      raise _write_error(file, e) from None
+    raise
+
+
+def _write_error(file: str, error: Exception,
+                 fix: str | None = None) -> errors.WorkdirError:
+  if is_remote(file):
+    return errors.WorkdirError(
+        f'Cannot write {file} ({errors.describe(error)}): ' + (
+            fix or 'check the bucket\'s permissions and your credentials, '
+            'then run the same command again.'))
+  return errors.WorkdirError(
+      f'Cannot write {file} ({getattr(error, "strerror", None) or error}): '
+      + (fix or 'free some disk space or fix the permissions, then run the '
+         'same command again.'))
+
+
+def rename(source: str, target: str) -> None:
+  """Renames file `source` to `target`, replacing it (on an object store: a
+  copy, then a delete)."""
+  _path(source).replace(target)
