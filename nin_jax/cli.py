@@ -16,10 +16,12 @@ import tempfile
 import traceback
 from typing import Callable, Iterator
 
-# Before TensorFlow is imported anywhere: hide its C++ start-up banners
-# (given back under --verbosity=1 if the user had not set it: quiet_console).
+# Before TensorFlow is imported anywhere: hide its C++ start-up banners and
+# warnings (a damaged TFDS file printed two beside the one error line that
+# says what to do); given back under --verbosity=1 if the user had not set
+# the variable: quiet_console.
 _TF_LOG_LEVEL_IS_OURS = 'TF_CPP_MIN_LOG_LEVEL' not in os.environ
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags  # pylint: disable=g-import-not-at-top
