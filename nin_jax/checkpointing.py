@@ -44,8 +44,30 @@ def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
           tuple(getattr(leaf, 'shape', ())) for path, leaf in leaves}
 
 
-# How TensorStore (under Orbax) says a disk is full or not writable.
-_STORAGE_ERRORS = ('RESOURCE_EXHAUSTED', 'PERMISSION_DENIED', 'os_error_code')
+# How TensorStore (under Orbax) says a disk is full or not writable, or a
+# bucket cannot be reached or written (gone, credentials expired).
+_STORAGE_ERRORS = ('RESOURCE_EXHAUSTED', 'PERMISSION_DENIED', 'os_error_code',
+                   'NOT_FOUND', 'UNAUTHENTICATED', 'UNAVAILABLE',
+                   'DEADLINE_EXCEEDED')
+# Reading failures that say nothing about the checkpoint's files: a
+# checkpoint that fails so is not moved aside (a network outage would
+# otherwise set aside one good checkpoint after another).
+_ACCESS_ERRORS = ('PERMISSION_DENIED', 'UNAUTHENTICATED', 'UNAVAILABLE',
+                  'DEADLINE_EXCEEDED', 'RESOURCE_EXHAUSTED')
+_ACCESS_ERROR_TYPES = ('HttpError', 'ConnectionError', 'TimeoutError',
+                       'PermissionError', 'TransportError', 'RefreshError',
+                       'ClientConnectorError', 'ServerDisconnectedError')
+
+
+def _is_access_error(error: BaseException) -> bool:
+  """Whether `error` (or its cause) is a failure to reach or read the
+  storage, rather than damage to what is stored."""
+  while error is not None:
+    if type(error).__name__ in _ACCESS_ERROR_TYPES or any(
+        code in str(error) for code in _ACCESS_ERRORS):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
 # What older versions saved beside the train state; read, then dropped.
 _OLD_DROPOUT_KEY = 'dropout_key'
 
@@ -216,7 +238,15 @@ class Checkpointer:
           '(config.json), or start a new --workdir.')
 
   def _set_aside(self, step: int, error: Exception) -> None:
-    """Moves an unreadable checkpoint out of Orbax's way, keeping its files."""
+    """Moves an unreadable checkpoint out of Orbax's way, keeping its files;
+    one that could not be reached (network, permissions) stops the run
+    instead, and nothing is moved."""
+    if _is_access_error(error):
+      raise errors.WorkdirError(
+          f'Cannot read the checkpoint of step {step} in {self.directory} '
+          f'({errors.describe(error)}); nothing was moved. Check the network, '
+          'the permissions and your credentials, then rerun the same '
+          'command.') from None
     target = workdir_files.path(
         workdir_files.path(self.workdir, workdir_files.UNREADABLE_CHECKPOINTS),
         f'{step}-{time.strftime("%Y%m%dT%H%M%S")}')

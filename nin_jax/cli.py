@@ -271,16 +271,12 @@ def output_directory(path: str, flag: str = 'out') -> Iterator[str]:
   """
   if storage.is_remote(path):
     path = storage.location(path, f'--{flag}')
+    storage.check_reachable(path, f'--{flag}')
+    storage.check_writable(path, f'--{flag}')
     staging = tempfile.mkdtemp(prefix='nin_jax_out_')
     try:
       yield staging
-      try:
-        storage.upload_tree(staging, path)
-      except Exception as e:  # pylint: disable=broad-except
-        raise errors.WorkdirError(
-            f'Cannot write to {path} ({errors.describe(e)}): check the '
-            f'bucket\'s permissions and your credentials, or give a local '
-            f'--{flag}.') from None
+      storage.upload_tree(staging, path)  # A failure is one WorkdirError.
     finally:
       shutil.rmtree(staging, ignore_errors=True)
     return

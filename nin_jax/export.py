@@ -254,6 +254,10 @@ def write(run: trained_run.TrainedRun, out: str, export_format: str = 'stablehlo
   """
   if storage.is_remote(out):
     out = storage.location(out, '--out')
+    if '/' not in out.split('://', 1)[1]:
+      raise errors.WorkdirError(
+          f'--out={out} is a bucket; the export is a file: give its path in '
+          f'the bucket, e.g. --out={out}/nin.export.')
     with cli.output_directory(os.path.dirname(out)) as staging:
       return write(run, os.path.join(staging, os.path.basename(out)),
                    export_format, platforms)

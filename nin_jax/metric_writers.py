@@ -49,9 +49,14 @@ class MetricWriter:
   the run had never stopped.
 
   In a remote workdir (gs://...), where objects cannot be appended to,
-  metrics.jsonl is written whole at every row, and the TensorBoard event
-  files are written locally and uploaded whole at every row.
+  metrics.jsonl is written whole and the TensorBoard event files (written
+  locally) are uploaded whole: at most every UPLOAD_SECONDS, at every
+  `flush` (before each checkpoint, so that a resume finds every row up to
+  it) and at `close`. A run cut off between two uploads loses only rows
+  after its last checkpoint, which the resumed run logs again.
   """
+
+  UPLOAD_SECONDS = 30.0
 
   def __init__(self, workdir: str, enabled: bool = True,
                resumed_step: int = 0, wandb_project: str = '',
@@ -71,11 +76,13 @@ class MetricWriter:
                                                  encoding='utf-8')
     self._tb = {}
     self._tb_dir = workdir_files.path(workdir, workdir_files.TENSORBOARD)
+    self._wandb = (_start_wandb(wandb_project, workdir, run_config)
+                   if wandb_project else None)
     # Where the event files are written; uploaded from there if remote.
     self._tb_local = (tempfile.mkdtemp(prefix='nin_jax_tensorboard_')
                       if self._remote else self._tb_dir)
-    self._wandb = (_start_wandb(wandb_project, workdir, run_config)
-                   if wandb_project else None)
+    self._unsent = set()  # Remote: splits with rows not uploaded yet.
+    self._sent_at = time.monotonic()
 
   def _keep_rows_up_to(self, step: int) -> list[bytes]:
     """Moves rows after `step` aside; returns the rows kept."""
@@ -119,7 +126,7 @@ class MetricWriter:
       line = json.dumps(record) + '\n'
       if self._remote:
         self._rows.append(line.encode('utf-8'))
-        storage.write_atomically(self.path, b''.join(self._rows))
+        self._unsent.add(split)
       else:
         self._jsonl.write(line)
         self._jsonl.flush()
@@ -134,8 +141,9 @@ class MetricWriter:
       self._tb[split].add_event(event_pb2.Event(
           wall_time=record['time'], step=int(step), summary=summary))
       self._tb[split].flush()
-      if self._remote:
-        storage.upload_tree(self._tb_local, self._tb_dir)
+      if (self._remote and time.monotonic() - self._sent_at
+          >= self.UPLOAD_SECONDS):
+        self._upload()
     except Exception as e:  # pylint: disable=broad-except
       if not _is_storage_error(e):
         raise
@@ -144,6 +152,29 @@ class MetricWriter:
     if self._wandb is not None:
       self._wandb.log({f'{split}/{name}': float(value)
                        for name, value in metrics.items()}, step=int(step))
+
+  def _upload(self) -> None:
+    """Remote: metrics.jsonl whole, and the event files of the splits that
+    have new rows."""
+    if self._unsent:
+      storage.write_atomically(self.path, b''.join(self._rows))
+      for split in sorted(self._unsent):
+        storage.upload_tree(os.path.join(self._tb_local, split),
+                            workdir_files.path(self._tb_dir, split))
+    self._unsent.clear()
+    self._sent_at = time.monotonic()
+
+  def flush(self) -> None:
+    """Every row written so far is in the workdir (remote: uploaded)."""
+    if not self._enabled or not self._remote or self._failed:
+      return
+    try:
+      self._upload()
+    except Exception as e:  # pylint: disable=broad-except
+      if not _is_storage_error(e):
+        raise
+      self._failed = True
+      raise self._error(e) from None
 
   def close(self) -> None:
     """Closes every file; after a failed write, quietly (that error stands)."""
@@ -154,13 +185,15 @@ class MetricWriter:
         self._jsonl.close()
       for writer in self._tb.values():
         writer.close()
+      if self._remote and not self._failed:
+        self._upload()
     except Exception as e:  # pylint: disable=broad-except
       if not _is_storage_error(e):
         raise
       if not self._failed:
         raise self._error(e) from None
     finally:
-      if self._remote:  # Every event was uploaded when it was written.
+      if self._remote:  # Uploaded above (or the upload failed and said so).
         shutil.rmtree(self._tb_local, ignore_errors=True)
       if self._wandb is not None:
         self._wandb.finish()

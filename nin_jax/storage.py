@@ -14,8 +14,10 @@ import importlib.util
 import io
 import os
 import re
+import shutil
 import tempfile
 
+from absl import logging
 from etils import epath
 import numpy as np
 
@@ -68,6 +70,15 @@ def check_reachable(name: str, flag: str = '--workdir') -> None:
         '"nin_jax[gcs]".') from None
 
 
+def check_writable(url: str, flag: str) -> None:
+  """For a URL: a probe object written and deleted, so that a bucket that
+  cannot be written is one WorkdirError before any work is done."""
+  probe = f'{url}/.write_test.{os.getpid()}'
+  write_atomically(probe, 'ok', fix=f'give a {flag} you can write, or check '
+                   'the bucket\'s permissions and your credentials.')
+  remove_file(probe)
+
+
 def _importable(module: str) -> bool:
   try:
     return importlib.util.find_spec(module) is not None
@@ -99,6 +110,19 @@ def _list_afresh() -> None:
 
 
 _list_afresh()
+
+
+def _gs_through_gcsfs() -> None:
+  """etils.epath reads and writes gs:// with TensorFlow's gfile wherever
+  TensorFlow is installed (it is, for TFDS). Where gcsfs is installed too
+  (the gcs extra), nin_jax has it use gcsfs instead: the client the tests
+  run against a GCS emulator, whose listings _list_afresh keeps fresh.
+  Set before etils first picks a client; EPATH_USE_TF=true keeps gfile."""
+  if _importable('gcsfs'):
+    os.environ.setdefault('EPATH_USE_TF', 'false')
+
+
+_gs_through_gcsfs()
 
 
 def _path(name: str) -> epath.Path:
@@ -147,10 +171,16 @@ def remove_file(name: str) -> None:
 
 
 def remove_tree(name: str) -> None:
-  """Deletes directory `name` and all it holds; no error if it is gone."""
-  target = _path(name)
-  if target.exists():
-    target.rmtree()
+  """Deletes directory `name` and all it holds; no error if it is gone.
+  What cannot be deleted (another user's files, a read-only mount) is left,
+  with a warning: it never stops a run."""
+  try:
+    target = _path(name)
+    if target.exists():
+      target.rmtree()
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning('Could not delete %s (%s); delete it by hand.', name,
+                    errors.describe(e))
 
 
 def move_tree(source: str, target: str) -> None:
@@ -159,13 +189,12 @@ def move_tree(source: str, target: str) -> None:
   only then deleted, so a failure in between loses nothing."""
   if not is_remote(source):
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    os.replace(source, target)
+    shutil.move(source, target)  # Across file systems too.
     return
   source_path = _path(source)
   for relative in _files_below(source_path):
-    copied = _path(target) / relative
-    copied.parent.mkdir(parents=True, exist_ok=True)
-    (source_path / relative).copy(copied, overwrite=True)
+    # No mkdir: an object store has no directories to make.
+    (source_path / relative).copy(_path(target) / relative, overwrite=True)
   source_path.rmtree()
 
 
@@ -182,14 +211,14 @@ def _files_below(directory: epath.Path) -> list[str]:
 
 
 def upload_tree(local: str, target: str) -> None:
-  """Copies every file under the local directory `local` into `target`."""
+  """Copies every file under the local directory `local` into the URL
+  `target`; a failure is one WorkdirError (which file, why)."""
   for directory, _, files in os.walk(local):
     relative = os.path.relpath(directory, local)
     for name in files:
-      copied = _path(target) / relative / name
-      copied.parent.mkdir(parents=True, exist_ok=True)
       with open(os.path.join(directory, name), 'rb') as f:
-        copied.write_bytes(f.read())
+        write_atomically('/'.join(part for part in (target, relative, name)
+                                  if part != '.'), f.read())
 
 
 # --- Writes a crash cannot leave half done --------------------------------------

@@ -66,6 +66,8 @@ class _Run:
   writer: metric_writers.MetricWriter
   learning_rate_fn: Callable[[int], Any]
   dropout_key: jax.Array  # From config.seed; placed on the devices.
+  # The workdir's lock, held by process 0 (None on the others).
+  lock: workdir_files.RunLock | workdir_files.LeaseLock | None
 
   @property
   def periodic_split(self) -> str:
@@ -121,8 +123,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     state, learning_rate_fn = _fresh_state(config, data, plan, strategy,
                                            init_from_now)
     stop.stop_before_training()  # Before the workdir is touched.
+    lock = None
     if jax.process_index() == 0:  # One trainer per workdir.
-      cleanup.enter_context(workdir_files.run_lock(workdir))
+      lock = cleanup.enter_context(workdir_files.run_lock(workdir))
     checkpointer = checkpointing.Checkpointer(
         workdir, config.keep_checkpoints, config.keep_best)
     # Checkpointer and metric files are closed even if training fails.
@@ -137,7 +140,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     cleanup.callback(writer.close)
     run = _Run(config, workdir, data, plan, strategy, checkpointer, writer,
                learning_rate_fn,
-               strategy.put_key(steps.dropout_key(config.seed)))
+               strategy.put_key(steps.dropout_key(config.seed)), lock)
     if start_step >= plan.num_steps:
       logging.info('Training already finished at step %d (of %d); nothing '
                    'to do. Final evaluation:', start_step, plan.num_steps)
@@ -223,15 +226,9 @@ def _check_workdir_writable(workdir: str) -> None:
 def _check_remote_workdir_writable(workdir: str) -> None:
   """The same for a URL: a probe object written and deleted (an object
   store has no directories until something is written below them)."""
+  storage.check_writable(workdir, '--workdir')
   checkpoints = workdir_files.checkpoints_dir(workdir)
-  # Also the first request: a bucket that does not exist, missing
-  # credentials or a missing gcsfs fail here.
-  storage.write_atomically(
-      workdir_files.path(workdir, f'.write_test.{os.getpid()}'), 'ok')
-  storage.remove_file(
-      workdir_files.path(workdir, f'.write_test.{os.getpid()}'))
-  if storage.exists(checkpoints) and not storage.is_dir(
-      checkpoints):
+  if storage.exists(checkpoints) and not storage.is_dir(checkpoints):
     raise errors.WorkdirError(
         f'Cannot write to the workdir {workdir}: {checkpoints} is a file, '
         'where checkpoints go; move it aside.')
@@ -458,8 +455,13 @@ class _StepTrace:
     self._tracing = False
     self._left = 0
     if self._local != self._directory:
-      storage.upload_tree(self._local, self._directory)
-      shutil.rmtree(self._local, ignore_errors=True)
+      try:
+        storage.upload_tree(self._local, self._directory)
+      except errors.WorkdirError as e:  # A profile is not worth a run.
+        logging.warning('The profile was not uploaded: %s', e)
+        return
+      finally:
+        shutil.rmtree(self._local, ignore_errors=True)
     logging.info('Wrote a profile of the training steps to %s (TensorBoard: '
                  'the profile tab).', self._directory)
 
@@ -591,7 +593,12 @@ def _save(run: _Run, host_state: steps.TrainState, step: int,
           dead_relu: metric_writers.DeadReluMonitor, accuracy: float | None,
           best: dict[str, Any] | None) -> None:
   """Checkpoints `step`, with its validation `accuracy` if config.keep_best
-  evaluated one, and what a resume needs to continue exactly."""
+  evaluated one, and what a resume needs to continue exactly. The metric
+  rows up to `step` are in the workdir first: a resume does not log them
+  again."""
+  if run.lock is not None:
+    run.lock.check()  # Never write over another trainer's checkpoints.
+  run.writer.flush()
   run.checkpointer.save(step, host_state, {
       'step': step,
       # Where the input resumes: batch `step` of the stream.

@@ -78,6 +78,8 @@ def cache_root(config: ml_collections.ConfigDict) -> str:
   # get(): a config built by hand (not from default.py) may lack the field.
   chosen = config.get('cache_dir') or os.environ.get(CACHE_DIR_VARIABLE)
   if chosen:
+    storage.check_local(chosen, '--config.cache_dir' if config.get('cache_dir')
+                        else f'${CACHE_DIR_VARIABLE}')
     return os.path.abspath(os.path.expanduser(chosen))
   xdg = os.environ.get('XDG_CACHE_HOME', '')
   base = xdg if os.path.isabs(xdg) else os.path.join(
@@ -294,6 +296,9 @@ class RunLock:
     self._fd = fd
     return self
 
+  def check(self) -> None:
+    """Nothing to check: the kernel holds a flock until the process ends."""
+
   def __exit__(self, *exc) -> None:
     if self._fd is not None:
       fcntl.flock(self._fd, fcntl.LOCK_UN)
@@ -327,6 +332,7 @@ class LeaseLock:
     self._token = secrets.token_hex(8)
     self._stop = threading.Event()
     self._renewer = None
+    self.lost_to = ''  # Who took the lock over, if anyone did.
 
   def _read(self) -> dict[str, Any] | None:
     try:
@@ -392,9 +398,27 @@ class LeaseLock:
   def _renew(self) -> None:
     while not self._stop.wait(self.RENEW_SECONDS):
       try:
+        lease = self._read() or {}
+        if lease.get('token') != self._token:
+          # Taken over while this process could not renew (suspended, or
+          # cut off for EXPIRES_SECONDS): the other trainer owns the
+          # workdir now. check() stops this one at its next save.
+          self.lost_to = str(lease.get('holder') or 'another trainer')
+          return
         self._write(self._holder)
-      except errors.WorkdirError as e:  # The next renewal may work.
-        logging.warning('Could not renew the lock: %s', e)
+      except Exception as e:  # pylint: disable=broad-except
+        # The next renewal may work.
+        logging.warning('Could not renew the lock %s: %s', self._file,
+                        errors.describe(e))
+
+  def check(self) -> None:
+    """Raises a WorkdirError if another trainer took the lock over."""
+    if self.lost_to:
+      raise errors.WorkdirError(
+          f'This trainer lost the lock of {self._workdir} to {self.lost_to}, '
+          'which took it over after this process had not renewed it for '
+          f'{self.EXPIRES_SECONDS:.0f} s; stopped without saving, so as not '
+          'to write over its checkpoints.')
 
   def __exit__(self, *exc) -> None:
     if self._renewer is None:

@@ -17,6 +17,7 @@ import pytest
 
 from gcs_emulator import emulated_gcs  # pylint: disable=unused-import
 import main_runner
+from nin_jax import checkpointing
 from nin_jax import errors
 from nin_jax import evaluate
 from nin_jax import export
@@ -125,10 +126,15 @@ def test_two_processes_share_a_gs_workdir(emulated_gcs):
         env={**os.environ, **emulated_gcs.env, 'TF_CPP_MIN_LOG_LEVEL': '2'},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for i in range(2)]
-    for process in processes:
-      out, _ = process.communicate(timeout=300)
-      assert process.returncode == 0, main_runner.failure_tail(out)
-    return out
+    try:
+      for process in processes:
+        out, _ = process.communicate(timeout=600)
+        assert process.returncode == 0, main_runner.failure_tail(out)
+    finally:  # One failed: the other would wait for it.
+      for process in processes:
+        if process.poll() is None:
+          process.kill()
+          process.communicate()
 
   both()
   both('--config.num_train_steps=6')
@@ -207,3 +213,43 @@ def test_listings_see_what_another_process_wrote(emulated_gcs):
   assert storage.list_dir(directory) == ['2']
   save_elsewhere(4)
   assert storage.list_dir(directory) == ['2', '4']
+
+
+def test_a_trainer_whose_lease_was_taken_over_stops_before_saving(
+    emulated_gcs, monkeypatch):
+  # It could not renew for EXPIRES_SECONDS (suspended, cut off), so a
+  # second trainer took the workdir over: its next renewal must not write
+  # the lease back, its save must not happen, its exit must not delete the
+  # other trainer's lock.
+  monkeypatch.setattr(workdir_files.LeaseLock, 'RENEW_SECONDS', 0.05)
+  run = f'{emulated_gcs.url}/run'
+  lock = f'{run}/{workdir_files.LOCK}'
+  other = {'holder': 'pid 7 on elsewhere', 'token': 'theirs',
+           'renewed': time.time(), 'host': 'elsewhere', 'pid': 7}
+  with workdir_files.run_lock(run) as held:
+    held.check()
+    storage.write_atomically(lock, json.dumps(other))
+    deadline = time.monotonic() + 30
+    while not held.lost_to and time.monotonic() < deadline:
+      time.sleep(0.05)
+    with pytest.raises(errors.WorkdirError, match='lost the lock .* to pid 7'):
+      held.check()
+  assert json.loads(storage.read_bytes(lock))['token'] == 'theirs'
+
+
+def test_a_checkpoint_that_cannot_be_reached_is_not_set_aside(tmp_path):
+  class HttpError(Exception):
+    """gcsfs's error for a 503 or 401."""
+  checkpointer = checkpointing.Checkpointer(str(tmp_path), keep=2)
+  (tmp_path / 'checkpoints' / '4').mkdir()
+  for error in (HttpError('503 Service Unavailable'),
+                ValueError('UNAVAILABLE: connection reset')):
+    with pytest.raises(errors.WorkdirError, match='nothing was moved'):
+      checkpointer._set_aside(4, error)  # pylint: disable=protected-access
+  assert os.listdir(tmp_path / 'checkpoints') == ['4']
+  checkpointer.close()
+
+
+def test_an_export_to_a_bare_bucket_is_refused():
+  with pytest.raises(errors.WorkdirError, match='is a bucket'):
+    export.write(None, 'gs://bucket')
