@@ -263,6 +263,17 @@ def _holder() -> str:
           f'{time.strftime("%Y-%m-%d %H:%M:%S")}')
 
 
+def _pid_space() -> str:
+  """This boot of this machine and this process's pid namespace ('' where
+  /proc does not say): pids mean the same only where both agree."""
+  try:
+    with open('/proc/sys/kernel/random/boot_id', encoding='ascii') as f:
+      boot = f.read().strip()
+    return f'{boot}/{os.stat("/proc/self/ns/pid").st_ino}'
+  except OSError:
+    return ''
+
+
 def _held_elsewhere(workdir: str, holder: str) -> errors.WorkdirError:
   return errors.WorkdirError(
       f'Another trainer is running in {workdir} ({holder or "holder unknown"})'
@@ -346,7 +357,8 @@ class LeaseLock:
   def _write(self, holder: str) -> None:
     storage.write_atomically(self._file, json.dumps(
         {'holder': holder, 'token': self._token, 'renewed': time.time(),
-         'host': socket.gethostname(), 'pid': os.getpid()}))
+         'host': socket.gethostname(), 'pid': os.getpid(),
+         'pid_space': _pid_space()}))
 
   def _age(self, lease: dict[str, Any]) -> float:
     """Seconds since the lease was renewed (infinite if damaged)."""
@@ -357,9 +369,12 @@ class LeaseLock:
 
   @staticmethod
   def _holder_is_gone(lease: dict[str, Any]) -> bool:
-    """Whether the holder was a process of this host that has ended."""
+    """Whether the holder was a process of this host that has ended. Only
+    where its pids are ours to see: containers can share a host name (host
+    networking) but not their processes."""
     pid = lease.get('pid')
-    if lease.get('host') != socket.gethostname() or not isinstance(pid, int):
+    if (lease.get('host') != socket.gethostname() or not isinstance(pid, int)
+        or not _pid_space() or lease.get('pid_space') != _pid_space()):
       return False
     try:
       os.kill(pid, 0)

@@ -174,9 +174,20 @@ def test_one_trainer_per_gs_workdir(emulated_gcs, monkeypatch, capsys):
   dead_pid.wait()
   storage.write_atomically(lock, json.dumps(
       {'holder': f'pid {dead_pid.pid}', 'token': 'y', 'renewed': time.time(),
-       'host': socket.gethostname(), 'pid': dead_pid.pid}))
+       'host': socket.gethostname(), 'pid': dead_pid.pid,
+       'pid_space': workdir_files._pid_space()}))  # pylint: disable=protected-access
   with workdir_files.run_lock(run):
     assert json.loads(storage.read_bytes(lock))['pid'] == os.getpid()
+
+  # Not when the pid is another pid namespace's (a container sharing the
+  # host name): the lease stands.
+  storage.write_atomically(lock, json.dumps(
+      {'holder': 'pid 1 in a container', 'token': 'z', 'renewed': time.time(),
+       'host': socket.gethostname(), 'pid': dead_pid.pid,
+       'pid_space': 'another-boot/4026531836'}))
+  with pytest.raises(errors.WorkdirError, match='Another trainer'):
+    with workdir_files.run_lock(run):
+      pass
 
 
 def test_urls_nin_jax_cannot_write_are_refused():
