@@ -4,6 +4,7 @@ Also what the loop sums between two log lines (`LogWindow`) and the warning
 that watches those sums for dead class maps (`DeadReluMonitor`).
 """
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -12,7 +13,7 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from absl import logging
 import jax
@@ -122,7 +123,7 @@ class MetricWriter:
     # json writes NaN/Infinity literals that other readers reject; use null.
     record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
               for k, v in record.items()}
-    try:
+    with self._one_line_if_storage_fails():
       line = json.dumps(record) + '\n'
       if self._remote:
         self._rows.append(line.encode('utf-8'))
@@ -144,11 +145,6 @@ class MetricWriter:
       if (self._remote and time.monotonic() - self._sent_at
           >= self.UPLOAD_SECONDS):
         self._upload()
-    except Exception as e:  # pylint: disable=broad-except
-      if not _is_storage_error(e):
-        raise
-      self._failed = True
-      raise self._error(e) from None
     if self._wandb is not None:
       self._wandb.log({f'{split}/{name}': float(value)
                        for name, value in metrics.items()}, step=int(step))
@@ -168,8 +164,15 @@ class MetricWriter:
     """Every row written so far is in the workdir (remote: uploaded)."""
     if not self._enabled or not self._remote or self._failed:
       return
-    try:
+    with self._one_line_if_storage_fails():
       self._upload()
+
+  @contextlib.contextmanager
+  def _one_line_if_storage_fails(self) -> Iterator[None]:
+    """A full disk or an unwritable bucket: one WorkdirError (and close()
+    then stays quiet); any other error as it is."""
+    try:
+      yield
     except Exception as e:  # pylint: disable=broad-except
       if not _is_storage_error(e):
         raise
