@@ -107,12 +107,7 @@ def _logged_step(workdir):
 
 
 def _newest_checkpoint(workdir):
-  """The newest finished save (on gs://, one with Orbax's commit mark)."""
-  directory = workdir_files.checkpoints_dir(workdir)
-  finished = [int(n) for n in storage.list_dir(directory) if n.isdigit()
-              and (not directory.startswith('gs://') or storage.exists(
-                  f'{directory}/{n}/{workdir_files.COMMIT_SUCCESS}'))]
-  return max(finished, default=0)
+  return max(workdir_files.finished_steps(workdir), default=0)
 
 
 def _same_arrays(a, b):

@@ -68,6 +68,8 @@ def _is_access_error(error: BaseException) -> bool:
       return True
     error = error.__cause__ or error.__context__
   return False
+
+
 # What older versions saved beside the train state; read, then dropped.
 _OLD_DROPOUT_KEY = 'dropout_key'
 
@@ -117,12 +119,10 @@ class Checkpointer:
     """
     if jax.process_index() != 0:
       return
-    on_gcs = self.directory.startswith('gs://')
     for name in storage.list_dir(self.directory):
       step_dir = workdir_files.path(self.directory, name)
-      if TMP_SUFFIX in name or (on_gcs and name.isdigit() and not (
-          storage.exists(workdir_files.path(
-              step_dir, workdir_files.COMMIT_SUCCESS)))):
+      if TMP_SUFFIX in name or (name.isdigit() and
+                                not workdir_files.save_finished(step_dir)):
         storage.remove_tree(step_dir)
         logging.info('Removed %s, left by a save that did not finish.', name)
 
@@ -251,8 +251,7 @@ class Checkpointer:
         workdir_files.path(self.workdir, workdir_files.UNREADABLE_CHECKPOINTS),
         f'{step}-{time.strftime("%Y%m%dT%H%M%S")}')
     if jax.process_index() == 0:
-      storage.move_tree(workdir_files.path(self.directory, str(step)),
-                              target)
+      storage.move_tree(workdir_files.path(self.directory, str(step)), target)
     if jax.process_count() > 1:  # Others wait until it has moved.
       multihost_utils.sync_global_devices(f'set_aside_{step}')
     logging.warning('Checkpoint at step %d cannot be read (%s: %s); moved it '

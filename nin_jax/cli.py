@@ -30,7 +30,7 @@ import ml_collections  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
 from nin_jax import errors  # pylint: disable=g-import-not-at-top
-from nin_jax import storage
+from nin_jax import storage  # pylint: disable=g-import-not-at-top
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), 'configs',
                               'default.py')
@@ -251,9 +251,10 @@ def _why(error: OSError) -> str:
   return error.strerror or str(error)
 
 
-def output_path(path: str) -> str:
-  """Where output_directory(`path`) puts its files, as the user sees it."""
-  return (storage.location(path, '--out') if storage.is_remote(path)
+def output_path(path: str, flag: str = 'out') -> str:
+  """Where output_directory(`path`) puts its files, as the user sees it: a
+  URL as given (less a trailing '/'), a local path made absolute."""
+  return (storage.location(path, f'--{flag}') if storage.is_remote(path)
           else os.path.abspath(path))
 
 
@@ -269,8 +270,8 @@ def output_directory(path: str, flag: str = 'out') -> Iterator[str]:
   to `path` when the body succeeds (plots and reports are written by
   libraries that know only local files).
   """
+  path = output_path(path, flag)
   if storage.is_remote(path):
-    path = storage.location(path, f'--{flag}')
     storage.check_reachable(path, f'--{flag}')
     storage.check_writable(path, f'--{flag}')
     staging = tempfile.mkdtemp(prefix='nin_jax_out_')
@@ -280,7 +281,6 @@ def output_directory(path: str, flag: str = 'out') -> Iterator[str]:
     finally:
       shutil.rmtree(staging, ignore_errors=True)
     return
-  path = os.path.abspath(path)
   made, existing = [], path
   while not os.path.lexists(existing):
     made.append(existing)

@@ -260,7 +260,7 @@ def load_split(root: str, split: str, listing: Listing,
   try:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     storage.write_npz_atomically(path, images=images, labels=labels,
-                               paths=np.asarray(paths))
+                                 paths=np.asarray(paths))
   except OSError as e:
     logging.warning('Could not cache the decoded images in %s (%s); the next '
                     'run decodes them again. %s', path, e,

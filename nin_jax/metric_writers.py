@@ -72,7 +72,8 @@ class MetricWriter:
     storage.make_dirs(workdir)
     self.path = workdir_files.path(workdir, workdir_files.METRICS)
     self._remote = storage.is_remote(workdir)
-    self._rows = self._keep_rows_up_to(resumed_step)  # Remote: all rows.
+    kept = self._keep_rows_up_to(resumed_step)
+    self._rows = kept if self._remote else None  # Remote: every row.
     self._jsonl = None if self._remote else open(self.path, 'a',
                                                  encoding='utf-8')
     self._tb = {}
@@ -213,11 +214,10 @@ class MetricWriter:
 
 def _is_storage_error(error: Exception) -> bool:
   """A full or unwritable disk: an OSError, or TensorFlow's file errors
-  (TensorBoard writes through TensorFlow when it is installed), or a
-  remote write that workdir_files turned into a WorkdirError."""
-  return isinstance(error, (OSError, errors.WorkdirError)) or (
-      type(error).__name__ in ('ResourceExhaustedError',
-                               'PermissionDeniedError'))
+  (TensorBoard writes through TensorFlow when it is installed). A remote
+  write that failed is one too: storage's WorkdirError is an OSError."""
+  return isinstance(error, OSError) or type(error).__name__ in (
+      'ResourceExhaustedError', 'PermissionDeniedError')
 
 
 def check_wandb(config: Any) -> None:

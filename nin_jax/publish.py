@@ -76,8 +76,8 @@ def publish(workdir: str, name: str, step: int | None = None,
     raise errors.WorkdirError(f'{workdir} is a published model already; copy '
                               'its directory to give it another name.')
   root = root or trained_run.pretrained_root()
-  storage.check_local(root, '--root', 'published models are looked '
-                            'up there by name')
+  storage.check_local(root, '--root',
+                      'published models are looked up there by name')
   root = os.path.abspath(root)
   target = os.path.join(root, name)
   if os.path.exists(target) and not overwrite:
@@ -90,8 +90,7 @@ def publish(workdir: str, name: str, step: int | None = None,
     os.chmod(staging, 0o755)  # mkdtemp's 0o700 would stay after the rename.
     for file_name in COPIED:  # The workdir may be remote (gs://).
       with open(os.path.join(staging, file_name), 'wb') as f:
-        f.write(storage.read_bytes(workdir_files.path(workdir,
-                                                            file_name)))
+        f.write(storage.read_bytes(workdir_files.path(workdir, file_name)))
     variables = jax.tree.map(np.asarray, jax.device_get(run.variables))
     with open(os.path.join(staging, trained_run.VARIABLES_FILE), 'wb') as f:
       f.write(serialization.msgpack_serialize(variables))
@@ -118,7 +117,7 @@ def publish(workdir: str, name: str, step: int | None = None,
             and row.get('split') in ('validation', 'test')},
     }
     storage.write_atomically(os.path.join(staging, trained_run.INFO_FILE),
-                           json.dumps(info, indent=2) + '\n')
+                             json.dumps(info, indent=2) + '\n')
     if os.path.exists(target):  # --overwrite: the old one goes last.
       old = tempfile.mkdtemp(prefix=f'.{name}.replaced-', dir=root)
       os.replace(target, old)

@@ -191,47 +191,44 @@ def _check_workdir_writable(workdir: str) -> None:
   Creates nothing: a run that fails later (e.g. no dataset) leaves no
   empty workdir behind.
   """
-  if storage.is_remote(workdir):
-    _check_remote_workdir_writable(workdir)
-    return
-  existing = workdir
-  while not os.path.exists(existing):
-    existing = os.path.dirname(existing)
-  reason = None
-  if not os.path.isdir(existing):
-    reason = f'{existing} is not a directory'
-  elif not os.access(existing, os.W_OK | os.X_OK):
-    reason = f'{existing} is not writable'
-  elif existing == workdir:  # Also catches a read-only or full disk.
-    probe = os.path.join(workdir, f'.write_test.{os.getpid()}')
-    try:
-      with open(probe, 'w', encoding='utf-8') as f:
-        f.write('ok')
-    except OSError as e:
-      reason = e.strerror or str(e)
-    finally:
-      if os.path.exists(probe):  # Created, even when the write failed.
-        os.remove(probe)
-    checkpoints = workdir_files.checkpoints_dir(workdir)
-    if not reason and os.path.exists(checkpoints) and not os.path.isdir(
-        checkpoints):
-      reason = (f'{checkpoints} is a file, where checkpoints go; move it '
-                'aside')
+  if storage.is_remote(workdir):  # A probe object; a failure says why.
+    storage.check_writable(workdir, '--workdir')
+    reason = None
+  else:
+    reason = _local_workdir_problem(workdir)
+  checkpoints = workdir_files.checkpoints_dir(workdir)
+  if not reason and storage.exists(checkpoints) and not storage.is_dir(
+      checkpoints):
+    reason = (f'{checkpoints} is a file, where checkpoints go; move it '
+              'aside')
   if reason:
     raise errors.WorkdirError(
         f'Cannot write to the workdir {workdir}: {reason}. Pick a writable '
         '--workdir (or free some disk space).')
 
 
-def _check_remote_workdir_writable(workdir: str) -> None:
-  """The same for a URL: a probe object written and deleted (an object
-  store has no directories until something is written below them)."""
-  storage.check_writable(workdir, '--workdir')
-  checkpoints = workdir_files.checkpoints_dir(workdir)
-  if storage.exists(checkpoints) and not storage.is_dir(checkpoints):
-    raise errors.WorkdirError(
-        f'Cannot write to the workdir {workdir}: {checkpoints} is a file, '
-        'where checkpoints go; move it aside.')
+def _local_workdir_problem(workdir: str) -> str | None:
+  """Why the local directory `workdir` cannot be written (None if it can)."""
+  existing = workdir
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    return f'{existing} is not a directory'
+  if not os.access(existing, os.W_OK | os.X_OK):
+    return f'{existing} is not writable'
+  if existing != workdir:
+    return None
+  # Also catches a read-only or full disk.
+  probe = os.path.join(workdir, f'.write_test.{os.getpid()}')
+  try:
+    with open(probe, 'w', encoding='utf-8') as f:
+      f.write('ok')
+  except OSError as e:
+    return e.strerror or str(e)
+  finally:
+    if os.path.exists(probe):  # Created, even when the write failed.
+      os.remove(probe)
+  return None
 
 
 # --- 2. Data -----------------------------------------------------------------------

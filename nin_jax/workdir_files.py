@@ -96,7 +96,8 @@ def write_config(workdir: str, config: ml_collections.ConfigDict,
   file = path(workdir, CONFIG)
   text = config.to_json_best_effort(indent=2, sort_keys=True)
   if storage.exists(file):
-    if storage.read_bytes(file) == text.encode('utf-8'):  # Bytes: it may be damaged.
+    # Compared as bytes: it may be damaged.
+    if storage.read_bytes(file) == text.encode('utf-8'):
       return
     kept = path(workdir, f'config.before_step{resumed_step}.json')
     storage.rename(file, kept)
@@ -130,7 +131,7 @@ def read_config(workdir: str, if_damaged: str | None = None
 def write_dataset_info(workdir: str, info: Any) -> None:
   """`info`: an input_pipeline.DatasetInfo."""
   storage.write_atomically(path(workdir, DATASET),
-                   json.dumps(dataclasses.asdict(info), indent=2))
+                           json.dumps(dataclasses.asdict(info), indent=2))
 
 
 def read_dataset_info(workdir: str, if_damaged: str | None = None
@@ -241,16 +242,25 @@ def checkpoints_dir(workdir: str) -> str:
 COMMIT_SUCCESS = 'commit_success.txt'
 
 
-def has_checkpoint(workdir: str) -> bool:
-  """Whether `workdir` holds a finished save: a directory named by its step
-  (what Orbax renames a save to when it is complete; on gs://, one that
-  holds Orbax's commit_success.txt); no array is read."""
+def save_finished(step_dir: str) -> bool:
+  """Whether Orbax finished writing the step directory `step_dir`. On a
+  disk every step directory is finished (Orbax renames a save into place
+  when it is complete); on gs:// one holding commit_success.txt is."""
+  return not step_dir.startswith('gs://') or storage.exists(
+      path(step_dir, COMMIT_SUCCESS))
+
+
+def finished_steps(workdir: str) -> list[int]:
+  """The steps of `workdir`'s finished saves, oldest first; no array is
+  read."""
   directory = checkpoints_dir(workdir)
-  finished = [name for name in storage.list_dir(directory) if name.isdigit()]
-  if directory.startswith('gs://'):
-    return any(storage.exists(path(path(directory, name), COMMIT_SUCCESS))
-               for name in finished)
-  return bool(finished)
+  return sorted(int(name) for name in storage.list_dir(directory)
+                if name.isdigit() and save_finished(path(directory, name)))
+
+
+def has_checkpoint(workdir: str) -> bool:
+  """Whether `workdir` holds a finished save."""
+  return bool(finished_steps(workdir))
 
 
 def run_lock(workdir: str) -> 'RunLock | LeaseLock':
@@ -274,10 +284,11 @@ def _pid_space() -> str:
     return ''
 
 
-def _held_elsewhere(workdir: str, holder: str) -> errors.WorkdirError:
+def _held_elsewhere(workdir: str, holder: str,
+                    if_killed: str = '') -> errors.WorkdirError:
   return errors.WorkdirError(
       f'Another trainer is running in {workdir} ({holder or "holder unknown"})'
-      ': wait for it or stop it, or pick another --workdir.')
+      ': wait for it or stop it, or pick another --workdir.' + if_killed)
 
 
 class RunLock:
@@ -354,9 +365,9 @@ class LeaseLock:
       return {}  # Damaged: treated as expired.
     return lease if isinstance(lease, dict) else {}
 
-  def _write(self, holder: str) -> None:
+  def _write(self) -> None:
     storage.write_atomically(self._file, json.dumps(
-        {'holder': holder, 'token': self._token, 'renewed': time.time(),
+        {'holder': self._holder, 'token': self._token, 'renewed': time.time(),
          'host': socket.gethostname(), 'pid': os.getpid(),
          'pid_space': _pid_space()}))
 
@@ -388,19 +399,17 @@ class LeaseLock:
     lease = self._read()
     if lease and self._age(lease) < self.EXPIRES_SECONDS and not (
         self._holder_is_gone(lease)):
-      raise errors.WorkdirError(
-          f'Another trainer is running in {self._workdir} '
-          f'({lease.get("holder") or "holder unknown"}, lock renewed '
-          f'{self._age(lease):.0f} s ago): wait for it or stop it, or pick '
-          f'another --workdir. If it was killed, its lock expires '
-          f'{self.EXPIRES_SECONDS:.0f} s after that renewal (or delete '
-          f'{self._file}).')
+      raise _held_elsewhere(
+          self._workdir, f'{lease.get("holder") or "holder unknown"}, lock '
+          f'renewed {self._age(lease):.0f} s ago',
+          f' If it was killed, its lock expires {self.EXPIRES_SECONDS:.0f} s '
+          f'after that renewal (or delete {self._file}).')
     if lease is not None:
       logging.info('Took over the lock %s of %s, which stopped without '
                    'releasing it.', self._file,
                    lease.get('holder', 'an unknown holder'))
     self._holder = _holder()
-    self._write(self._holder)
+    self._write()
     time.sleep(self.SETTLE_SECONDS)
     lease = self._read() or {}
     if lease.get('token') != self._token:
@@ -420,7 +429,7 @@ class LeaseLock:
           # workdir now. check() stops this one at its next save.
           self.lost_to = str(lease.get('holder') or 'another trainer')
           return
-        self._write(self._holder)
+        self._write()
       except Exception as e:  # pylint: disable=broad-except
         # The next renewal may work.
         logging.warning('Could not renew the lock %s: %s', self._file,
