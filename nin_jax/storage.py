@@ -10,12 +10,15 @@ deleted, listings made afresh. Failures to write are one WorkdirError that
 names the file, the reason and the fix.
 """
 
+import contextlib
 import importlib.util
 import io
+import logging as std_logging
 import os
 import re
 import shutil
 import tempfile
+from typing import Iterator
 
 from absl import logging
 from etils import epath
@@ -61,13 +64,34 @@ def check_reachable(name: str, flag: str = '--workdir') -> None:
         f'{flag}={name} needs google-cloud-storage: pip install '
         '"nin_jax[gcs]" (or gcsfs, which brings it).')
   try:
-    _path(name).exists()
+    with _client_logs_held():
+      _path(name).exists()
   except Exception as e:  # pylint: disable=broad-except
     raise errors.WorkdirError(
         f'Cannot reach {flag}={name} ({errors.describe(e)}): check the '
         'network, your credentials (gcloud auth application-default login) '
         'and the bucket name; without TensorFlow, gs:// needs pip install '
         '"nin_jax[gcs]".') from None
+
+
+@contextlib.contextmanager
+def _client_logs_held() -> Iterator[None]:
+  """gcsfs logs each retry of a request that fails with its traceback, and
+  a warning per bucket it cannot classify: about 100 lines before the one
+  error line that says it all when the network or credentials are missing.
+  Held back here, unless --verbosity=1 (absl's DEBUG) asks for everything."""
+  loggers = [std_logging.getLogger(name) for name in ('gcsfs', 'fsspec')]
+  if logging.get_verbosity() >= logging.DEBUG:
+    yield
+    return
+  levels = [logger.level for logger in loggers]
+  for logger in loggers:  # Their child loggers inherit the level.
+    logger.setLevel(std_logging.CRITICAL + 1)
+  try:
+    yield
+  finally:
+    for logger, level in zip(loggers, levels):
+      logger.setLevel(level)
 
 
 def check_writable(url: str, flag: str) -> None:

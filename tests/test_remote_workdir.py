@@ -6,6 +6,7 @@ local folder. Skipped where gcp-storage-emulator or gcsfs is missing.
 """
 
 import json
+import logging as std_logging
 import os
 import socket
 import subprocess
@@ -264,3 +265,26 @@ def test_a_checkpoint_that_cannot_be_reached_is_not_set_aside(tmp_path):
 def test_an_export_to_a_bare_bucket_is_refused():
   with pytest.raises(errors.WorkdirError, match='is a bucket'):
     export.write(None, 'gs://bucket')
+
+
+def test_an_unreachable_bucket_is_one_line_not_the_clients_retries(
+    monkeypatch, caplog):
+  class Offline:
+    """A gs:// path without a network, as gcsfs fails: each retry logged
+    (with its traceback), then an OSError."""
+
+    def __init__(self, name):
+      del name
+
+    def exists(self):
+      std_logging.getLogger('gcsfs.retry').error(
+          '_request out of retries on exception: Cannot connect to host')
+      std_logging.getLogger('gcsfs').warning('Could not determine bucket type')
+      raise OSError('Cannot connect to host storage.googleapis.com:443')
+
+  monkeypatch.setattr(storage, '_path', Offline)
+  with pytest.raises(errors.WorkdirError, match='Cannot reach --workdir='):
+    storage.check_reachable('gs://bucket/run')
+  assert 'out of retries' not in caplog.text
+  assert 'bucket type' not in caplog.text
+  assert std_logging.getLogger('gcsfs').level == std_logging.NOTSET
