@@ -312,5 +312,5 @@ def test_a_bundled_config_by_name(tmp_path, monkeypatch, capsys):
       'error: config.learning_rate=-1.0 must be a positive number.']
   code, err = run(monkeypatch, capsys, tmp_path / 'run', config='digitz')
   assert code == errors.EXIT_USER_ERROR
-  assert 'a bundled config: cifar100, cifar10_cpu, default, digits' in err
+  assert 'a bundled config: cifar100, cifar10_cpu, cifar10_paper_cpu, default, digits' in err
 
