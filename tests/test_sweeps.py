@@ -35,6 +35,21 @@ def test_every_sweep_expands_to_valid_commands(tmp_path):
   assert not os.listdir(tmp_path)  # A dry run creates nothing.
 
 
+def test_the_paper_sweep_reads_folders_and_takes_overrides(tmp_path):
+  printed = _run('--root', str(tmp_path), '--budget=full', '--seeds=0',
+                 '--sweeps=paper', '--points=gap,mnist', '--dry_run',
+                 '--folders=cifar10=/data/c10,mnist=/data/mnist',
+                 '--set=num_epochs=80').splitlines()
+  assert len(printed) == 2
+  gap, mnist = printed
+  assert '--config=nin_jax/configs/default.py' in gap
+  assert '--config.dataset=folder:/data/c10' in gap
+  assert '--config.augment_pad=0' in gap and '--config.model.head=gap' in gap
+  assert '--config=nin_jax/configs/mnist.py' in mnist
+  assert '--config.dataset=folder:/data/mnist' in mnist
+  assert all(line.endswith('--config.num_epochs=80') for line in printed)
+
+
 def _run_in_process(monkeypatch, capsys, *args):
   """sweeps.run_sweeps with each `python -m nin_jax.main` run in this
   process (no new JAX process per point: seconds instead of tens)."""
@@ -84,5 +99,14 @@ def test_sweep_runs_skips_finished_points_resumes_and_tabulates(
   assert text.splitlines()[2].endswith('| 10.41 |')
   assert '| gap_vs_fc | fc | `augment_pad=0 augment_flip=False model.head=fc` ' \
       '| 0 | - | not run | 11.59 |' in text
+  # Time to an accuracy: the run made in one launch has one; the resumed
+  # one does not (its launch did not start the run).
+  timed = results.collect(root, ['dropout'], target=0.0)
+  assert len(timed[0]['seconds_to_target']) == 1
+  assert 0 < timed[0]['seconds_to_target'][0] < 600
+  assert timed[1]['seconds_to_target'] == []
+  lines = results.table(timed, target=0.0).splitlines()
+  assert lines[0].endswith('| s to 0% (median, runs) |')
+  assert lines[2].endswith(' (1) |') and lines[3].endswith('| - |')
   results.plot(rows, str(tmp_path / 'results.png'))
   assert (tmp_path / 'results.png').stat().st_size > 10_000
