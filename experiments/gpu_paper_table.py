@@ -69,7 +69,7 @@ MIN_SECONDS_TO_START = 60
 REFRESH_SECONDS = 30
 
 # The time budget of --budget=full on one H200 (8 minutes of run time),
-# estimated from the README's measurements (one bf16 epoch of 50,000
+# estimated from docs/performance.md's measurements (one bf16 epoch of 50,000
 # images in 0.60 s in the trainer's loop, H100 compilation 7-9 s for the
 # step and 3 s for the loop) and the digits/CPU runs' start-up:
 #   setup: wheels 2 s, JAX import and device check 10 s, unpacking the

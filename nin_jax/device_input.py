@@ -21,8 +21,8 @@ unless a ZCA matmul rounds differently for fewer rows), so their losses
 differ by float rounding only.
 
 The price is memory and start-up: every process reads the whole split and
-copies it to each of its devices, not 1/devices of it (the README gives the
-measured start-up times).
+copies it to each of its devices, not 1/devices of it (experiments/README.md
+records the measured start-up times).
 
 The streaming path draws from the same distribution (a test compares them)
 but not the same stream.

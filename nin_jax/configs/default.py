@@ -23,7 +23,7 @@ What to expect, and where the numbers come from:
     alive through the warm-up and 630 steps at the peak (dead_fraction 0) and
     reached 63.33% test accuracy at epoch 6 (experiments/README.md).
   * Runtime: about 1.33 GFLOP per training image. On a 2-core CPU 200
-    epochs take a day or more (README.md, Performance), so use an
+    epochs take a day or more (docs/performance.md), so use an
     accelerator.
 
 The dead-ReLU trap: with a ReLU after the class-map layer, training can push
