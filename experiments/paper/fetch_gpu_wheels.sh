@@ -3,7 +3,7 @@
 # that its image lacks, into .whl/ at the repository root (ignored by git
 # through .git/info/exclude, carried with `carry: [".whl"]`).
 #
-#   bash experiments/fetch_gpu_wheels.sh
+#   bash experiments/paper/fetch_gpu_wheels.sh
 #
 # Why only these: everything else nin_jax imports on the folder-data path
 # (jax, flax, optax, orbax-checkpoint, absl-py, etils, numpy, pillow,
@@ -12,7 +12,7 @@
 # is not; its own needs are absl-py and PyYAML, both there.
 # The machine has no network, Python 3.12 and x86-64, hence the platform
 # flags (the device README's recipe; pure-Python wheels match any of them).
-# experiments/gpu_paper_table.py installs each wheel there only if its
+# experiments/paper/gpu_table.sh installs each wheel there only if its
 # module is missing, so an image that gains one later is left alone.
 set -euo pipefail
 
@@ -21,7 +21,7 @@ WHEELS=(
   ml_collections==1.1.0
 )
 
-repo="$(cd "$(dirname "$0")/.." && pwd)"
+repo="$(cd "$(dirname "$0")/../.." && pwd)"
 dest="$repo/.whl"
 exclude="$(git -C "$repo" rev-parse --git-path info/exclude)"
 case "$exclude" in /*) ;; *) exclude="$repo/$exclude" ;; esac
