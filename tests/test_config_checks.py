@@ -1,12 +1,14 @@
 """Bad flags, configs and workdirs: exit status 2, one line, nothing lost."""
 
 import errno
+import json
 import os
 import re
 import subprocess
 import sys
 
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
 import pytest
 
@@ -154,6 +156,22 @@ def test_a_config_without_a_field_or_with_none_is_one_error(tiny_config):
     config_checks.validate(tiny_config)
   tiny_config.learning_rate, tiny_config.data_dir = 0.1, None
   config_checks.validate(tiny_config)  # A placeholder may be None.
+
+
+def test_a_saved_config_with_a_removed_field_still_loads(tiny_config,
+                                                          tmp_path):
+  """nin_jax/pretrained/cifar10's config.json holds accept_manual_checksums,
+  since removed: reading drops it; any other unknown field is an error."""
+  saved = dict(tiny_config.to_dict(), accept_manual_checksums=False)
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  config = ml_collections.ConfigDict(config_checks.saved_config(str(tmp_path)))
+  assert 'accept_manual_checksums' not in config
+  config_checks.check_fields(config)
+  saved['no_such_field'] = 1
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  config = ml_collections.ConfigDict(config_checks.saved_config(str(tmp_path)))
+  with pytest.raises(errors.ConfigError, match='no_such_field'):
+    config_checks.check_fields(config)
 
 
 def test_config_file_with_a_wrong_type(tmp_path, monkeypatch, capsys):
