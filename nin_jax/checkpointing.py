@@ -141,6 +141,7 @@ class Checkpointer:
     of equal ones, the later is kept.
     """
     items = _items(state)
+    running = set(threading.enumerate())
     # A failing save makes Orbax's threads log a page each; the one error
     # below says it all.
     with _reports_held() as held:
@@ -160,12 +161,7 @@ class Checkpointer:
           self._manager.wait_until_finished()
         except Exception:  # pylint: disable=broad-except
           pass  # The same failure.
-        for thread in threading.enumerate():
-          if type(thread).__name__ == '_SignalingThread':
-            try:
-              thread.join(timeout=60)
-            except Exception:  # pylint: disable=broad-except
-              pass  # Its join re-raises the same failure.
+        _join_threads_started_since(running, timeout=60)
     if failure is None:
       held.release()
       return
@@ -270,6 +266,30 @@ class Checkpointer:
       except Exception:  # pylint: disable=broad-except
         if not self._failed:
           raise
+
+
+def _join_threads_started_since(running: set[threading.Thread],
+                                timeout: float) -> None:
+  """Waits up to `timeout` seconds in all for the threads started since
+  `running` was taken to end.
+
+  A save that fails in one of Orbax's commit threads raises while the
+  others (one per item and array group, started for this save and ended
+  when it completes) still write. Orbax has no public call that waits for
+  them after a failure (CheckpointManager.wait_until_finished waits for an
+  asynchronous save only), so the threads this save started are waited
+  for. Daemon threads are not: library helpers that live as long as the
+  process (an event loop thread of gcsfs) are daemons.
+  """
+  deadline = time.monotonic() + timeout
+  for thread in threading.enumerate():
+    if thread in running or thread.daemon or (
+        thread is threading.current_thread()):
+      continue
+    try:
+      thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    except Exception:  # pylint: disable=broad-except
+      pass  # Orbax's threads re-raise the save's failure on join.
 
 
 def state_is_finite(state: Any) -> bool:

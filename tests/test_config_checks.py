@@ -6,12 +6,15 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import time
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 import pytest
 
+from nin_jax import checkpointing
 from nin_jax import config_checks
 from nin_jax import errors
 from nin_jax import input_pipeline
@@ -237,10 +240,21 @@ def test_resume_refuses_another_model_and_allows_more_steps(
 
 def test_full_disk_during_a_save_keeps_the_previous_checkpoint(
     tiny_config, tmp_path, monkeypatch):
+  """The save's other threads (Orbax commits each item in its own) end
+  before what they wrote is removed."""
   real_save = ocp.CheckpointManager.save
+  late = []
+
+  def write_late(directory):
+    time.sleep(0.5)
+    (directory / 'late').write_text('still writing')
 
   def save(self, step, *args, **kwargs):
     if step == 4:
+      directory = tmp_path / 'checkpoints' / f'4{checkpointing.TMP_SUFFIX}-1'
+      directory.mkdir()
+      late.append(threading.Thread(target=write_late, args=(directory,)))
+      late[0].start()
       raise OSError(errno.ENOSPC, 'No space left on device')
     return real_save(self, step, *args, **kwargs)
   monkeypatch.setattr(ocp.CheckpointManager, 'save', save)
@@ -249,6 +263,7 @@ def test_full_disk_during_a_save_keeps_the_previous_checkpoint(
   message = str(raised.value)
   assert 'No space left on device' in message
   assert 'previous checkpoint (step 2) is intact' in message
+  assert not late[0].is_alive()
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2']
 
 
