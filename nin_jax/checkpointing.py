@@ -4,8 +4,7 @@ A checkpoint holds the train state (parameters, optimizer state, step,
 BatchNorm statistics) and a small JSON `progress` record (input position,
 the partly summed metrics of the current log window, the dead-ReLU counter),
 so a resumed run continues bit for bit where it stopped. The dropout key is
-not saved: it follows from config.seed and the step (steps.py). Checkpoints
-of older versions, which hold one, are read all the same.
+not saved: it follows from config.seed and the step (steps.py).
 
 Orbax writes each step into a temporary directory and renames it when
 complete, so a save cut short by a crash is never taken for a checkpoint. A
@@ -68,10 +67,6 @@ def _is_access_error(error: BaseException) -> bool:
       return True
     error = error.__cause__ or error.__context__
   return False
-
-
-# What older versions saved beside the train state; read, then dropped.
-_OLD_DROPOUT_KEY = 'dropout_key'
 
 
 def _items(state: Any) -> dict[str, Any]:
@@ -141,6 +136,7 @@ class Checkpointer:
     of equal ones, the later is kept.
     """
     items = _items(state)
+    running = set(threading.enumerate())
     # A failing save makes Orbax's threads log a page each; the one error
     # below says it all.
     with _reports_held() as held:
@@ -160,12 +156,7 @@ class Checkpointer:
           self._manager.wait_until_finished()
         except Exception:  # pylint: disable=broad-except
           pass  # The same failure.
-        for thread in threading.enumerate():
-          if type(thread).__name__ == '_SignalingThread':
-            try:
-              thread.join(timeout=60)
-            except Exception:  # pylint: disable=broad-except
-              pass  # Its join re-raises the same failure.
+        _join_threads_started_since(running, timeout=60)
     if failure is None:
       held.release()
       return
@@ -199,18 +190,13 @@ class Checkpointer:
       except Exception as e:  # pylint: disable=broad-except
         self._set_aside(step, e)
         continue
-      abstract = dict(wanted)
-      if saved is not None and _OLD_DROPOUT_KEY in saved:
-        old_key = saved[_OLD_DROPOUT_KEY]
-        abstract[_OLD_DROPOUT_KEY] = jax.ShapeDtypeStruct(old_key.shape,
-                                                          old_key.dtype)
-      self._check_compatible(step, saved, abstract)
+      self._check_compatible(step, saved, wanted)
       # A damaged array file makes Orbax and asyncio log a page per array;
       # the one warning of _set_aside says it all.
       with _reports_held() as held:
         try:
           restored = self._manager.restore(step, args=ocp.args.Composite(
-              state=ocp.args.StandardRestore(abstract),
+              state=ocp.args.StandardRestore(wanted),
               progress=ocp.args.JsonRestore()))
         except Exception as e:  # pylint: disable=broad-except
           restored, error = None, e  # Damaged files raise many kinds.
@@ -270,6 +256,30 @@ class Checkpointer:
       except Exception:  # pylint: disable=broad-except
         if not self._failed:
           raise
+
+
+def _join_threads_started_since(running: set[threading.Thread],
+                                timeout: float) -> None:
+  """Waits up to `timeout` seconds in all for the threads started since
+  `running` was taken to end.
+
+  A save that fails in one of Orbax's commit threads raises while the
+  others (one per item and array group, started for this save and ended
+  when it completes) still write. Orbax has no public call that waits for
+  them after a failure (CheckpointManager.wait_until_finished waits for an
+  asynchronous save only), so the threads this save started are waited
+  for. Daemon threads are not: library helpers that live as long as the
+  process (an event loop thread of gcsfs) are daemons.
+  """
+  deadline = time.monotonic() + timeout
+  for thread in threading.enumerate():
+    if thread in running or thread.daemon or (
+        thread is threading.current_thread()):
+      continue
+    try:
+      thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    except Exception:  # pylint: disable=broad-except
+      pass  # Orbax's threads re-raise the save's failure on join.
 
 
 def state_is_finite(state: Any) -> bool:
@@ -341,8 +351,7 @@ def read_checkpoint(workdir: str, step: int | None = None
   """(step, arrays, progress) of a workdir's checkpoint (default: newest).
 
   No config or model is needed: arrays come back as numpy, nested as the
-  train state was ({'train_state': {'params': ...}}; checkpoints of older
-  versions also hold a 'dropout_key').
+  train state was ({'train_state': {'params': ...}}).
 
   Without `step`, a damaged newest checkpoint is skipped, with one warning
   line, for the next older readable one, as the trainer does; but nothing

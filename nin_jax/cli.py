@@ -380,14 +380,12 @@ def parse_flags(argv: list[str]) -> list[str]:
     remaining = flags.FLAGS(argv)
     if 'config' in flags.FLAGS:
       config = flags.FLAGS['config'].value
-      # (config_flags' stand-in for a file that failed to load raises its
-      # error below, on first use.)
-      if not isinstance(config, ml_collections.ConfigDict) and (
-          type(config).__name__ != '_ErrorConfig'):
+      if not isinstance(config, ml_collections.ConfigDict):
+        # For a file that failed to load, config_flags gives a stand-in
+        # that raises the loading error (an OSError) on any attribute read.
+        getattr(config, 'dataset', None)
         raise _NotAConfig(f'its get_config() returned {config!r:.60} (type '
                           f'{type(config).__name__}), not a ConfigDict')
-      # An unloadable file gives a placeholder that raises on first use.
-      config.get('dataset')
   except flags.Error as e:
     message = ' '.join(str(e).split())  # One line.
   except (AttributeError, KeyError) as e:  # config_flags: unknown field.

@@ -204,6 +204,14 @@ def check_fields(config: ml_collections.ConfigDict) -> None:
   optimizer.check_config(config)
 
 
+# Fields that configs saved before their removal hold, and that no longer
+# change what a saved run is: dropped when a config.json is read, so that
+# such a run or published model (nin_jax/pretrained/cifar10 holds
+# accept_manual_checksums) still loads and resumes. Any other unknown field
+# is still an error.
+_REMOVED_FIELDS = ('accept_manual_checksums',)
+
+
 def _with_defaults(saved: dict[str, Any], defaults: dict[str, Any]
                    ) -> dict[str, Any]:
   """Fields added to default.py after a run was saved take their defaults
@@ -230,6 +238,8 @@ def saved_config(workdir: str, if_damaged: str | None = None
       logging.warning('Ignoring unreadable %s.',
                       workdir_files.path(workdir, workdir_files.CONFIG))
     return None
+  saved = {key: value for key, value in saved.items()
+           if key not in _REMOVED_FIELDS}
   return _with_defaults(saved, default.get_config().to_dict())
 
 

@@ -158,40 +158,16 @@ def _describe_url_info(info) -> str:
   return f'{int(info.size)} bytes, sha256 {info.checksum}'
 
 
-def _expect_actual_checksums(builder, accepted: dict) -> None:
-  """Makes `builder` check the given URLs' files against these UrlInfos.
-
-  TFDS has no switch to accept a manual file with another checksum: it checks
-  it against DatasetBuilder.url_infos, read from its installed package (never
-  to be edited; DownloadConfig.register_checksums would write there). So the
-  download manager made for this builder instance alone expects the accepted
-  files' own size and sha256; every other file is checked as usual.
-  """
-  make = builder._make_download_manager  # pylint: disable=protected-access
-
-  def make_accepting(*args, **kwargs):
-    dl_manager = make(*args, **kwargs)
-    expected = getattr(dl_manager, '_url_infos', None)
-    if not isinstance(expected, dict):
-      raise errors.DatasetUnavailableError(
-          'config.accept_manual_checksums=True is not supported with this '
-          'version of tensorflow-datasets (its download manager changed). '
-          f'Train on a folder of images with '
-          f'--config.dataset={image_folder.PREFIX}ROOT instead.')
-    expected.update(accepted)
-    return dl_manager
-
-  builder._make_download_manager = make_accepting  # pylint: disable=protected-access
-
-
-def _prepare_tfds(name: str, data_dir: str | None,
-                  accept_manual_checksums: bool = False):
+def _prepare_tfds(name: str, data_dir: str | None):
   """Returns a prepared TFDS builder, or raises one clear error.
 
   TFDS retries a failed download for minutes; without network we fail in
   seconds instead and name the manual-download route. A manual file with the
   right content but other bytes (re-gzipped by a Linux distribution) fails
-  TFDS's checksum; `accept_manual_checksums` accepts it deliberately.
+  TFDS's checksum, and TFDS has no public way to accept it (its
+  DownloadConfig.register_checksums would rewrite the checksums in the
+  installed package): the error names the original file and the public
+  route for repackaged data, a folder of images.
   """
   tfds = tensorflow_datasets(f'TFDS dataset {name!r}')
   from tensorflow_datasets.core.download import download_manager  # pylint: disable=g-import-not-at-top
@@ -219,23 +195,11 @@ def _prepare_tfds(name: str, data_dir: str | None,
         f'or run the offline demo on bundled data:\n'
         f'  python -m nin_jax.main --workdir=/tmp/nin_digits '
         f'--config=nin_jax/configs/digits.py')
-  accepted = []
-  if accept_manual_checksums:
-    accepted = _manual_checksum_mismatches(builder, manual_dir)
-    for url, path, expected, actual in accepted:
-      logging.warning(
-          'config.accept_manual_checksums=True: accepting %s (%s) for %s '
-          'although TFDS recorded %s for it.', path,
-          _describe_url_info(actual), url, _describe_url_info(expected))
-    if accepted:
-      _expect_actual_checksums(
-          builder, {url: actual for url, _, _, actual in accepted})
   download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
   try:
     builder.download_and_prepare(download_config=download_config)
   except download_manager.NonMatchingChecksumError as e:
-    mismatches = ([] if accept_manual_checksums else
-                  _manual_checksum_mismatches(builder, manual_dir))
+    mismatches = _manual_checksum_mismatches(builder, manual_dir)
     if not mismatches:  # A file TFDS downloaded itself (in its cache).
       raise errors.DatasetUnavailableError(
           f'A downloaded file for {name!r} does not have the expected '
@@ -250,25 +214,12 @@ def _prepare_tfds(name: str, data_dir: str | None,
         f'{name!r} differ from the ones TFDS recorded:\n{files}\n'
         f'The content may still be right: a repackaged copy (Linux '
         f'distributions re-gzip the archives they ship) has other bytes and '
-        f'another sha256; it may also be a truncated or wrong file. To use it '
-        f'anyway, accept it deliberately with '
-        f'--config.accept_manual_checksums=True (TFDS then fails if the '
-        f'content is wrong); or place the original file from the URL above; '
-        f'or train on a folder of images laid out as '
-        f'ROOT/train/<class>/<image> and ROOT/test/<class>/<image> with '
+        f'another sha256; it may also be a truncated or wrong file. TFDS '
+        f'takes only the original: place the original file from the URL '
+        f'above; or, to use this copy, extract its images into a folder laid '
+        f'out as ROOT/train/<class>/<image> and ROOT/test/<class>/<image> '
+        f'and train on it with '
         f'--config.dataset={image_folder.PREFIX}ROOT.') from None
-  except errors.UserError:
-    raise
-  except Exception as e:  # pylint: disable=broad-except
-    if not accepted:
-      raise
-    files = ', '.join(path for _, path, _, _ in accepted)
-    raise errors.DatasetUnavailableError(
-        f'TFDS could not prepare {name!r} from {files}, accepted with '
-        f'config.accept_manual_checksums=True despite its checksum: the '
-        f'content is not what TFDS expects ({type(e).__name__}: {e}). Place '
-        f'the original file from {accepted[0][0]}, or train on a folder of '
-        f'images with --config.dataset={image_folder.PREFIX}ROOT.') from e
   return builder
 
 
@@ -358,9 +309,7 @@ class Dataset:
       if validation_folder:
         stored.add(image_folder.VALIDATION_FOLDER)
     else:
-      self._builder = _prepare_tfds(
-          self.name, config.data_dir,
-          config.accept_manual_checksums)
+      self._builder = _prepare_tfds(self.name, config.data_dir)
       label = self._builder.info.features['label']
       self.class_names = tuple(label.names)
       self.version = str(self._builder.version)

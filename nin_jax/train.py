@@ -470,8 +470,7 @@ def _train(run: _Run, state: steps.TrainState, start_step: int,
   config, plan = run.config, run.plan
   if start_step and start_step % plan.eval_every == 0 and not _logged(
       run.writer, start_step, run.periodic_split):
-    # Saved by an older version, which checkpointed before evaluating, and
-    # killed in between.
+    # Stopped by a signal at an evaluation step: saved without evaluating.
     run.writer.write(start_step, run.periodic_split,
                      run.evaluate(state, run.periodic_split, start_step))
   logging.info('Training %d steps (%d per epoch, global batch %d) on %d '

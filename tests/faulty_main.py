@@ -8,7 +8,7 @@ Faults (test-only; the trainer has no such hooks):
   kill_after_save:N  SIGKILL right after the checkpoint of step N is
                      written (before that step's evaluation);
   kill_in_save:N     SIGKILL in the middle of saving step N (files written,
-                     not yet committed by Orbax's rename);
+                     not yet finalized and renamed into place by Orbax);
   sigterm_after_log:N  SIGTERM at the same moment as kill_after_log: the
                      trainer should save step N and exit with status 75.
 """
@@ -17,7 +17,7 @@ import os
 import signal
 
 from absl import app
-from orbax.checkpoint._src.path import atomicity
+import orbax.checkpoint as ocp
 
 from nin_jax import checkpointing
 from nin_jax import cli
@@ -45,13 +45,15 @@ def _inject(fault: str, at: int) -> None:
         os.kill(me, signal.SIGKILL)
     checkpointing.Checkpointer.save = save_then_die
   elif fault == 'kill_in_save':
-    rename = atomicity.async_path.rename
+    # The checkpoint manager's handler of the items: Orbax finalizes the
+    # step's temporary directory, its files written, then renames it.
+    finalize = ocp.CompositeCheckpointHandler.finalize
 
-    async def die_before_commit(src, dst):
-      if os.path.basename(str(dst)) == str(at):
+    def die_before_commit(self, directory):
+      if os.path.basename(str(directory)).split('.')[0] == str(at):
         os.kill(me, signal.SIGKILL)
-      return await rename(src, dst)
-    atomicity.async_path.rename = die_before_commit
+      return finalize(self, directory)
+    ocp.CompositeCheckpointHandler.finalize = die_before_commit
   else:
     raise ValueError(f'Unknown fault {fault!r}')
 

@@ -1,15 +1,20 @@
 """Bad flags, configs and workdirs: exit status 2, one line, nothing lost."""
 
 import errno
+import json
 import os
 import re
 import subprocess
 import sys
+import threading
+import time
 
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
 import pytest
 
+from nin_jax import checkpointing
 from nin_jax import config_checks
 from nin_jax import errors
 from nin_jax import input_pipeline
@@ -156,6 +161,22 @@ def test_a_config_without_a_field_or_with_none_is_one_error(tiny_config):
   config_checks.validate(tiny_config)  # A placeholder may be None.
 
 
+def test_a_saved_config_with_a_removed_field_still_loads(tiny_config,
+                                                          tmp_path):
+  """nin_jax/pretrained/cifar10's config.json holds accept_manual_checksums,
+  since removed: reading drops it; any other unknown field is an error."""
+  saved = dict(tiny_config.to_dict(), accept_manual_checksums=False)
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  config = ml_collections.ConfigDict(config_checks.saved_config(str(tmp_path)))
+  assert 'accept_manual_checksums' not in config
+  config_checks.check_fields(config)
+  saved['no_such_field'] = 1
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  config = ml_collections.ConfigDict(config_checks.saved_config(str(tmp_path)))
+  with pytest.raises(errors.ConfigError, match='no_such_field'):
+    config_checks.check_fields(config)
+
+
 def test_config_file_with_a_wrong_type(tmp_path, monkeypatch, capsys):
   bad = tmp_path / 'bad_config.py'
   bad.write_text('import ml_collections\n'
@@ -219,10 +240,21 @@ def test_resume_refuses_another_model_and_allows_more_steps(
 
 def test_full_disk_during_a_save_keeps_the_previous_checkpoint(
     tiny_config, tmp_path, monkeypatch):
+  """The save's other threads (Orbax commits each item in its own) end
+  before what they wrote is removed."""
   real_save = ocp.CheckpointManager.save
+  late = []
+
+  def write_late(directory):
+    time.sleep(0.5)
+    (directory / 'late').write_text('still writing')
 
   def save(self, step, *args, **kwargs):
     if step == 4:
+      directory = tmp_path / 'checkpoints' / f'4{checkpointing.TMP_SUFFIX}-1'
+      directory.mkdir()
+      late.append(threading.Thread(target=write_late, args=(directory,)))
+      late[0].start()
       raise OSError(errno.ENOSPC, 'No space left on device')
     return real_save(self, step, *args, **kwargs)
   monkeypatch.setattr(ocp.CheckpointManager, 'save', save)
@@ -231,6 +263,7 @@ def test_full_disk_during_a_save_keeps_the_previous_checkpoint(
   message = str(raised.value)
   assert 'No space left on device' in message
   assert 'previous checkpoint (step 2) is intact' in message
+  assert not late[0].is_alive()
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2']
 
 

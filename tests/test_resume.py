@@ -9,7 +9,6 @@ by SIGTERM. Each time the same command is simply run again.
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import pytest
 
 from nin_jax import checkpointing
 from nin_jax import errors
+from nin_jax import metric_writers
 from nin_jax import steps
 from nin_jax import stop_signals
 from nin_jax import train
@@ -144,33 +144,38 @@ def test_nan_stops_training_and_keeps_the_good_checkpoints(
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(arrays))
 
 
-def test_dropout_comes_from_the_seed_and_step_and_older_checkpoints_resume(
-    tiny_config, tmp_path, monkeypatch):
-  """Checkpoints hold no dropout key; one of an older version (which holds
-  one) resumes to the same bits; a resume may not change the seed."""
+def test_checkpoints_hold_no_dropout_key_and_a_resume_keeps_the_seed(
+    tiny_config, tmp_path):
+  """Dropout comes from config.seed and the step, so a resume may not
+  change the seed."""
   tiny_config.checkpoint_every_steps = 2
-  tiny_config.keep_checkpoints = 2
-  older, resumed = tmp_path / 'older', tmp_path / 'resumed'
-  with monkeypatch.context() as patch:  # What older versions saved.
-    patch.setattr(checkpointing, '_items', lambda state: {
-        'train_state': state,
-        'dropout_key': jax.random.key_data(steps.dropout_key(tiny_config.seed))})
-    train.train_and_evaluate(tiny_config, str(older))
-  assert set(checkpointing.read_checkpoint(str(older))[1]) == {
-      'train_state', 'dropout_key'}
-  shutil.copytree(older, resumed)
-  shutil.rmtree(resumed / 'checkpoints' / '4')
-  train.train_and_evaluate(tiny_config, str(resumed))
-  step, arrays, _ = checkpointing.read_checkpoint(str(resumed))
+  train.train_and_evaluate(tiny_config, str(tmp_path))
+  step, arrays, _ = checkpointing.read_checkpoint(str(tmp_path))
   assert step == 4 and set(arrays) == {'train_state'}
-  _, expected, _ = checkpointing.read_checkpoint(str(older))
-  for a, b in zip(jax.tree.leaves(arrays['train_state']),
-                  jax.tree.leaves(expected['train_state'])):
-    np.testing.assert_array_equal(a, b)
   tiny_config.seed = 1
   with pytest.raises(errors.ConfigError, match='seed'):
-    train.train_and_evaluate(tiny_config, str(resumed))
+    train.train_and_evaluate(tiny_config, str(tmp_path))
 
+
+def test_a_stop_at_an_evaluation_step_evaluates_it_on_resume(
+    tiny_config, tmp_path, monkeypatch):
+  """A stop signal saves without evaluating; the resumed run evaluates that
+  step first, so the metrics equal an uninterrupted run's."""
+  straight, stopped = str(tmp_path / 'straight'), str(tmp_path / 'stopped')
+  train.train_and_evaluate(tiny_config, straight)
+  write = metric_writers.MetricWriter.write
+
+  def write_then_stop(self, step, split, metrics):
+    write(self, step, split, metrics)
+    if step == tiny_config.eval_every_steps and split == 'train':
+      os.kill(os.getpid(), signal.SIGTERM)
+  with monkeypatch.context() as patch:
+    patch.setattr(metric_writers.MetricWriter, 'write', write_then_stop)
+    with pytest.raises(errors.Preempted):
+      train.train_and_evaluate(tiny_config, stopped)
+  assert [row['split'] for row in _rows(stopped)] == ['train']
+  train.train_and_evaluate(tiny_config, stopped)
+  assert _rows(stopped) == _rows(straight)
 
 
 def test_a_signal_during_start_up_exits_75_before_the_workdir_is_touched(

@@ -57,10 +57,6 @@ def get_config() -> ml_collections.ConfigDict:
   # None uses $NIN_JAX_CACHE_DIR, else $XDG_CACHE_HOME/nin_jax, else
   # ~/.cache/nin_jax. Never TFDS's data_dir: these are not TFDS's data.
   config.cache_dir = ml_collections.config_dict.placeholder(str)
-  # Accept files in <data_dir>/downloads/manual/ whose checksum differs from
-  # TFDS's record (e.g. re-gzipped by a Linux distribution: same content, other
-  # bytes). Risk: a wrong or tampered file is only caught if it fails to parse.
-  config.accept_manual_checksums = False
   # Folder datasets only: channels of the decoded images (1: grey, 3: RGB;
   # alpha is dropped) and their size (resized to image_size x image_size).
   # 0 keeps what the files hold (grey only if every image is grey; one size
