@@ -217,6 +217,13 @@ def _local_workdir_problem(workdir: str) -> str | None:
   if not os.access(existing, os.W_OK | os.X_OK):
     return f'{existing} is not writable'
   if existing != workdir:
+    # A directory made and removed again: os.access says yes to root, and
+    # to a place like /proc that takes no new directories.
+    try:
+      os.rmdir(tempfile.mkdtemp(prefix='.write_test.', dir=existing))
+    except OSError as e:
+      return (f'no directory can be made in {existing} '
+              f'({e.strerror or e})')
     return None
   # Also catches a read-only or full disk.
   probe = os.path.join(workdir, f'.write_test.{os.getpid()}')
