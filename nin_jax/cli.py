@@ -6,31 +6,22 @@ traceback only under --verbosity=1.
 """
 
 import contextlib
-from importlib import util as importlib_util
 import logging as std_logging
 import os
-import re
 import shutil
 import sys
 import tempfile
 import traceback
 from typing import Callable, Iterator
 
-# Before TensorFlow is imported anywhere: hide its C++ start-up banners and
-# warnings (a damaged TFDS file printed two beside the one error line that
-# says what to do); given back under --verbosity=1 if the user had not set
-# the variable: quiet_console.
-_TF_LOG_LEVEL_IS_OURS = 'TF_CPP_MIN_LOG_LEVEL' not in os.environ
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+from absl import app
+from absl import flags
+from absl import logging
+import ml_collections
+from ml_collections import config_flags
 
-from absl import app  # pylint: disable=g-import-not-at-top
-from absl import flags  # pylint: disable=g-import-not-at-top
-from absl import logging  # pylint: disable=g-import-not-at-top
-import ml_collections  # pylint: disable=g-import-not-at-top
-from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-
-from nin_jax import errors  # pylint: disable=g-import-not-at-top
-from nin_jax import storage  # pylint: disable=g-import-not-at-top
+from nin_jax import errors
+from nin_jax import storage
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), 'configs',
                               'default.py')
@@ -56,114 +47,55 @@ class QuietLibraries:
     if _verbose():
       return True
     if record.levelno < std_logging.WARNING:
-      return not (record.name.startswith('jax._src.xla_bridge') or any(
+      return not (_is_backend_probe(record) or any(
           part in record.pathname
           for part in ('/orbax/', '/tensorflow', '/fsspec/', '/gcsfs/')))
     return not ('/tensorflow_datasets/' in record.pathname
                 and str(record.msg).startswith('Variant folder'))
 
 
-# What TensorFlow's C++ code prints while it loads, before it has read
-# TF_CPP_MIN_LOG_LEVEL: absl's notice that logging is not initialized, and
-# INFO lines (the oneDNN notice, once per library that holds a copy of it).
-_TF_IMPORT_NOISE = re.compile(
-    r'WARNING: All log messages before absl::InitializeLog\(\) is called'
-    r'|I\d{4} [\d:.]+ +\d+ \S+:\d+\] ')
+def _is_backend_probe(record) -> bool:
+  """JAX's note, at INFO, that a backend it tried is absent."""
+  return (record.name.split('.')[0] == 'jax' and
+          str(record.msg).startswith('Unable to initialize backend'))
 
 
-@contextlib.contextmanager
-def _native_stderr_filtered(noise: re.Pattern[str]) -> Iterator[None]:
-  """Runs the body with file descriptor 2 captured, then replays all but noise.
+# What JAX sets TF_CPP_MIN_LOG_LEVEL to when it is imported and the variable
+# is unset (every command imports JAX before its main() runs), so this value
+# is taken as nobody's choice.
+_JAX_TF_LOG_LEVEL = '1'
 
-  Native code writes to the descriptor directly, past Python's logging; a
-  line it prints is shown once the body is over (on a hard crash inside
-  the body, not at all: --verbosity=1 runs without this).
-  """
-  sys.stderr.flush()
-  try:
-    saved = os.dup(2)
-  except OSError:  # No stderr to filter.
-    yield
+
+def _quiet_tensorflow(verbose: bool) -> None:
+  """TensorFlow's and XLA's C++ log level, for the TensorFlow a command
+  imports later (data, TensorBoard's event writer, SavedModel export): 2
+  (errors only) on a quiet console, their default (everything) when
+  verbose; a level the user set is left as it is. What TensorFlow prints
+  before it reads the variable (some builds print a start-up banner) still
+  shows: hiding it would need file descriptor 2 redirected."""
+  level = os.environ.get('TF_CPP_MIN_LOG_LEVEL')
+  if level not in (None, _JAX_TF_LOG_LEVEL) or 'tensorflow' in sys.modules:
     return
-  with tempfile.TemporaryFile() as captured:
-    os.dup2(captured.fileno(), 2)
-    try:
-      yield
-    finally:
-      sys.stderr.flush()
-      os.dup2(saved, 2)
-      os.close(saved)
-      captured.seek(0)
-      text = captured.read().decode(errors='replace')
-      kept = [line for line in text.splitlines(keepends=True)
-              if not noise.match(line)]
-      if kept:
-        sys.stderr.write(''.join(kept))
-        sys.stderr.flush()
-
-
-class _QuietLoader:
-  """A module's own loader, with native start-up noise filtered from exec."""
-
-  def __init__(self, loader):
-    self._loader = loader
-
-  def __getattr__(self, name):
-    return getattr(self._loader, name)
-
-  def create_module(self, spec):
-    return self._loader.create_module(spec)
-
-  def exec_module(self, module):
-    if _verbose():
-      self._loader.exec_module(module)
-      return
-    with _native_stderr_filtered(_TF_IMPORT_NOISE):
-      self._loader.exec_module(module)
-
-
-class _QuietTensorFlowImport:
-  """Filters what `import tensorflow` prints, wherever it is imported.
-
-  TensorFlow is imported lazily and from several places (TFDS, the
-  streaming pipeline, TensorBoard's event writer, SavedModel export); its
-  start-up lines come from C++ static initializers, before TensorFlow
-  applies TF_CPP_MIN_LOG_LEVEL, so no setting hides them.
-  """
-
-  def __init__(self):
-    self._finding = False
-
-  def find_spec(self, name, path, target=None):
-    del path, target  # Unused: the other finders look it up.
-    if name != 'tensorflow' or self._finding:
-      return None
-    self._finding = True
-    try:
-      spec = importlib_util.find_spec(name)
-    finally:
-      self._finding = False
-    if spec is not None and spec.loader is not None:
-      spec.loader = _QuietLoader(spec.loader)
-    return spec
+  if verbose:
+    os.environ.pop('TF_CPP_MIN_LOG_LEVEL', None)
+  else:
+    os.environ['TF_CPP_MIN_LOG_LEVEL'] = '2'
 
 
 def quiet_console() -> None:
   """One line per event on the console: library noise hidden, unless verbose.
 
-  Called once flags are parsed; every filter checks --verbosity when it
-  runs, so --verbosity=1 shows everything.
+  Called by the commands once flags are parsed (never on import: a notebook
+  that imports nin_jax keeps its logging and environment); the filters
+  check --verbosity when they run, so --verbosity=1 shows everything.
   """
-  if _verbose():
-    if _TF_LOG_LEVEL_IS_OURS and 'tensorflow' not in sys.modules:
-      os.environ.pop('TF_CPP_MIN_LOG_LEVEL', None)
+  verbose = _verbose()
+  _quiet_tensorflow(verbose)
+  if verbose:
     return
   for target in (logging.get_absl_logger(), logging.get_absl_handler()):
     if not any(isinstance(f, QuietLibraries) for f in target.filters):
       target.addFilter(QuietLibraries())
-  if 'tensorflow' not in sys.modules and not any(
-      isinstance(finder, _QuietTensorFlowImport) for finder in sys.meta_path):
-    sys.meta_path.insert(0, _QuietTensorFlowImport())
 
 
 def fail(message: str) -> None:

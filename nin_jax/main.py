@@ -16,12 +16,12 @@ if __name__ == '__main__':
   from nin_jax import stop_signals  # pylint: disable=g-import-not-at-top
   stop_signals.listen_early()
 
-from nin_jax import cli  # First: it quiets TensorFlow's C++ banners.
 from absl import app
 from absl import flags
 from absl import logging
 import jax
 
+from nin_jax import cli
 from nin_jax import errors
 
 

@@ -1,16 +1,16 @@
 """The figures the commands write: confusion matrix, class maps, curves.
 
-matplotlib with the Agg backend (files only, no display needed).
+matplotlib figures drawn by its Agg canvas (files only, no display needed),
+without pyplot: matplotlib's backend, which a notebook may have chosen, is
+left as it is.
 """
 
 import textwrap
 from typing import Any, Sequence
 
-import matplotlib
-
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+import numpy as np
 
 
 # Class maps: a perceptually uniform colour map, about half transparent, over
@@ -22,9 +22,15 @@ _MAP_ALPHA = 0.6
 _GREY_RANGE = (-0.4, 1.4)
 
 
+def _figure(**options: Any) -> Figure:
+  """A figure of its own, drawn by Agg (pyplot does not keep it)."""
+  figure = Figure(**options)
+  FigureCanvasAgg(figure)
+  return figure
+
+
 def _save(figure: Any, path: str) -> None:
   figure.savefig(path, dpi=110, bbox_inches='tight')
-  plt.close(figure)
 
 
 def confusion_matrix(confusion: np.ndarray, class_names: Sequence[str],
@@ -32,7 +38,8 @@ def confusion_matrix(confusion: np.ndarray, class_names: Sequence[str],
   """Rows: true class; columns: predicted. Colour: share of the row."""
   n = len(class_names)
   size = max(5.0, 0.45 * n + 2)
-  figure, axes = plt.subplots(figsize=(size, size * 0.9))
+  figure = _figure(figsize=(size, size * 0.9))
+  axes = figure.subplots()
   rows = confusion.sum(axis=1, keepdims=True)
   shares = confusion / np.maximum(rows, 1)
   image = axes.imshow(shares, cmap='Blues', vmin=0, vmax=1)
@@ -79,8 +86,8 @@ def class_maps_figure(images: np.ndarray, predicted_maps: np.ndarray,
   keeps the suptitle, the two-line panel titles and the colour bars apart.
   """
   n = len(images)
-  figure, axes = plt.subplots(n, 3, figsize=(7.5, 0.35 + 2.45 * n),
-                              squeeze=False, layout='constrained')
+  figure = _figure(figsize=(7.5, 0.35 + 2.45 * n), layout='constrained')
+  axes = figure.subplots(n, 3, squeeze=False)
   height, width = images.shape[1:3]
   extent = (0, width, height, 0)  # Maps and image share the same area.
   for i in range(n):
@@ -115,7 +122,8 @@ def class_maps_figure(images: np.ndarray, predicted_maps: np.ndarray,
 def training_curves(rows: Sequence[dict[str, Any]], title: str,
                     path: str) -> None:
   """Loss, accuracy and learning rate against step, train vs evaluation."""
-  figure, axes = plt.subplots(1, 3, figsize=(15, 4))
+  figure = _figure(figsize=(15, 4))
+  axes = figure.subplots(1, 3)
   splits = sorted({r['split'] for r in rows},
                   key=lambda s: (s != 'train', s))
   for split in splits:

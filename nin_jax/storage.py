@@ -49,6 +49,7 @@ def location(name: str, flag: str = '--workdir') -> str:
         f'{flag}={name}: nin_jax reads and writes local paths and '
         f'{", ".join(s + "://" for s in REMOTE_SCHEMES)} URLs with a bucket '
         'name; mount other storage and pass the mount point.')
+  use_remote_clients()
   return name.rstrip('/')
 
 
@@ -119,37 +120,36 @@ def check_local(name: str, flag: str,
         'local path.')
 
 
-def _list_afresh() -> None:
-  """gcsfs (etils' client for gs:// where TensorFlow is absent or not
-  used) caches directory listings for the life of a process, so saves by
+def use_remote_clients() -> None:
+  """How gs:// is reached, set when nin_jax is given a URL (by location(),
+  and before each use of one), not on import: a notebook that never uses
+  one keeps its environment and fsspec's settings as they were.
+
+  etils.epath reads and writes gs:// with TensorFlow's gfile wherever
+  TensorFlow is installed (it is, for TFDS). Where gcsfs is installed too
+  (the gcs extra), nin_jax has it use gcsfs instead (EPATH_USE_TF=false,
+  unless the variable is set; EPATH_USE_TF=true keeps gfile): the client
+  the tests run against a GCS emulator. etils decides once per process,
+  at its first path of any kind, so this is in time where a command's
+  first path is its workdir or output.
+
+  gcsfs caches directory listings for the life of a process, so saves by
   another process (a trainer, seen by a reader or a notebook) would go
   unseen: a newest checkpoint missing, or 'No checkpoint'. Listed afresh
-  each time instead (a request either way)."""
-  try:
-    import fsspec  # pylint: disable=g-import-not-at-top
-  except ImportError:  # Then gcsfs is absent too.
+  each time instead (a request either way), unless fsspec's configuration
+  says otherwise.
+  """
+  if not _importable('gcsfs'):
     return
+  os.environ.setdefault('EPATH_USE_TF', 'false')
+  import fsspec  # pylint: disable=g-import-not-at-top
   fsspec.config.conf.setdefault('gcs', {}).setdefault('use_listings_cache',
                                                        False)
 
 
-_list_afresh()
-
-
-def _gs_through_gcsfs() -> None:
-  """etils.epath reads and writes gs:// with TensorFlow's gfile wherever
-  TensorFlow is installed (it is, for TFDS). Where gcsfs is installed too
-  (the gcs extra), nin_jax has it use gcsfs instead: the client the tests
-  run against a GCS emulator, whose listings _list_afresh keeps fresh.
-  Set before etils first picks a client; EPATH_USE_TF=true keeps gfile."""
-  if _importable('gcsfs'):
-    os.environ.setdefault('EPATH_USE_TF', 'false')
-
-
-_gs_through_gcsfs()
-
-
 def _path(name: str) -> epath.Path:
+  if is_remote(name):
+    use_remote_clients()
   return epath.Path(name)
 
 

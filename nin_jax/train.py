@@ -132,7 +132,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     cleanup.callback(checkpointer.close)
     stop.attach(checkpointer)
     start_step, state, progress = _restore(config, checkpointer, strategy,
-                                           state, changed, init_from_now)
+                                           state, changed, init_from_now,
+                                           data.info.class_names)
     _record(config, workdir, data, start_step)
     writer = metric_writers.MetricWriter(
         workdir, enabled=jax.process_index() == 0, resumed_step=start_step,
@@ -217,6 +218,13 @@ def _local_workdir_problem(workdir: str) -> str | None:
   if not os.access(existing, os.W_OK | os.X_OK):
     return f'{existing} is not writable'
   if existing != workdir:
+    # A directory made and removed again: os.access says yes to root, and
+    # to a place like /proc that takes no new directories.
+    try:
+      os.rmdir(tempfile.mkdtemp(prefix='.write_test.', dir=existing))
+    except OSError as e:
+      return (f'no directory can be made in {existing} '
+              f'({e.strerror or e})')
     return None
   # Also catches a read-only or full disk.
   probe = os.path.join(workdir, f'.write_test.{os.getpid()}')
@@ -323,16 +331,18 @@ def _fresh_state(config: ml_collections.ConfigDict, data: _Data, plan: Plan,
       config, data.info.image_shape, plan.steps_per_epoch, plan.num_steps,
       axis_name=strategy.axis_name)
   if init_from:
-    state = initialized_from(config.init_from, state)
+    state = initialized_from(config.init_from, state, data.info.class_names)
   return strategy.put_state(state), learning_rate_fn
 
 
-def initialized_from(init_from: str, state: steps.TrainState
-                     ) -> steps.TrainState:
+def initialized_from(init_from: str, state: steps.TrainState,
+                     class_names: tuple[str, ...]) -> steps.TrainState:
   """`state` with the parameters (and BatchNorm statistics) of config.init_from;
-  the optimizer state fits them as it is (it depends on shapes only)."""
+  the optimizer state fits them as it is (it depends on shapes only). The
+  class layers start fresh where the source's classes are not
+  `class_names`."""
   variables = trained_run.initial_variables(
-      init_from, steps.model_variables(state, state.params))
+      init_from, steps.model_variables(state, state.params), class_names)
   return state.replace(params=variables['params'],
                        batch_stats=variables.get('batch_stats', {}))
 
@@ -340,7 +350,8 @@ def initialized_from(init_from: str, state: steps.TrainState
 def _restore(config: ml_collections.ConfigDict,
              checkpointer: checkpointing.Checkpointer,
              strategy: parallel.Jit | parallel.Pmap, state: steps.TrainState,
-             changed: list[str], init_from_applied: bool
+             changed: list[str], init_from_applied: bool,
+             class_names: tuple[str, ...]
              ) -> tuple[int, steps.TrainState, dict[str, Any]]:
   """(start step, state, progress record): the newest readable checkpoint's,
   on any device count or strategy (the state is resharded), or `state`'s."""
@@ -348,8 +359,8 @@ def _restore(config: ml_collections.ConfigDict,
   if not restored:
     if config.init_from and not init_from_applied:
       # There were checkpoints, but none was readable: a fresh start.
-      state = strategy.put_state(initialized_from(config.init_from,
-                                                  strategy.host_state(state)))
+      state = strategy.put_state(initialized_from(
+          config.init_from, strategy.host_state(state), class_names))
     return 0, state, {}
   start_step, host_state, progress = restored
   logging.info('Resumed from checkpoint at step %d in %s', start_step,

@@ -361,13 +361,15 @@ def class_layers(params: dict[str, Any]) -> tuple[str, ...]:
   return tuple(layers)
 
 
-def transfer(loaded: dict[str, Any], fresh: dict[str, Any], source: str
+def transfer(loaded: dict[str, Any], fresh: dict[str, Any], source: str,
+             other_classes: bool = False
              ) -> tuple[dict[str, Any], tuple[str, ...]]:
   """`loaded` variables in place of `fresh` ones, and the layers kept fresh.
 
   Every array must have its fresh shape, except in the class layers
   (class_layers): a class layer whose shapes differ (another class count)
-  keeps its fresh initialization. Anything else is another architecture: a
+  keeps its fresh initialization, as do all of them for `other_classes`
+  (as many classes, but others). Anything else is another architecture: a
   ConfigError naming the first array (in path order) that differs.
   """
   fresh_flat = traverse_util.flatten_dict(fresh, sep='/')
@@ -384,7 +386,7 @@ def transfer(loaded: dict[str, Any], fresh: dict[str, Any], source: str
         'fresh): use the config.model of the source (in its config.json) '
         'and images of the same channels.')
 
-  kept_fresh = set()
+  kept_fresh = set(per_class) if other_classes else set()
   # Sorted: the same first difference whatever order the trees were built in.
   for path in sorted(fresh_flat.keys() | loaded_flat.keys()):
     if path not in loaded_flat:
@@ -420,15 +422,37 @@ def find_source(init_from: str) -> str:
         f'published model. {e}') from None
 
 
-def initial_variables(init_from: str, fresh: dict[str, Any]
-                      ) -> dict[str, Any]:
+def _same_classes(there: tuple[str, ...], here: tuple[str, ...]) -> bool:
+  """The same classes in the same order, by name ('Cat' is 'cat')."""
+  return [n.strip().casefold() for n in there] == [
+      n.strip().casefold() for n in here]
+
+
+def _some(names: tuple[str, ...], shown: int = 5) -> str:
+  return ', '.join(names[:shown]) + (', ...' if len(names) > shown else '')
+
+
+def initial_variables(init_from: str, fresh: dict[str, Any],
+                      class_names: tuple[str, ...]) -> dict[str, Any]:
   """The variables a run with config.init_from starts with (fresh: the
-  model's initialization, for the shapes and the class layers)."""
+  model's initialization, for the shapes and the class layers; class_names:
+  the new run's classes). The class layers start fresh where the source's
+  classes (its dataset.json) are others: another count, or other names."""
   directory = find_source(init_from)
   step, loaded = read_variables(directory)
-  variables, kept_fresh = transfer(loaded, fresh, init_from)
+  there = _dataset_info(directory, DAMAGED_PUBLISHED if is_published(
+      directory) else workdir_files.DAMAGED_RUN_FILE).class_names
+  renamed = (len(there) == len(class_names)
+             and not _same_classes(there, class_names))
+  variables, kept_fresh = transfer(loaded, fresh, init_from,
+                                   other_classes=renamed)
   where = init_from if directory == init_from else f'{init_from} ({directory})'
-  if kept_fresh:
+  if renamed:
+    logging.info('Initialized from %s, step %d, except %s, whose classes '
+                 'are others (there: %s; here: %s): they start fresh.',
+                 where, step, ', '.join(kept_fresh), _some(there),
+                 _some(class_names))
+  elif kept_fresh:
     kernel = f'params/{class_layers(fresh["params"])[0]}/kernel'
     classes = [np.shape(traverse_util.flatten_dict(v, sep='/')[kernel])[-1]
                for v in (loaded, fresh)]
@@ -436,7 +460,8 @@ def initial_variables(init_from: str, fresh: dict[str, Any]
                  'differ (%d classes there, %d here): they start fresh.',
                  where, step, ', '.join(kept_fresh), *classes)
   else:
-    logging.info('Initialized from %s, step %d: every parameter.', where, step)
+    logging.info('Initialized from %s, step %d: every parameter (the same '
+                 'classes).', where, step)
   return variables
 
 

@@ -305,8 +305,14 @@ class RunLock:
     self._fd = None
 
   def __enter__(self) -> 'RunLock':
-    os.makedirs(os.path.dirname(self._file), exist_ok=True)
-    fd = os.open(self._file, os.O_RDWR | os.O_CREAT, 0o644)
+    workdir = os.path.dirname(self._file)
+    try:
+      os.makedirs(workdir, exist_ok=True)
+      fd = os.open(self._file, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:  # /proc/x, a read-only disk, a file on the way.
+      raise errors.WorkdirError(
+          f'Cannot write to the workdir {workdir}: cannot make {self._file} '
+          f'({e.strerror or e}). Pick a writable --workdir.') from None
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

@@ -25,6 +25,7 @@ from nin_jax import parallel
 from nin_jax import preprocessing
 from nin_jax import storage
 from nin_jax import train
+from nin_jax import workdir_files
 from tests import main_runner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -213,6 +214,29 @@ def test_unwritable_workdir(tmp_path, monkeypatch, capsys):
   code, err = run(monkeypatch, capsys, blocker / 'run')
   assert code == 2
   assert 'Cannot write to the workdir' in _error_lines(err)[0]
+  assert blocker.read_text() == 'not a directory'
+
+
+@pytest.mark.skipif(not os.path.isdir('/proc/self'), reason='no /proc')
+def test_a_workdir_that_cannot_be_made_is_one_line(monkeypatch, capsys):
+  # /proc takes no new directory, though os.access says it is writable (to
+  # root, who may write anywhere else).
+  code, err = run(monkeypatch, capsys, '/proc/nin_jax_test/run')
+  assert code == 2 and 'Traceback' not in err, err
+  [line] = _error_lines(err)
+  assert 'Cannot write to the workdir /proc/nin_jax_test/run: ' in line
+  assert 'Pick a writable --workdir' in line
+
+
+def test_the_run_lock_of_a_workdir_that_cannot_be_made(tmp_path):
+  # Should the workdir become unusable between the check and the lock.
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('not a directory')
+  with pytest.raises(errors.WorkdirError,
+                     match=f'Cannot write to the workdir {blocker}/run: '
+                     '.*Pick a writable --workdir'):
+    with workdir_files.RunLock(str(blocker / 'run')):
+      pass
   assert blocker.read_text() == 'not a directory'
 
 

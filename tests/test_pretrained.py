@@ -188,10 +188,18 @@ def test_another_class_count_keeps_the_fresh_class_layers(model_fields,
     wanted = fresh if layer in class_layers else loaded
     np.testing.assert_array_equal(value, _flat(wanted)[path], err_msg=path)
   # The same class count: every array comes from the source.
-  merged, kept_fresh = trained_run.transfer(
-      loaded, _variables(10, seed=1, **model_fields), 'source')
+  same_count = _variables(10, seed=1, **model_fields)
+  merged, kept_fresh = trained_run.transfer(loaded, same_count, 'source')
   assert kept_fresh == ()
   jax.tree.map(np.testing.assert_array_equal, merged, loaded)
+  # As many classes, but others: the class layers start fresh all the same.
+  merged, kept_fresh = trained_run.transfer(loaded, same_count, 'source',
+                                            other_classes=True)
+  assert kept_fresh == class_layers
+  for path, value in _flat(merged).items():
+    layer = path.split('/', 1)[1].rsplit('/', 1)[0]
+    wanted = same_count if layer in class_layers else loaded
+    np.testing.assert_array_equal(value, _flat(wanted)[path], err_msg=path)
 
 
 def test_another_architecture_names_the_first_array_that_differs():
@@ -254,6 +262,36 @@ def test_a_folder_of_three_classes_starts_from_the_ten_digit_model(
     np.testing.assert_allclose(value, wanted[path], rtol=1e-6, atol=1e-7,
                                err_msg=path)
   assert started['params/mlpconv3/mlp2/kernel'].shape == (8, 3)
+
+
+def test_ten_other_classes_start_the_class_map_layer_fresh(
+    published, tmp_path, caplog):
+  # As many classes as the source's digits, but others (say Fashion-MNIST's):
+  # the digits' class maps would be kept for unrelated classes.
+  # pylint: disable-next=g-import-not-at-top
+  from test_image_folder import folder_config, make_folder
+  classes = ('ankle_boot', 'bag', 'coat', 'dress', 'pullover', 'sandal',
+             'shirt', 'sneaker', 'top', 'trouser')
+  root = make_folder(tmp_path / 'data', {'train': 2, 'test': 1}, mode='L',
+                     classes=classes)
+  config = folder_config(root, init_from=published, learning_rate=1e-30,
+                         num_train_steps=2, num_classes=10)
+  workdir = str(tmp_path / 'run')
+  with caplog.at_level(std_logging.INFO, logger='absl'):
+    train.train_and_evaluate(config, workdir)
+  assert ('except mlpconv3/mlp2, whose classes are others (there: 0, 1, 2, '
+          '3, 4, ...; here: ankle_boot, bag, coat, dress, pullover, ...): '
+          'they start fresh') in caplog.text
+  assert 'every parameter' not in caplog.text
+  started = _flat(trained_run.read_variables(workdir)[1])
+  source = _flat(trained_run.read_variables(published)[1])
+  init_key = jax.random.split(jax.random.key(config.seed))[0]
+  fresh = _flat(models.create_model(config).init(
+      {'params': init_key}, np.zeros((1, 8, 8, 1)), train=False))
+  for path, value in started.items():
+    wanted = fresh if '/mlpconv3/mlp2/' in path else source
+    np.testing.assert_allclose(value, wanted[path], rtol=1e-6, atol=1e-7,
+                               err_msg=path)
 
 
 def test_bad_init_from_stops_before_the_workdir_is_made(published, tmp_path,
