@@ -162,8 +162,9 @@ def get_config() -> ml_collections.ConfigDict:
   # model (a name in nin_jax/pretrained/ such as 'cifar10', or the path of
   # one; python -m nin_jax.publish). Parameters and BatchNorm statistics
   # only: optimizer, step and preprocessing start afresh. config.model must
-  # describe the source's architecture; if only num_classes differs, the
-  # class-map layer (and an 'fc' head) keeps its fresh initialization. Read
+  # describe the source's architecture; if only the classes differ (their
+  # number or their names), the class-map layer (and an 'fc' head) keeps its
+  # fresh initialization. Read
   # only while the workdir has no checkpoint: a resumed run continues from
   # its own checkpoint and ignores this field (which may then change).
   config.init_from = ''
