@@ -21,7 +21,7 @@ import ml_collections
 from ml_collections import config_flags
 
 from nin_jax import errors
-from nin_jax import storage
+from nin_jax.files import storage
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), 'configs',
                               'default.py')
@@ -170,7 +170,7 @@ def define_run_flags(reads_data: bool) -> None:
 
 def load_run():
   """The trained_run.TrainedRun that --workdir or --pretrained names, at --step."""
-  from nin_jax import trained_run  # pylint: disable=g-import-not-at-top
+  from nin_jax.files import trained_run  # pylint: disable=g-import-not-at-top
   workdir, pretrained = flags.FLAGS.workdir, flags.FLAGS.pretrained
   if bool(workdir) == bool(pretrained):
     fail('give --workdir=DIR (a training run) or --pretrained=NAME (a '

@@ -21,9 +21,9 @@ import optax
 
 from nin_jax import cli
 from nin_jax import errors
-from nin_jax import input_pipeline
+from nin_jax.data import input_pipeline
 from nin_jax import plots
-from nin_jax import trained_run
+from nin_jax.files import trained_run
 
 FLAGS = flags.FLAGS
 

@@ -13,7 +13,7 @@ import sys
 if __name__ == '__main__':
   # Before the imports (seconds): a stop signal from now on is noted, and
   # honoured once the run listens, instead of killing the process.
-  from nin_jax import stop_signals  # pylint: disable=g-import-not-at-top
+  from nin_jax.training import stop_signals  # pylint: disable=g-import-not-at-top
   stop_signals.listen_early()
 
 from absl import app
@@ -69,11 +69,11 @@ def main(argv):
   # Imported after flag parsing so that --help stays fast. TensorFlow is
   # imported (and kept off the accelerators) only where TFDS data or the
   # streaming input pipeline need it: input_pipeline.tensorflow.
-  from nin_jax import train  # pylint: disable=g-import-not-at-top
+  from nin_jax.training import train  # pylint: disable=g-import-not-at-top
 
   initialize_distributed()
   if jax.process_count() > 1:
-    from nin_jax import stop_signals  # pylint: disable=g-import-not-at-top
+    from nin_jax.training import stop_signals  # pylint: disable=g-import-not-at-top
     stop_signals.hand_to_jax()
   if jax.process_index() != 0:  # Process 0 speaks for the run.
     logging.set_verbosity(logging.WARNING)

@@ -25,9 +25,9 @@ import jax.numpy as jnp
 import ml_collections
 
 from nin_jax import cli
-from nin_jax import config_checks
-from nin_jax import input_pipeline
-from nin_jax import models
+from nin_jax.training import config_checks
+from nin_jax.data import input_pipeline
+from nin_jax.model import nin
 
 FLAGS = flags.FLAGS
 
@@ -137,12 +137,12 @@ def comparison(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
   """The configured NiN, the same NiN with an FC head, and AlexNet."""
   shape = input_pipeline.image_shape(config)
   entries = [(f'NiN, {config.model.head} head (this config)',
-              models.create_model(config), shape)]
+              nin.create_model(config), shape)]
   if config.model.head == 'gap':  # Otherwise it already has an FC head.
     fc_config = ml_collections.ConfigDict(config.to_dict())
     fc_config.model.head = 'fc'
     entries.append(('NiN, fully connected head',
-                    models.create_model(fc_config), shape))
+                    nin.create_model(fc_config), shape))
   entries.append(('AlexNet (ImageNet, 1000 classes)', AlexNet(), ALEXNET_INPUT))
   result = []
   for name, model, image_shape in entries:

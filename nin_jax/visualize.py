@@ -27,10 +27,10 @@ import numpy as np
 
 from nin_jax import cli
 from nin_jax import errors
-from nin_jax import image_folder
+from nin_jax.data import image_folder
 from nin_jax import plots
-from nin_jax import trained_run
-from nin_jax import workdir_files
+from nin_jax.files import trained_run
+from nin_jax.files import workdir_files
 
 FLAGS = flags.FLAGS
 

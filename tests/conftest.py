@@ -34,7 +34,7 @@ def tiny_config():
 @pytest.fixture(scope='session')
 def trained_workdir(tmp_path_factory):
   """A finished tiny digits run (4 steps), shared by the inference tests."""
-  from nin_jax import train  # pylint: disable=g-import-not-at-top
+  from nin_jax.training import train  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path_factory.mktemp('trained'))
   train.train_and_evaluate(test_config.get_config(), workdir)
   return workdir

@@ -19,10 +19,10 @@ import signal
 from absl import app
 import orbax.checkpoint as ocp
 
-from nin_jax import checkpointing
+from nin_jax.training import checkpointing
 from nin_jax import cli
 from nin_jax import main
-from nin_jax import metric_writers
+from nin_jax.training import metric_writers
 
 
 def _inject(fault: str, at: int) -> None:

@@ -7,7 +7,7 @@ pooling.py) trains the same model: same parameters, same images.
 import jax
 import jax.numpy as jnp
 
-from nin_jax import models
+from nin_jax.model import nin
 
 
 def gradients(config, field, values):
@@ -19,7 +19,7 @@ def gradients(config, field, values):
   variants = []
   for value in values:
     config.model[field] = value
-    variants.append(models.create_model(config))
+    variants.append(nin.create_model(config))
   images = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
   params = variants[-1].init(jax.random.key(1), images)['params']
 

@@ -67,7 +67,7 @@ def seed_logits(images_nhwc, weights, convs=SEED_CONVS):
 
 
 def to_flax_params(weights):
-  """PyTorch-layout weights -> the parameter tree of `nin_jax.models.NiN`."""
+  """PyTorch-layout weights -> the parameter tree of `nin_jax.model.nin.NiN`."""
   params = {}
   for i, (w, b) in enumerate(weights):
     block, layer = divmod(i, 3)

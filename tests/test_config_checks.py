@@ -14,18 +14,18 @@ import ml_collections
 import orbax.checkpoint as ocp
 import pytest
 
-from nin_jax import checkpointing
-from nin_jax import config_checks
+from nin_jax.training import checkpointing
+from nin_jax.training import config_checks
 from nin_jax import errors
-from nin_jax import input_pipeline
-from nin_jax import metric_writers
-from nin_jax import models
-from nin_jax import optimizer
-from nin_jax import parallel
-from nin_jax import preprocessing
-from nin_jax import storage
-from nin_jax import train
-from nin_jax import workdir_files
+from nin_jax.data import input_pipeline
+from nin_jax.training import metric_writers
+from nin_jax.model import nin
+from nin_jax.training import optimizer
+from nin_jax.training import parallel
+from nin_jax.data import preprocessing
+from nin_jax.files import storage
+from nin_jax.training import train
+from nin_jax.files import workdir_files
 from tests import main_runner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -306,7 +306,7 @@ def test_a_stray_argument_is_one_line_and_exit_2(tmp_path):
 
 def test_a_full_disk_anywhere_is_one_line_and_leaves_no_temporary_file(
     tiny_config, tmp_path, monkeypatch):
-  """ENOSPC from each kind of writer; experiments/full_disk.py does it for
+  """ENOSPC from each kind of writer; experiments/drills/full_disk.py does it for
   real on a small tmpfs, at every size from config.json to a later save."""
   full = OSError(errno.ENOSPC, 'No space left on device')
   # An atomic write (config.json, dataset.json, exports): no .tmp stays.

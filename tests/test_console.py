@@ -145,7 +145,7 @@ def test_library_records_hidden_unless_verbose():
              '/jax/_src/xla_bridge.py', 'An NVIDIA GPU may be present'),
       record('absl', std_logging.WARNING,
              '/tensorflow_datasets/core/dataset_builder.py', 'Slow download'),
-      record('absl', std_logging.INFO, '/nin_jax/train.py', 'test at step 4'),
+      record('absl', std_logging.INFO, '/nin_jax/training/train.py', 'test at step 4'),
   ]
   quiet = cli.QuietLibraries()
   try:

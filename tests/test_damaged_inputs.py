@@ -16,12 +16,12 @@ import pytest
 from nin_jax import errors
 from nin_jax import evaluate
 from nin_jax import export
-from nin_jax import input_pipeline
+from nin_jax.data import input_pipeline
 from nin_jax import predict
-from nin_jax import preprocessing
-from nin_jax import trained_run
+from nin_jax.data import preprocessing
+from nin_jax.files import trained_run
 from nin_jax import visualize
-from nin_jax import workdir_files
+from nin_jax.files import workdir_files
 from tests import main_runner
 
 # `python -m nin_jax.<command> ARGS` in this process; its exit status.
@@ -203,7 +203,7 @@ def _assign(value, *keys):
 
 
 # Valid JSON, but not a config the model can be built from (each failed
-# inside models.create_model or Flax with a traceback before), or one that
+# inside nin.create_model or Flax with a traceback before), or one that
 # builds another model than the checkpoint's.
 @pytest.mark.parametrize('edit, expected', [
     (_assign('abc', 'model', 'block_features'),

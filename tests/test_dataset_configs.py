@@ -7,9 +7,9 @@ import os
 import pytest
 import tensorflow_datasets as tfds
 
-from nin_jax import input_pipeline
-from nin_jax import models
-from nin_jax import train
+from nin_jax.data import input_pipeline
+from nin_jax.model import nin
+from nin_jax.training import train
 from nin_jax.configs import test as test_config
 
 
@@ -41,5 +41,5 @@ def test_config_runs_under_mock_data(name, image_shape, num_classes, tmp_path,
   with open(os.path.join(tmp_path, 'dataset.json'), encoding='utf-8') as f:
     info = json.load(f)
   assert info['image_shape'] == image_shape
-  assert info['num_classes'] == num_classes == models.create_model(
+  assert info['num_classes'] == num_classes == nin.create_model(
       config).num_classes

@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from nin_jax import device_input
-from nin_jax import input_pipeline
-from nin_jax import parallel
+from nin_jax.data import device_input
+from nin_jax.data import input_pipeline
+from nin_jax.training import parallel
 from nin_jax.configs import test as test_config
 from tests import main_runner
 
@@ -219,7 +219,8 @@ def test_any_split_of_a_batch_into_rows_draws_the_same_batch(setup):
 _DRAW_ON_EIGHT_DEVICES = """
 import sys
 import numpy as np
-from nin_jax import device_input, input_pipeline, parallel
+from nin_jax.data import device_input, input_pipeline
+from nin_jax.training import parallel
 from tests import test_device_input as t
 
 config = t._config()

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from nin_jax import export
-from nin_jax import input_pipeline
-from nin_jax import trained_run
+from nin_jax.data import input_pipeline
+from nin_jax.files import trained_run
 
 # What a consumer runs, with jax or TensorFlow and numpy only (the README
 # shows the same code).

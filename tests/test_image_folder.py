@@ -10,10 +10,10 @@ import pytest
 
 from nin_jax import errors
 from nin_jax import evaluate
-from nin_jax import image_folder
-from nin_jax import input_pipeline
-from nin_jax import train
-from nin_jax import trained_run
+from nin_jax.data import image_folder
+from nin_jax.data import input_pipeline
+from nin_jax.training import train
+from nin_jax.files import trained_run
 from nin_jax.configs import test as test_config
 
 from main_runner import run_main

@@ -8,7 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from nin_jax import errors
-from nin_jax import input_pipeline
+from nin_jax.data import input_pipeline
 
 
 @pytest.fixture(scope='module')

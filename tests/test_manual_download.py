@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core.download import checksums
 
 from nin_jax import errors
-from nin_jax import input_pipeline
+from nin_jax.data import input_pipeline
 
 URL = 'https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz'
 FILENAME = 'cifar-10-binary.tar.gz'

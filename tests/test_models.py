@@ -7,15 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nin_jax import config_checks
+from nin_jax.training import config_checks
 from nin_jax import errors
-from nin_jax import models
+from nin_jax.model import nin
 from nin_jax.configs import default
 import numpy_reference
 
 
 def _param_count(config, image_shape=(32, 32, 3)):
-  model = models.create_model(config)
+  model = nin.create_model(config)
   shapes = jax.eval_shape(
       lambda: model.init(jax.random.key(0), jnp.zeros((1,) + image_shape)))
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes['params']))
@@ -30,7 +30,7 @@ def test_parameter_count_matches_the_paper_model():
 
 def test_maps_shrink_32_16_8_and_logits_have_one_entry_per_class(tiny_config):
   tiny_config.num_classes = 7
-  model = models.create_model(tiny_config)
+  model = nin.create_model(tiny_config)
   x = jnp.ones((3, 32, 32, 3))
   variables = model.init(jax.random.key(0), x)
   logits, state = model.apply(variables, x, train=False,
@@ -45,7 +45,7 @@ def test_maps_shrink_32_16_8_and_logits_have_one_entry_per_class(tiny_config):
 
 
 def test_dropout_is_active_only_in_training(tiny_config):
-  model = models.create_model(tiny_config)
+  model = nin.create_model(tiny_config)
   x = jax.random.normal(jax.random.key(1), (4, 16, 16, 3))
   variables = model.init(jax.random.key(0), x)
   eval_a = model.apply(variables, x, train=False)
@@ -58,7 +58,7 @@ def test_dropout_is_active_only_in_training(tiny_config):
   assert not np.allclose(train_a, train_b)
   assert not np.allclose(train_a, eval_a)
   tiny_config.model.dropout_rate = 0.0
-  no_dropout = models.create_model(tiny_config)
+  no_dropout = nin.create_model(tiny_config)
   np.testing.assert_allclose(
       no_dropout.apply(variables, x, train=True,
                        rngs={'dropout': jax.random.key(2)}),
@@ -71,7 +71,7 @@ def test_logits_match_an_independent_numpy_seed_network():
   weights = numpy_reference.random_torch_weights(rng)
   images = rng.normal(size=(2, 32, 32, 3)).astype(np.float32)
   expected = numpy_reference.seed_logits(images, weights)
-  model = models.create_model(default.get_config())
+  model = nin.create_model(default.get_config())
   params = jax.tree.map(jnp.asarray, numpy_reference.to_flax_params(weights))
   logits = model.apply({'params': params}, images, train=False)
   assert np.abs(expected).max() > 0.1  # Not a vacuous all-zero comparison.
@@ -80,7 +80,7 @@ def test_logits_match_an_independent_numpy_seed_network():
 
 def test_bfloat16_compute_keeps_float32_params_and_logits(tiny_config):
   tiny_config.model.dtype = 'bfloat16'
-  model = models.create_model(tiny_config)
+  model = nin.create_model(tiny_config)
   x = jnp.ones((2, 16, 16, 3))
   variables = model.init(jax.random.key(0), x)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
@@ -131,11 +131,11 @@ def test_image_size_bounds_the_pools_of_a_folder_dataset(tiny_config):
 
 
 def test_every_listed_choice_builds(tiny_config):
-  for name in models.KERNEL_INITS:
-    assert callable(models.kernel_initializer(name))
-  for head in models.HEADS:
+  for name in nin.KERNEL_INITS:
+    assert callable(nin.kernel_initializer(name))
+  for head in nin.HEADS:
     tiny_config.model.head = head
     config_checks.validate(tiny_config)
-    shapes = jax.eval_shape(models.create_model(tiny_config).init,
+    shapes = jax.eval_shape(nin.create_model(tiny_config).init,
                             jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
     assert ('fc' in shapes['params']) == (head != 'gap')

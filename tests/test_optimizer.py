@@ -8,9 +8,9 @@ import numpy as np
 import optax
 import pytest
 
-from nin_jax import config_checks
+from nin_jax.training import config_checks
 from nin_jax import errors
-from nin_jax import optimizer
+from nin_jax.training import optimizer
 
 
 def test_warmup_then_cosine(tiny_config):

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nin_jax import pooling
+from nin_jax.model import pooling
 from nin_jax.configs import test as test_config
 import model_gradients
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from nin_jax import config_checks
+from nin_jax.training import config_checks
 from nin_jax import errors
-from nin_jax import preprocessing
+from nin_jax.data import preprocessing
 
 
 def _images(n=300, shape=(4, 4, 3), seed=0):

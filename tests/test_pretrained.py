@@ -15,12 +15,12 @@ import pytest
 from nin_jax import errors
 from nin_jax import evaluate
 from nin_jax import export
-from nin_jax import input_pipeline
-from nin_jax import models
+from nin_jax.data import input_pipeline
+from nin_jax.model import nin
 from nin_jax import predict
 from nin_jax import publish
-from nin_jax import train
-from nin_jax import trained_run
+from nin_jax.training import train
+from nin_jax.files import trained_run
 from nin_jax import visualize
 from nin_jax.configs import test as test_config
 from tests import main_runner
@@ -162,7 +162,7 @@ def _variables(num_classes=10, seed=0, **model_fields):
   config.num_classes = num_classes
   for name, value in model_fields.items():
     setattr(config.model, name, value)
-  model = models.create_model(config)
+  model = nin.create_model(config)
   return jax.device_get(model.init(jax.random.key(seed),
                                    np.zeros((1, 8, 8, 1)), train=False))
 
@@ -255,7 +255,7 @@ def test_a_folder_of_three_classes_starts_from_the_ten_digit_model(
   started = _flat(trained_run.read_variables(workdir)[1])
   source = _flat(trained_run.read_variables(published)[1])
   init_key = jax.random.split(jax.random.key(config.seed))[0]
-  fresh = _flat(models.create_model(config).init(
+  fresh = _flat(nin.create_model(config).init(
       {'params': init_key}, np.zeros((1, 8, 8, 1)), train=False))
   for path, value in started.items():
     wanted = fresh if '/mlpconv3/mlp2/' in path else source
@@ -286,7 +286,7 @@ def test_ten_other_classes_start_the_class_map_layer_fresh(
   started = _flat(trained_run.read_variables(workdir)[1])
   source = _flat(trained_run.read_variables(published)[1])
   init_key = jax.random.split(jax.random.key(config.seed))[0]
-  fresh = _flat(models.create_model(config).init(
+  fresh = _flat(nin.create_model(config).init(
       {'params': init_key}, np.zeros((1, 8, 8, 1)), train=False))
   for path, value in started.items():
     wanted = fresh if '/mlpconv3/mlp2/' in path else source

@@ -9,7 +9,7 @@ from nin_jax.configs import default
 
 
 def test_cifar10_nin_totals_and_layers():
-  rows = summary.layers(summary.models.create_model(default.get_config()),
+  rows = summary.layers(summary.nin.create_model(default.get_config()),
                         (32, 32, 3))
   assert sum(r.params for r in rows) == 966_986  # The paper's CIFAR-10 NiN.
   assert round(sum(r.macs for r in rows) / 1e6, 2) == 222.49
@@ -22,7 +22,7 @@ def test_cifar10_nin_totals_and_layers():
   # The seed's claim that the 1x1 layers save work: the first one costs
   # more than the 5x5 conv before it (192x160 vs 3x192x25 per pixel).
   assert rows[1].macs == 32 * 32 * 192 * 160 > first.macs
-  model = summary.models.create_model(default.get_config())
+  model = summary.nin.create_model(default.get_config())
   assert summary.total_params(model, (32, 32, 3)) == 966_986
 
 
@@ -42,7 +42,7 @@ def test_comparison_with_fc_head_and_alexnet():
 
 
 def test_cifar100_count():
-  rows = summary.layers(summary.models.create_model(cifar100.get_config()),
+  rows = summary.layers(summary.nin.create_model(cifar100.get_config()),
                         (32, 32, 3))
   assert sum(r.params for r in rows) == 984_356
 

@@ -11,14 +11,14 @@ import numpy as np
 from tests import main_runner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, 'experiments'))
+sys.path.insert(0, os.path.join(REPO, 'experiments', 'paper'))
 import results  # pylint: disable=g-import-not-at-top,wrong-import-position
 import sweeps  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _run(*args):
   return subprocess.run(
-      [sys.executable, os.path.join(REPO, 'experiments', 'sweeps.py'), *args],
+      [sys.executable, os.path.join(REPO, 'experiments', 'paper', 'sweeps.py'), *args],
       cwd=REPO, capture_output=True, text=True, check=True,
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')).stdout
 

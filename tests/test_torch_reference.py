@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nin_jax import models
+from nin_jax.model import nin
 from nin_jax.configs import default
-from nin_jax.torch_reference import torch_nin
+from nin_jax.model.torch_reference import torch_nin
 import numpy_reference
 
 torch = pytest.importorskip('torch', reason='PyTorch is an optional extra')
@@ -33,7 +33,7 @@ def test_flax_nin_equals_the_seed_pytorch_network():
       np.float32)
   with torch.no_grad():
     expected = net(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
-  model = models.create_model(default.get_config())
+  model = nin.create_model(default.get_config())
   params = jax.tree.map(jnp.asarray, numpy_reference.to_flax_params(weights))
   logits = np.asarray(model.apply({'params': params}, images, train=False))
   assert np.abs(expected).max() > 0.01

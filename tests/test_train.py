@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from nin_jax import checkpointing
+from nin_jax.training import checkpointing
 from nin_jax import errors
 from nin_jax import evaluate
-from nin_jax import input_pipeline
-from nin_jax import parallel
-from nin_jax import steps
-from nin_jax import storage
-from nin_jax import train
-from nin_jax import trained_run
-from nin_jax import workdir_files
+from nin_jax.data import input_pipeline
+from nin_jax.training import parallel
+from nin_jax.training import steps
+from nin_jax.files import storage
+from nin_jax.training import train
+from nin_jax.files import trained_run
+from nin_jax.files import workdir_files
 from tests import main_runner
 
 
@@ -128,7 +128,8 @@ def test_validation_split_is_used_until_the_final_test(tiny_config, tmp_path):
 
 def test_several_steps_per_dispatch_equal_the_steps_one_by_one(tiny_config):
   """train_steps (one compiled loop) against the trainer's per-step path."""
-  from nin_jax import device_input, parallel  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from nin_jax.data import device_input  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from nin_jax.training import parallel
   dataset = input_pipeline.Dataset(tiny_config)
   info = input_pipeline.get_info(dataset)
   prep = input_pipeline.fit_preprocessing(dataset, info, tiny_config)

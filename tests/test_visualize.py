@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from nin_jax import errors
-from nin_jax import input_pipeline
+from nin_jax.data import input_pipeline
 from nin_jax import plots
-from nin_jax import trained_run
+from nin_jax.files import trained_run
 from nin_jax import visualize
 
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nin_jax import winograd
+from nin_jax.model import winograd
 
 
 def _exact(x, kernel, padding):

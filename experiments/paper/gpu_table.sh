@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The paper's table on a lent GPU machine: no network, a fixed time budget,
 # at most 8 files brought back. A thin wrapper around what anyone with an
-# accelerator runs directly (experiments/sweeps.py --sweeps=paper, then
-# experiments/results.py); this file only adds that machine's constraints.
+# accelerator runs directly (experiments/paper/sweeps.py --sweeps=paper, then
+# experiments/paper/results.py); this file only adds that machine's constraints.
 #
 #   bash experiments/paper/gpu_table.sh DATA OUT [DEADLINE_S] [SWEEP_FLAG ...]
 #
@@ -36,7 +36,7 @@ for wheel in .whl/*.whl; do
     "$py" -m pip install -q --no-index --no-deps --target /tmp/site "$wheel"
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}; }
 done
-"$py" -c 'import jax, nin_jax.train; print("devices:", jax.devices())' || exit
+"$py" -c 'import jax, nin_jax.training.train; print("devices:", jax.devices())' || exit
 
 scratch=$(mktemp -d)
 mkdir -p "$scratch/cifar10"
@@ -47,7 +47,7 @@ runs=$scratch/runs
 sweep() {  # sweeps.py flags; stops at the deadline
   local left=$(( deadline - (SECONDS - start) ))
   (( left > 60 )) || { echo "skipped (deadline): $*"; return; }
-  timeout --signal=TERM --kill-after=60 "$left" "$py" experiments/sweeps.py \
+  timeout --signal=TERM --kill-after=60 "$left" "$py" experiments/paper/sweeps.py \
     --sweeps=paper --budget=full --root="$runs" \
     --folders="cifar10=$scratch/cifar10,mnist=$scratch/mnist" "$@"
 }
@@ -57,7 +57,7 @@ sweep --points=mnist --seeds="${SEEDS:-0}" "$@"
 sweep --points=gap,fc_dropout,fc --seeds=0 \
   --set=num_epochs="${ABLATION_EPOCHS:-80}" "$@"
 
-"$py" experiments/results.py --root="$runs" --sweeps=paper \
+"$py" experiments/paper/results.py --root="$runs" --sweeps=paper \
   --target="${TARGET:-89.6}" --out="$out/results.md"
 (cd "$runs" && find . \( -name metrics.jsonl -o -name config.json \
   -o -name sweep_done.json \) -print0 | tar czf "$out/metrics.tar.gz" --null -T -)

@@ -1,0 +1,1 @@
+"""Datasets to batches: TFDS, image folders, digits; preprocessing."""

@@ -1,0 +1,1 @@
+"""Files: local or gs:// storage, the workdir layout, trained runs."""

@@ -1,0 +1,471 @@
+"""A trained run, loaded back: the model as it was trained.
+
+Everything inference needs is in the workdir: `config.json` (the model),
+`dataset.json` (class names and image shape), `preprocessing.npz` (the
+fitted pixel transform) and the Orbax checkpoints (the weights). A published
+model (python -m nin_jax.publish) holds the same three files and one
+checkpoint's weights, without the optimizer state, in `variables.msgpack`.
+The evaluate, predict, visualize and export commands all start here, and so
+does a run with config.init_from.
+"""
+
+import dataclasses
+import functools
+import os
+import re
+from typing import Any
+
+from absl import logging
+from flax import serialization
+from flax import traverse_util
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from nin_jax.training import checkpointing
+from nin_jax.training import config_checks
+from nin_jax import errors
+from nin_jax.data import image_folder
+from nin_jax.data import input_pipeline
+from nin_jax.model import nin
+from nin_jax.data import preprocessing
+from nin_jax.files import storage
+from nin_jax.files import workdir_files
+
+VARIABLES_FILE = 'variables.msgpack'
+INFO_FILE = 'info.json'
+# Where published models are looked up by name: nin_jax/pretrained/, unless
+# this variable names another directory (the tests use one of their own).
+PRETRAINED_ROOT_ENV = 'NIN_JAX_PRETRAINED_ROOT'
+# A published model's name: a directory name, never a path.
+NAME_PATTERN = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]*')
+
+
+@dataclasses.dataclass
+class TrainedRun:
+  """A checkpoint of a run with what it takes to feed it raw images."""
+  workdir: str  # Where it was loaded from: a workdir or a published model.
+  step: int
+  config: ml_collections.ConfigDict
+  info: input_pipeline.DatasetInfo
+  prep: preprocessing.Preprocessing
+  model: nin.NiN
+  variables: dict[str, Any]
+  # A published model's directory is read, never written (it may be the
+  # package's own): outputs go where the user says.
+  published: bool = False
+
+  @property
+  def pixel_max(self) -> int:
+    """The largest raw pixel value the model was trained on (255 or 16)."""
+    return input_pipeline.pixel_max(self.info.name)
+
+  def preprocess(self, raw_images: Any) -> jax.Array:
+    """Raw pixels (batch, H, W, C), as the dataset stores them -> model input."""
+    return self.prep.apply_jax(jnp.asarray(raw_images))
+
+  def logits(self, images: Any) -> jax.Array:
+    """Logits of preprocessed images, in evaluation mode."""
+    return _apply(self.model, self.variables, jnp.asarray(images))
+
+  def probabilities(self, raw_images: Any) -> jax.Array:
+    """Class probabilities (float32) of raw images; traceable, for export."""
+    logits = self.logits(self.preprocess(raw_images))
+    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+  def dataset(self, data_dir: str | None = None) -> input_pipeline.Dataset:
+    """The run's dataset, read from `data_dir` if given (the run's config
+    is left as it is).
+
+    For a run trained on a folder of images, `data_dir` is that folder
+    (ROOT, holding train/ and test/) wherever it is now, e.g. on another
+    machine than the one a published model was trained on; its decoded
+    images are then cached in the default place.
+    """
+    fields = self.config.to_dict()
+    if data_dir is not None and image_folder.is_folder(fields['dataset']):
+      fields['dataset'] = image_folder.dataset_name(data_dir)
+      fields['data_dir'] = None
+    elif data_dir is not None:
+      fields['data_dir'] = data_dir
+    return input_pipeline.Dataset(ml_collections.ConfigDict(fields))
+
+  def logits_and_class_maps(self, images: Any) -> tuple[jax.Array, jax.Array]:
+    """Logits and the last mlpconv's class maps (batch, h, w, classes)."""
+    return _apply_with_maps(self.model, self.variables, jnp.asarray(images))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _apply(model: nin.NiN, variables: Any, images: jax.Array) -> jax.Array:
+  return model.apply(variables, images, train=False)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _apply_with_maps(model: nin.NiN, variables: Any, images: jax.Array
+                     ) -> tuple[jax.Array, jax.Array]:
+  logits, state = model.apply(variables, images, train=False,
+                              mutable=['intermediates'])
+  (maps,) = state['intermediates']['class_maps']
+  return logits, maps
+
+
+def pretrained_root() -> str:
+  """The directory that published models are looked up in by name."""
+  return (os.environ.get(PRETRAINED_ROOT_ENV)
+          or os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                          'pretrained'))
+
+
+def is_published(directory: str) -> bool:
+  return os.path.isfile(os.path.join(directory, VARIABLES_FILE))
+
+
+def published_names() -> list[str]:
+  """Names of the published models in pretrained_root()."""
+  root = pretrained_root()
+  if not os.path.isdir(root):
+    return []
+  return sorted(name for name in os.listdir(root)
+                if NAME_PATTERN.fullmatch(name)
+                and is_published(os.path.join(root, name)))
+
+
+def _by_name(name: str) -> str | None:
+  path = os.path.join(pretrained_root(), name)
+  return path if NAME_PATTERN.fullmatch(name) and is_published(path) else None
+
+
+def find_published(name_or_dir: str) -> str:
+  """The directory of a published model, given its name or its path.
+
+  A name in pretrained_root() wins over a directory of the same name in the
+  current directory (a workdir called `cifar10`, say).
+  """
+  found = _by_name(name_or_dir)
+  if found:
+    return found
+  if os.path.isdir(name_or_dir):
+    if is_published(name_or_dir):
+      return os.path.abspath(name_or_dir)
+    if os.path.isdir(workdir_files.checkpoints_dir(name_or_dir)):
+      raise errors.WorkdirError(
+          f'{name_or_dir} is a training workdir, not a published model: pass '
+          'it as --workdir, or publish it first (python -m nin_jax.publish '
+          f'--workdir={name_or_dir} --name=NAME).')
+    raise errors.WorkdirError(f'{name_or_dir} is not a published model (it '
+                              f'has no {VARIABLES_FILE}).')
+  names = published_names()
+  listing = (f'the published ones are {", ".join(names)}' if names else
+             'none is published there yet (python -m nin_jax.publish)')
+  if not NAME_PATTERN.fullmatch(name_or_dir):
+    raise errors.WorkdirError(
+        f'No directory {name_or_dir}: give the path of a published model, or '
+        f'the name of one in {pretrained_root()} ({listing}).')
+  raise errors.WorkdirError(
+      f'No published model {name_or_dir!r} in {pretrained_root()}; '
+      f'{listing}. A published model directory can also be given by its '
+      'path.')
+
+
+# What to do about a damaged file of a published model.
+DAMAGED_PUBLISHED = ('publish the model again (python -m nin_jax.publish '
+                     '--overwrite) or restore it from a backup.')
+
+
+def read_info(directory: str) -> dict[str, Any]:
+  """A published model's info.json: step, source, final evaluations."""
+  info = workdir_files.read_json(
+      directory, INFO_FILE, 'it is not a published model (python -m '
+      'nin_jax.publish writes one).', DAMAGED_PUBLISHED)
+  if not isinstance(info.get('step'), int):
+    raise errors.WorkdirError(
+        f'{INFO_FILE} in {directory} has no checkpoint step: '
+        f'{DAMAGED_PUBLISHED}')
+  return info
+
+
+def read_variables(directory: str, step: int | None = None
+                   ) -> tuple[int, dict[str, Any]]:
+  """(step, {'params', 'batch_stats' if any}) of a workdir's checkpoint
+  (default: the newest readable one) or of a published model, as numpy
+  arrays."""
+  if is_published(directory):
+    published_step = read_info(directory)['step']
+    if step is not None and step != published_step:
+      raise errors.WorkdirError(
+          f'{directory} is a published model of step {published_step} only; '
+          'leave out --step.')
+    file = os.path.join(directory, VARIABLES_FILE)
+    try:
+      with open(file, 'rb') as f:
+        variables = serialization.msgpack_restore(f.read())
+      if not isinstance(variables, dict) or 'params' not in variables:
+        raise ValueError('no params in it')
+    except Exception as e:  # pylint: disable=broad-except
+      # msgpack's errors for damaged bytes have no common base class.
+      raise errors.WorkdirError(
+          f'{VARIABLES_FILE} in {directory} cannot be read '
+          f'({type(e).__name__}: {" ".join(str(e).split())[:200]}): '
+          f'{DAMAGED_PUBLISHED}') from None
+    return published_step, variables
+  step, arrays, _ = checkpointing.read_checkpoint(directory, step)
+  saved = arrays['train_state']
+  variables = {'params': saved['params']}
+  if saved.get('batch_stats'):
+    variables['batch_stats'] = saved['batch_stats']
+  return step, variables
+
+
+def _dataset_info(workdir: str, if_damaged: str
+                  ) -> input_pipeline.DatasetInfo:
+  """dataset.json as a DatasetInfo; a damaged one is a WorkdirError."""
+  fields = workdir_files.read_dataset_info(workdir, if_damaged)
+  try:
+    info = input_pipeline.DatasetInfo(**{
+        **fields, 'class_names': tuple(fields['class_names']),
+        'image_shape': tuple(fields['image_shape'])})
+    valid = (len(info.image_shape) == 3
+             and all(isinstance(n, int) and n > 0 for n in info.image_shape)
+             and len(info.class_names) == info.num_classes > 0
+             and all(isinstance(n, str) for n in info.class_names))
+  except (KeyError, TypeError) as e:
+    valid, detail = False, f' ({type(e).__name__}: {e})'
+  else:
+    detail = ''
+  if not valid:
+    raise errors.WorkdirError(
+        f'{workdir_files.DATASET} in {workdir} does not describe a dataset '
+        f'as nin_jax writes it (name, num_classes, class_names, image_shape, '
+        f'...){detail}: {if_damaged}')
+  return info
+
+
+def load(workdir: str, step: int | None = None) -> TrainedRun:
+  """The run in `workdir` at checkpoint `step` (default: the newest readable
+  one), or the published model in that directory (whose one step `step`
+  must then be). A damaged file is one WorkdirError that names it and what
+  to do."""
+  workdir = storage.location(workdir)
+  storage.check_reachable(workdir)
+  if not storage.is_dir(workdir):
+    raise errors.WorkdirError(f'No workdir {workdir}: pass the --workdir of a '
+                              'run of python -m nin_jax.main.')
+  published = is_published(workdir)
+  # What to do about a damaged file: of config.json, of the others.
+  if published:
+    config_fix = file_fix = DAMAGED_PUBLISHED
+  else:
+    config_fix = workdir_files.DAMAGED_CONFIG
+    file_fix = workdir_files.DAMAGED_RUN_FILE
+  saved = config_checks.saved_config(workdir, config_fix)
+  if saved is None:
+    raise errors.WorkdirError(
+        f'{workdir} is not a training workdir (it has no config.json): pass '
+        'the --workdir of a run of python -m nin_jax.main.')
+  config = _checked_config(saved, workdir, config_fix)
+  info = _dataset_info(workdir, file_fix)
+  try:
+    prep = preprocessing.recorded(workdir)
+  except errors.WorkdirError as e:
+    raise errors.WorkdirError(
+        f'{e} It holds the input transform the run trained with: '
+        f'{file_fix}') from None
+  if prep is None:
+    raise errors.WorkdirError(
+        f'{workdir} has no {workdir_files.PREPROCESSING}: the run did not get '
+        'far enough to record its preprocessing.')
+  step, variables = read_variables(workdir, step)
+  model = nin.create_model(config)
+  _check_fits(model, variables, info.image_shape,
+              f'{workdir_files.CONFIG} in {workdir}',
+              VARIABLES_FILE if published else f'its checkpoint of step {step}',
+              config_fix)
+  return TrainedRun(workdir=workdir, step=step, config=config, info=info,
+                    prep=prep, model=model,
+                    variables=jax.tree.map(jnp.asarray, variables),
+                    published=published)
+
+
+def _checked_config(saved: dict[str, Any], workdir: str, if_damaged: str
+                    ) -> ml_collections.ConfigDict:
+  """config.json as a ConfigDict that passes config_checks.check_fields: a
+  field of the wrong type or value would otherwise fail deep inside the
+  model's creation, with a traceback."""
+  try:
+    config = ml_collections.ConfigDict(saved)  # Refuses dotted keys.
+    config_checks.check_fields(config)
+  except ValueError as e:  # errors.ConfigError among them.
+    raise errors.WorkdirError(
+        f'{workdir_files.CONFIG} in {workdir} is not a config this nin_jax '
+        f'can use ({e}): {if_damaged}') from None
+  return config
+
+
+def _check_fits(model: nin.NiN, variables: dict[str, Any],
+                image_shape: tuple[int, ...], config_file: str, weights: str,
+                if_damaged: str) -> None:
+  """Refuses weights whose shapes are not those of the model the config
+  describes: a config.json edited by hand (another width; a field deleted,
+  which then takes its default) fails here, not inside Flax."""
+  try:
+    wanted = jax.eval_shape(
+        functools.partial(model.init, train=False),
+        {'params': jax.random.key(0)},
+        jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
+  except Exception as e:  # pylint: disable=broad-except
+    # Flax and XLA raise many kinds for a layout these images cannot take.
+    raise errors.WorkdirError(
+        f'{config_file} describes a model that cannot take '
+        f'{"x".join(map(str, image_shape))} images ({errors.describe(e)}): '
+        f'{if_damaged}') from None
+  wanted = {path: tuple(a.shape) for path, a in
+            traverse_util.flatten_dict(wanted, sep='/').items()}
+  saved = {path: np.shape(a) for path, a in
+           traverse_util.flatten_dict(variables, sep='/').items()}
+  for path in sorted(wanted.keys() | saved.keys()):  # The first difference.
+    if path not in saved:
+      detail = f'{path} {wanted[path]}: described, not saved'
+    elif path not in wanted:
+      detail = f'{path} {saved[path]}: saved, not described'
+    elif saved[path] != wanted[path]:
+      detail = f'{path}: saved {saved[path]}, described {wanted[path]}'
+    else:
+      continue
+    raise errors.WorkdirError(
+        f'{config_file} does not describe the model of {weights} ({detail}): '
+        f'{if_damaged}')
+
+
+# --- Starting a new run from trained parameters (config.init_from) --------
+
+
+def class_layers(params: dict[str, Any]) -> tuple[str, ...]:
+  """Layers whose shapes follow the class count, found in the tree.
+
+  The class-map layer is the last 1x1 layer (mlpK) of the last mlpconv block
+  (`mlpconv3/mlp2` at the default depth), with its BatchNorm (bnK) if any;
+  the 'fc' heads add `fc`.
+  """
+  def last(names, prefix):
+    return max((n for n in names if re.fullmatch(prefix + r'\d+', n)),
+               key=lambda n: int(n[len(prefix):]))
+  block = last(params, 'mlpconv')
+  layer = last(params[block], 'mlp')
+  layers = [f'{block}/{layer}']
+  norm = 'bn' + layer[len('mlp'):]
+  if norm in params[block]:
+    layers.append(f'{block}/{norm}')
+  if 'fc' in params:
+    layers.append('fc')
+  return tuple(layers)
+
+
+def transfer(loaded: dict[str, Any], fresh: dict[str, Any], source: str,
+             other_classes: bool = False
+             ) -> tuple[dict[str, Any], tuple[str, ...]]:
+  """`loaded` variables in place of `fresh` ones, and the layers kept fresh.
+
+  Every array must have its fresh shape, except in the class layers
+  (class_layers): a class layer whose shapes differ (another class count)
+  keeps its fresh initialization, as do all of them for `other_classes`
+  (as many classes, but others). Anything else is another architecture: a
+  ConfigError naming the first array (in path order) that differs.
+  """
+  fresh_flat = traverse_util.flatten_dict(fresh, sep='/')
+  loaded_flat = traverse_util.flatten_dict(loaded, sep='/')
+  per_class = set(class_layers(fresh['params']))
+
+  def layer(path: str) -> str:  # params/mlpconv3/mlp2/kernel: mlpconv3/mlp2
+    return path.split('/', 1)[1].rsplit('/', 1)[0]
+
+  def mismatch(detail: str) -> errors.ConfigError:
+    return errors.ConfigError(
+        f'config.init_from={source!r} does not fit this config\'s model: '
+        f'{detail}. Only the class count may differ (its layers then start '
+        'fresh): use the config.model of the source (in its config.json) '
+        'and images of the same channels.')
+
+  kept_fresh = set(per_class) if other_classes else set()
+  # Sorted: the same first difference whatever order the trees were built in.
+  for path in sorted(fresh_flat.keys() | loaded_flat.keys()):
+    if path not in loaded_flat:
+      raise mismatch(f'{path} {np.shape(fresh_flat[path])} is not in the '
+                     'source')
+    if path not in fresh_flat:
+      raise mismatch(f'the source has {path} {np.shape(loaded_flat[path])}, '
+                     'this model not')
+    shape, wanted = np.shape(loaded_flat[path]), np.shape(fresh_flat[path])
+    if shape != wanted:
+      if layer(path) not in per_class:
+        raise mismatch(f'{path} is {shape} there and {wanted} here')
+      kept_fresh.add(layer(path))
+  merged = {path: value if layer(path) in kept_fresh
+            else np.asarray(loaded_flat[path], value.dtype)
+            for path, value in fresh_flat.items()}
+  return (traverse_util.unflatten_dict(merged, sep='/'),
+          tuple(sorted(kept_fresh)))
+
+
+def find_source(init_from: str) -> str:
+  """config.init_from's directory: a workdir, or a published model's."""
+  if storage.is_remote(init_from):
+    return storage.location(init_from, 'config.init_from')
+  if not _by_name(init_from) and os.path.isdir(
+      workdir_files.checkpoints_dir(init_from)):
+    return os.path.abspath(init_from)
+  try:
+    return find_published(init_from)
+  except errors.WorkdirError as e:
+    raise errors.ConfigError(
+        f'config.init_from={init_from!r} is neither a training workdir nor a '
+        f'published model. {e}') from None
+
+
+def _same_classes(there: tuple[str, ...], here: tuple[str, ...]) -> bool:
+  """The same classes in the same order, by name ('Cat' is 'cat')."""
+  return [n.strip().casefold() for n in there] == [
+      n.strip().casefold() for n in here]
+
+
+def _some(names: tuple[str, ...], shown: int = 5) -> str:
+  return ', '.join(names[:shown]) + (', ...' if len(names) > shown else '')
+
+
+def initial_variables(init_from: str, fresh: dict[str, Any],
+                      class_names: tuple[str, ...]) -> dict[str, Any]:
+  """The variables a run with config.init_from starts with (fresh: the
+  model's initialization, for the shapes and the class layers; class_names:
+  the new run's classes). The class layers start fresh where the source's
+  classes (its dataset.json) are others: another count, or other names."""
+  directory = find_source(init_from)
+  step, loaded = read_variables(directory)
+  there = _dataset_info(directory, DAMAGED_PUBLISHED if is_published(
+      directory) else workdir_files.DAMAGED_RUN_FILE).class_names
+  renamed = (len(there) == len(class_names)
+             and not _same_classes(there, class_names))
+  variables, kept_fresh = transfer(loaded, fresh, init_from,
+                                   other_classes=renamed)
+  where = init_from if directory == init_from else f'{init_from} ({directory})'
+  if renamed:
+    logging.info('Initialized from %s, step %d, except %s, whose classes '
+                 'are others (there: %s; here: %s): they start fresh.',
+                 where, step, ', '.join(kept_fresh), _some(there),
+                 _some(class_names))
+  elif kept_fresh:
+    kernel = f'params/{class_layers(fresh["params"])[0]}/kernel'
+    classes = [np.shape(traverse_util.flatten_dict(v, sep='/')[kernel])[-1]
+               for v in (loaded, fresh)]
+    logging.info('Initialized from %s, step %d, except %s, whose shapes '
+                 'differ (%d classes there, %d here): they start fresh.',
+                 where, step, ', '.join(kept_fresh), *classes)
+  else:
+    logging.info('Initialized from %s, step %d: every parameter (the same '
+                 'classes).', where, step)
+  return variables
+
+
+def top_k(probabilities: np.ndarray, k: int) -> np.ndarray:
+  """Indices of the k most probable classes per row, most probable first."""
+  k = min(k, probabilities.shape[-1])
+  return np.argsort(-probabilities, axis=-1, kind='stable')[..., :k]

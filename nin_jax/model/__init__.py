@@ -1,0 +1,1 @@
+"""The network: linen modules and the kernels they run on."""

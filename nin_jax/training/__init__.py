@@ -1,0 +1,1 @@
+"""A run: config checks, compiled steps, the loop, checkpoints, metrics."""
