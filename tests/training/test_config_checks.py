@@ -28,7 +28,7 @@ from nin_jax.training import train
 from nin_jax.files import workdir_files
 from tests import main_runner
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def run(monkeypatch, capsys, workdir, *overrides, **kwargs):

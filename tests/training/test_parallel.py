@@ -27,7 +27,7 @@ import pytest
 
 from tests import main_runner
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Constant learning rate, so that a run cut short at step 4 and resumed to 6
 # follows the same schedule as a run of 6; eval only at the end.
 COMMON = ['--config=nin_jax/configs/test.py', '--config.num_train_steps=6',

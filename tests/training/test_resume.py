@@ -27,7 +27,7 @@ from nin_jax.files import workdir_files
 
 from tests import main_runner
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ARGS = ['--config=nin_jax/configs/test.py', '--config.num_train_steps=8',
         '--config.log_every_steps=1', '--config.checkpoint_every_steps=2',
         '--config.eval_every_steps=4', '--config.validation_size=100',

@@ -28,7 +28,7 @@ from nin_jax.training import parallel
 from nin_jax.configs import test as test_config
 from tests import main_runner
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PAD = 2
 EPOCHS = 3
 # Steps drawn on 1 and on 8 devices: both sides of the first epoch boundary

@@ -21,7 +21,7 @@ import pytest
 from nin_jax import cli
 from tests import main_runner
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # The lines a normal run must not print, by what prints them.
 NOISE = {
     'JAX backend probe': 'Unable to initialize backend',
