@@ -3,8 +3,9 @@
 # configs/mnist.py (seeds 0, 1, 2), then the paper's CIFAR-10 net with
 # configs/cifar10_paper_cpu.py (seed 0).
 #
-#   experiments/paper/cpu_runs.sh DATA RUNS
+#   experiments/paper/cpu_runs.sh DATA RUNS [mnist|cifar10|all]
 #
+# MNIST_SEEDS (default "0 1 2") chooses the MNIST seeds.
 # DATA holds mnist/{train,test}/<digit>/ and {train,test}/<class>/ (CIFAR-10);
 # RUNS receives one workdir and one log per run. Run it from a checkout at a
 # fixed commit (a git worktree), so that edits elsewhere do not change a
@@ -29,8 +30,13 @@ run() {  # NAME, then the trainer's flags
   return $status
 }
 
-for seed in 0 1 2; do
-  run "mnist_seed$seed" --config=mnist --config.dataset="folder:$data/mnist" \
-      --config.seed=$seed || exit
-done
-run cifar10_paper --config=cifar10_paper_cpu --config.dataset="folder:$data"
+which=${3:-all}
+if [ "$which" != cifar10 ]; then
+  for seed in ${MNIST_SEEDS:-0 1 2}; do
+    run "mnist_seed$seed" --config=mnist --config.dataset="folder:$data/mnist" \
+        --config.seed=$seed || exit
+  done
+fi
+if [ "$which" != mnist ]; then
+  run cifar10_paper --config=cifar10_paper_cpu --config.dataset="folder:$data"
+fi

@@ -15,10 +15,12 @@ seeds can be trained, and because MNIST does not need the width (the paper
 says as much by shrinking it). No BatchNorm, dropout 0.5 after each pooling
 layer, no translation and no flips, as in the paper.
 
-The optimizer is default.py's, whose recipe keeps the net out of the
-dead-ReLU trap (He init, Caffe's lr multipliers, class-map biases at 1,
-peak lr 0.02 with Nesterov momentum), on a 15-epoch schedule: 1 warm-up
-epoch, then cosine decay to 0. 60,000 training images: 468 steps per epoch
+The optimizer is default.py's SGD with Nesterov momentum and what keeps
+the net out of the dead-ReLU trap (He init, Caffe's lr multipliers,
+class-map biases at 1), at a peak lr of 0.05 instead of 0.02, on a 15-epoch
+schedule: 1 warm-up epoch, then cosine decay to 0. At default.py's 0.02 the
+net learned too slowly for 15 epochs (seed 0: 99.05% test accuracy after 8
+epochs, training accuracy under dropout 98.5%; experiments/README.md). 60,000 training images: 468 steps per epoch
 at batch 128, 7,020 steps in all. Measured results and wall times:
 README.md (Results) and experiments/README.md.
 """
@@ -35,6 +37,7 @@ def get_config():
   config.augment_pad = 0  # The paper's MNIST row has no augmentation,
   config.augment_flip = False  # and a mirrored digit is another symbol.
   config.shuffle_buffer = 60_000
+  config.learning_rate = 0.05
   config.num_epochs = 15
   config.warmup_epochs = 1.0
   return config
