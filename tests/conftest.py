@@ -25,6 +25,18 @@ import pytest  # pylint: disable=g-import-not-at-top
 from nin_jax.configs import test as test_config  # pylint: disable=g-import-not-at-top
 
 
+@pytest.fixture(autouse=True)
+def _absl_level_unset():
+  """Each test starts with absl's logger at the level it has on import
+  (unset: the root logger's, which caplog sets). Commands run in-process,
+  in tests or in module-scoped fixtures, set absl's verbosity (to WARNING
+  unless --verbosity is given), and a later test reading INFO logs in the
+  same process would otherwise see nothing."""
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  logging.get_absl_logger().setLevel(0)  # logging.NOTSET
+  yield
+
+
 @pytest.fixture
 def tiny_config():
   """The smoke-test config: digits, test-only widths, 4 steps."""

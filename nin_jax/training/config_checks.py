@@ -35,7 +35,7 @@ _steps = (lambda v: v == -1 or v >= 1, '-1 (once per epoch) or at least 1')
 _fraction = (lambda v: 0 <= v < 1, 'in [0, 1)')
 
 # Each single field's range or choices. How fields fit together is checked
-# by the modules that use them (models, optimizer and input_pipeline's
+# by the modules that use them (model/nin.py, optimizer and input_pipeline's
 # check_config), and the batch sizes by parallel.check_batch_size.
 _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     # Data and preprocessing (input_pipeline, preprocessing).
@@ -46,7 +46,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     'image_size': _non_negative,
     'gcn_scale': (lambda v: v > 0, 'a positive number (the paper: 55)'),
     'zca_filter_bias': (lambda v: v > 0, 'a positive number (the paper: 0.1)'),
-    # The model (models).
+    # The model (model/nin.py).
     'model.num_mlp_layers': (lambda v: v >= -1,
                              '-1 (all) or a count of at least 0'),
     'model.pool_window': _at_least_one,

@@ -221,7 +221,7 @@ import sys
 import numpy as np
 from nin_jax.data import device_input, input_pipeline
 from nin_jax.training import parallel
-from tests import test_device_input as t
+from tests.data import test_device_input as t
 
 config = t._config()
 dataset = input_pipeline.Dataset(config)
