@@ -111,7 +111,7 @@ def test_every_part_is_checked_before_data_or_factories(
   for module, name in [(input_pipeline, 'Dataset'),
                        (input_pipeline, 'image_shape'),
                        (preprocessing, 'fit_cached'),
-                       (models, 'create_model'),
+                       (nin, 'create_model'),
                        (optimizer, 'create_learning_rate_fn'),
                        (optimizer, 'create_optimizer'),
                        (parallel, 'create')]:
