@@ -43,32 +43,6 @@ def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
           tuple(getattr(leaf, 'shape', ())) for path, leaf in leaves}
 
 
-# How TensorStore (under Orbax) says a disk is full or not writable, or a
-# bucket cannot be reached or written (gone, credentials expired).
-_STORAGE_ERRORS = ('RESOURCE_EXHAUSTED', 'PERMISSION_DENIED', 'os_error_code',
-                   'NOT_FOUND', 'UNAUTHENTICATED', 'UNAVAILABLE',
-                   'DEADLINE_EXCEEDED')
-# Reading failures that say nothing about the checkpoint's files: a
-# checkpoint that fails so is not moved aside (a network outage would
-# otherwise set aside one good checkpoint after another).
-_ACCESS_ERRORS = ('PERMISSION_DENIED', 'UNAUTHENTICATED', 'UNAVAILABLE',
-                  'DEADLINE_EXCEEDED', 'RESOURCE_EXHAUSTED')
-_ACCESS_ERROR_TYPES = ('HttpError', 'ConnectionError', 'TimeoutError',
-                       'PermissionError', 'TransportError', 'RefreshError',
-                       'ClientConnectorError', 'ServerDisconnectedError')
-
-
-def _is_access_error(error: BaseException) -> bool:
-  """Whether `error` (or its cause) is a failure to reach or read the
-  storage, rather than damage to what is stored."""
-  while error is not None:
-    if type(error).__name__ in _ACCESS_ERROR_TYPES or any(
-        code in str(error) for code in _ACCESS_ERRORS):
-      return True
-    error = error.__cause__ or error.__context__
-  return False
-
-
 def _items(state: Any) -> dict[str, Any]:
   """The arrays a checkpoint's 'state' item holds (as read_checkpoint returns)."""
   return {'train_state': state}
@@ -161,8 +135,7 @@ class Checkpointer:
       held.release()
       return
     # TensorStore reports a full or read-only disk as a ValueError.
-    if not (isinstance(failure, OSError) or any(
-        code in str(failure) for code in _STORAGE_ERRORS)):
+    if storage.failure(failure) is None:
       raise failure
     self._failed = True
     self._remove_unfinished_saves()  # Nothing half written stays.
@@ -227,7 +200,9 @@ class Checkpointer:
     """Moves an unreadable checkpoint out of Orbax's way, keeping its files;
     one that could not be reached (network, permissions) stops the run
     instead, and nothing is moved."""
-    if _is_access_error(error):
+    # A network outage would otherwise set aside one good checkpoint after
+    # another.
+    if storage.failure(error) == storage.UNREACHABLE:
       raise errors.WorkdirError(
           f'Cannot read the checkpoint of step {step} in {self.directory} '
           f'({errors.describe(error)}); nothing was moved. Check the network, '

@@ -175,7 +175,7 @@ class MetricWriter:
     try:
       yield
     except Exception as e:  # pylint: disable=broad-except
-      if not _is_storage_error(e):
+      if storage.failure(e) is None:
         raise
       self._failed = True
       raise self._error(e) from None
@@ -192,7 +192,7 @@ class MetricWriter:
       if self._remote and not self._failed:
         self._upload()
     except Exception as e:  # pylint: disable=broad-except
-      if not _is_storage_error(e):
+      if storage.failure(e) is None:
         raise
       if not self._failed:
         raise self._error(e) from None
@@ -210,14 +210,6 @@ class MetricWriter:
         f'Could not write the metrics in {os.path.dirname(self.path)} '
         f'({reason}): free some disk space, then run the same command '
         'again; it resumes from the last checkpoint.')
-
-
-def _is_storage_error(error: Exception) -> bool:
-  """A full or unwritable disk: an OSError, or TensorFlow's file errors
-  (TensorBoard writes through TensorFlow when it is installed). A remote
-  write that failed is one too: storage's WorkdirError is an OSError."""
-  return isinstance(error, OSError) or type(error).__name__ in (
-      'ResourceExhaustedError', 'PermissionDeniedError')
 
 
 def check_wandb(config: Any) -> None:
