@@ -243,7 +243,7 @@ def test_a_new_run_starts_from_the_source_and_a_resumed_one_ignores_it(
 def test_a_folder_of_three_classes_starts_from_the_ten_digit_model(
     published, tmp_path, caplog):
   # pylint: disable-next=g-import-not-at-top
-  from test_image_folder import folder_config, make_folder
+  from tests.data.test_image_folder import folder_config, make_folder
   root = make_folder(tmp_path / 'data', {'train': 8, 'test': 2}, mode='L')
   config = folder_config(root, init_from=published, learning_rate=1e-30,
                          num_train_steps=2)
@@ -269,7 +269,7 @@ def test_ten_other_classes_start_the_class_map_layer_fresh(
   # As many classes as the source's digits, but others (say Fashion-MNIST's):
   # the digits' class maps would be kept for unrelated classes.
   # pylint: disable-next=g-import-not-at-top
-  from test_image_folder import folder_config, make_folder
+  from tests.data.test_image_folder import folder_config, make_folder
   classes = ('ankle_boot', 'bag', 'coat', 'dress', 'pullover', 'sandal',
              'shirt', 'sneaker', 'top', 'trouser')
   root = make_folder(tmp_path / 'data', {'train': 2, 'test': 1}, mode='L',
