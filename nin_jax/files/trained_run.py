@@ -319,19 +319,15 @@ def _check_fits(model: nin.NiN, variables: dict[str, Any],
         f'{config_file} describes a model that cannot take '
         f'{"x".join(map(str, image_shape))} images ({errors.describe(e)}): '
         f'{if_damaged}') from None
-  wanted = {path: tuple(a.shape) for path, a in
-            traverse_util.flatten_dict(wanted, sep='/').items()}
-  saved = {path: np.shape(a) for path, a in
-           traverse_util.flatten_dict(variables, sep='/').items()}
-  for path in sorted(wanted.keys() | saved.keys()):  # The first difference.
-    if path not in saved:
-      detail = f'{path} {wanted[path]}: described, not saved'
-    elif path not in wanted:
-      detail = f'{path} {saved[path]}: saved, not described'
-    elif saved[path] != wanted[path]:
-      detail = f'{path}: saved {saved[path]}, described {wanted[path]}'
+  differ = checkpointing.shape_differences(variables, wanted)
+  if differ:  # The first difference.
+    path, saved, described = differ[0]
+    if saved is None:
+      detail = f'{path} {described}: described, not saved'
+    elif described is None:
+      detail = f'{path} {saved}: saved, not described'
     else:
-      continue
+      detail = f'{path}: saved {saved}, described {described}'
     raise errors.WorkdirError(
         f'{config_file} does not describe the model of {weights} ({detail}): '
         f'{if_damaged}')
@@ -387,19 +383,16 @@ def transfer(loaded: dict[str, Any], fresh: dict[str, Any], source: str,
         'and images of the same channels.')
 
   kept_fresh = set(per_class) if other_classes else set()
-  # Sorted: the same first difference whatever order the trees were built in.
-  for path in sorted(fresh_flat.keys() | loaded_flat.keys()):
-    if path not in loaded_flat:
-      raise mismatch(f'{path} {np.shape(fresh_flat[path])} is not in the '
-                     'source')
-    if path not in fresh_flat:
-      raise mismatch(f'the source has {path} {np.shape(loaded_flat[path])}, '
-                     'this model not')
-    shape, wanted = np.shape(loaded_flat[path]), np.shape(fresh_flat[path])
-    if shape != wanted:
-      if layer(path) not in per_class:
-        raise mismatch(f'{path} is {shape} there and {wanted} here')
-      kept_fresh.add(layer(path))
+  # In path order: the same first difference whatever order the trees were
+  # built in.
+  for path, shape, wanted in checkpointing.shape_differences(loaded, fresh):
+    if shape is None:
+      raise mismatch(f'{path} {wanted} is not in the source')
+    if wanted is None:
+      raise mismatch(f'the source has {path} {shape}, this model not')
+    if layer(path) not in per_class:
+      raise mismatch(f'{path} is {shape} there and {wanted} here')
+    kept_fresh.add(layer(path))
   merged = {path: value if layer(path) in kept_fresh
             else np.asarray(loaded_flat[path], value.dtype)
             for path, value in fresh_flat.items()}

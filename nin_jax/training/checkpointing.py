@@ -37,10 +37,24 @@ TMP_SUFFIX = '.orbax-checkpoint-tmp'
 
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
-  """'/'-joined path -> shape, for comparing a checkpoint with a config."""
+  """'/'-joined path -> shape of each array of `tree` (nested dicts, a
+  TrainState, Orbax's metadata of one)."""
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
   return {'/'.join(str(getattr(k, 'key', getattr(k, 'name', k))) for k in path):
-          tuple(getattr(leaf, 'shape', ())) for path, leaf in leaves}
+          tuple(leaf.shape) if hasattr(leaf, 'shape') else np.shape(leaf)
+          for path, leaf in leaves}
+
+
+def shape_differences(there: Any, here: Any) -> list[
+    tuple[str, tuple[int, ...] | None, tuple[int, ...] | None]]:
+  """(path, shape there, shape here) of each array whose shape differs
+  between two trees, or that one of them lacks (None), in path order: how
+  saved arrays (a checkpoint's, a trained run's) are compared with those a
+  config describes."""
+  there, here = _shapes(there), _shapes(here)
+  return [(path, there.get(path), here.get(path))
+          for path in sorted(there.keys() | here.keys())
+          if there.get(path) != here.get(path)]
 
 
 def _items(state: Any) -> dict[str, Any]:
@@ -184,12 +198,10 @@ class Checkpointer:
   def _check_compatible(self, step: int, saved: Any, abstract: Any) -> None:
     if saved is None:
       return
-    saved_shapes, wanted = _shapes(saved), _shapes(abstract)
-    differ = sorted(k for k in saved_shapes.keys() | wanted.keys()
-                    if saved_shapes.get(k) != wanted.get(k))
+    differ = shape_differences(saved, abstract)
     if differ:
-      examples = '; '.join(f'{k}: checkpoint {saved_shapes.get(k)} vs config '
-                           f'{wanted.get(k)}' for k in differ[:3])
+      examples = '; '.join(f'{k}: checkpoint {saved} vs config {wanted}'
+                           for k, saved, wanted in differ[:3])
       raise errors.ConfigError(
           f'The checkpoint at step {step} in {self.directory} was made with a '
           f'different model or optimizer ({len(differ)} arrays differ, e.g. '
