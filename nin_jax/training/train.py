@@ -21,6 +21,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from typing import Any, Callable
 
 from absl import logging
@@ -474,6 +475,78 @@ class _StepTrace:
                  'the profile tab).', self._directory)
 
 
+class LogWindow:
+  """Summed metrics and training wall time since the last log line."""
+
+  def __init__(self):
+    self.sums = None
+    self._steps = 0  # Steps whose time is on the clock.
+    self._seconds = 0.0
+    self._since = time.perf_counter()
+
+  def add(self, sums: steps.Metrics, count: int) -> None:
+    """Adds the summed metrics of `count` more steps."""
+    self.sums = steps.accumulate(self.sums, sums)
+    self._steps += count
+
+  def seconds(self) -> float:
+    running = 0.0 if self._since is None else time.perf_counter() - self._since
+    return self._seconds + running
+
+  def stop_clock(self) -> None:
+    # Steps run asynchronously: wait for the dispatched ones, or their time
+    # would fall into the pause (an evaluation) and inflate img/s.
+    jax.block_until_ready(self.sums)
+    self._seconds = self.seconds()
+    self._since = None
+
+  def start_clock(self) -> None:
+    self._since = time.perf_counter()
+
+  def restart_clock(self) -> None:
+    """Forgets the time so far (e.g. compilation) but keeps the metrics."""
+    self._steps, self._seconds = 0, 0.0
+    self.start_clock()
+
+  def progress(self) -> dict[str, Any]:
+    """The sums so far, exactly, for a checkpoint (float32 is exact in JSON)."""
+    if self.sums is None:
+      return {}
+    return {k: float(v) for k, v in jax.device_get(self.sums).items()}
+
+  def restore(self, sums: dict[str, float]) -> None:
+    if sums:
+      self.sums = {k: np.float32(v) for k, v in sums.items()}
+
+  def steps_per_second(self) -> float:
+    # Blocks until the window's steps have run, so the clock is honest.
+    jax.block_until_ready(self.sums)
+    seconds = self.seconds()
+    return self._steps / seconds if self._steps and seconds > 0 else 0.0
+
+
+class DeadReluMonitor:
+  """Warns once the class maps have been all zero for `patience` steps."""
+
+  def __init__(self, patience: int, num_classes: int, dead_steps: int = 0):
+    self._patience = patience
+    self._num_classes = num_classes
+    self.dead_steps = dead_steps  # Consecutive steps, kept in checkpoints.
+
+  def update(self, dead_fraction: float, count: int) -> None:
+    """After a log window of `count` steps with this dead fraction."""
+    before = self.dead_steps
+    self.dead_steps = self.dead_steps + count if dead_fraction == 1.0 else 0
+    if before < self._patience <= self.dead_steps:
+      logging.warning(
+          'Every logit of every example has been exactly 0 for %d steps '
+          '(loss stuck at ln(%d) = %.4f): the ReLU after the last 1x1 layer has '
+          'died and training cannot recover. Restart in a new workdir with a '
+          'lower --config.learning_rate, a longer --config.warmup_epochs, or '
+          '--config.model.use_batchnorm=True.', self.dead_steps,
+          self._num_classes, math.log(self._num_classes))
+
+
 def _train(run: _Run, state: steps.TrainState, start_step: int,
            progress: dict[str, Any],
            stop: stop_signals.StopSignals) -> dict[str, float]:
@@ -492,9 +565,9 @@ def _train(run: _Run, state: steps.TrainState, start_step: int,
   run_steps = _step_runner(run, start_step)
   progress_log = metric_writers.ProgressLogger(plan.num_steps,
                                                plan.steps_per_epoch)
-  window = metric_writers.LogWindow()
+  window = LogWindow()
   window.restore(progress.get('window', {}))
-  dead_relu = metric_writers.DeadReluMonitor(
+  dead_relu = DeadReluMonitor(
       config.dead_relu_patience, config.num_classes,
       progress.get('dead_relu_steps', 0))
   steps_per_dispatch = resolve_steps_per_dispatch(config)
@@ -520,7 +593,7 @@ def _train(run: _Run, state: steps.TrainState, start_step: int,
       last_step = step == plan.num_steps
       if step % plan.log_every == 0 or last_step:
         _log(run, step, window, progress_log, dead_relu)
-        window = metric_writers.LogWindow()
+        window = LogWindow()
 
       stopping = stop.should_stop(previous + 1, step)
       saving = step % plan.checkpoint_every == 0 or last_step or stopping
@@ -567,9 +640,9 @@ def _logged(writer: metric_writers.MetricWriter, step: int, split: str
   return logged
 
 
-def _log(run: _Run, step: int, window: metric_writers.LogWindow,
+def _log(run: _Run, step: int, window: LogWindow,
          progress_log: metric_writers.ProgressLogger,
-         dead_relu: metric_writers.DeadReluMonitor) -> None:
+         dead_relu: DeadReluMonitor) -> None:
   """One log line: metrics.jsonl, TensorBoard, the console, the ReLU watch."""
   summary = steps.summarize(window.sums)
   _check_finite(summary['loss'], step, run.checkpointer)
@@ -585,7 +658,7 @@ def _log(run: _Run, step: int, window: metric_writers.LogWindow,
 
 
 def _checked_host_state(run: _Run, state: steps.TrainState, step: int,
-                        window: metric_writers.LogWindow) -> steps.TrainState:
+                        window: LogWindow) -> steps.TrainState:
   """The state as checkpoints hold it, once its values are known finite."""
   if window.sums is not None:
     _check_finite(steps.summarize(window.sums)['loss'], step, run.checkpointer)
@@ -596,8 +669,8 @@ def _checked_host_state(run: _Run, state: steps.TrainState, step: int,
 
 
 def _save(run: _Run, host_state: steps.TrainState, step: int,
-          window: metric_writers.LogWindow,
-          dead_relu: metric_writers.DeadReluMonitor, accuracy: float | None,
+          window: LogWindow,
+          dead_relu: DeadReluMonitor, accuracy: float | None,
           best: dict[str, Any] | None) -> None:
   """Checkpoints `step`, with its validation `accuracy` if config.keep_best
   evaluated one, and what a resume needs to continue exactly. The metric
