@@ -36,13 +36,13 @@ from nin_jax.data import device_input
 from nin_jax import errors
 from nin_jax.data import image_folder
 from nin_jax.data import input_pipeline
+from nin_jax.training import init_from
 from nin_jax.training import metric_writers
 from nin_jax.training import parallel
 from nin_jax.data import preprocessing
 from nin_jax.training import steps
 from nin_jax.training import stop_signals
 from nin_jax.files import storage
-from nin_jax.files import trained_run
 from nin_jax.files import workdir_files
 
 
@@ -324,28 +324,17 @@ class Plan:
 
 
 def _fresh_state(config: ml_collections.ConfigDict, data: _Data, plan: Plan,
-                 strategy: parallel.Jit | parallel.Pmap, init_from: bool
+                 strategy: parallel.Jit | parallel.Pmap, from_source: bool
                  ) -> tuple[steps.TrainState, Callable[[int], Any]]:
   """A fresh run's state on the devices (from config.init_from if
-  `init_from`), and the learning-rate schedule."""
+  `from_source`), and the learning-rate schedule."""
   state, learning_rate_fn = steps.initial_state(
       config, data.info.image_shape, plan.steps_per_epoch, plan.num_steps,
       axis_name=strategy.axis_name)
-  if init_from:
-    state = initialized_from(config.init_from, state, data.info.class_names)
+  if from_source:
+    state = init_from.initialized(config.init_from, state,
+                                  data.info.class_names)
   return strategy.put_state(state), learning_rate_fn
-
-
-def initialized_from(init_from: str, state: steps.TrainState,
-                     class_names: tuple[str, ...]) -> steps.TrainState:
-  """`state` with the parameters (and BatchNorm statistics) of config.init_from;
-  the optimizer state fits them as it is (it depends on shapes only). The
-  class layers start fresh where the source's classes are not
-  `class_names`."""
-  variables = trained_run.initial_variables(
-      init_from, steps.model_variables(state, state.params), class_names)
-  return state.replace(params=variables['params'],
-                       batch_stats=variables.get('batch_stats', {}))
 
 
 def _restore(config: ml_collections.ConfigDict,
@@ -360,7 +349,7 @@ def _restore(config: ml_collections.ConfigDict,
   if not restored:
     if config.init_from and not init_from_applied:
       # There were checkpoints, but none was readable: a fresh start.
-      state = strategy.put_state(initialized_from(
+      state = strategy.put_state(init_from.initialized(
           config.init_from, strategy.host_state(state), class_names))
     return 0, state, {}
   start_step, host_state, progress = restored

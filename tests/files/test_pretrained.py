@@ -21,6 +21,7 @@ from nin_jax import predict
 from nin_jax import publish
 from nin_jax.training import train
 from nin_jax.files import trained_run
+from nin_jax.training import init_from
 from nin_jax import visualize
 from nin_jax.configs import test as test_config
 from tests import main_runner
@@ -181,7 +182,7 @@ def test_another_class_count_keeps_the_fresh_class_layers(model_fields,
                                                           class_layers):
   loaded = _variables(10, **model_fields)
   fresh = _variables(3, seed=1, **model_fields)
-  merged, kept_fresh = trained_run.transfer(loaded, fresh, 'source')
+  merged, kept_fresh = init_from.transfer(loaded, fresh, 'source')
   assert kept_fresh == class_layers
   for path, value in _flat(merged).items():
     layer = path.split('/', 1)[1].rsplit('/', 1)[0]
@@ -189,11 +190,11 @@ def test_another_class_count_keeps_the_fresh_class_layers(model_fields,
     np.testing.assert_array_equal(value, _flat(wanted)[path], err_msg=path)
   # The same class count: every array comes from the source.
   same_count = _variables(10, seed=1, **model_fields)
-  merged, kept_fresh = trained_run.transfer(loaded, same_count, 'source')
+  merged, kept_fresh = init_from.transfer(loaded, same_count, 'source')
   assert kept_fresh == ()
   jax.tree.map(np.testing.assert_array_equal, merged, loaded)
   # As many classes, but others: the class layers start fresh all the same.
-  merged, kept_fresh = trained_run.transfer(loaded, same_count, 'source',
+  merged, kept_fresh = init_from.transfer(loaded, same_count, 'source',
                                             other_classes=True)
   assert kept_fresh == class_layers
   for path, value in _flat(merged).items():
@@ -208,11 +209,11 @@ def test_another_architecture_names_the_first_array_that_differs():
   with pytest.raises(errors.ConfigError,
                      match=r"init_from='src' does not fit .*: params/"
                      r'mlpconv2/mlp1/bias is \(8,\) there and \(12,\) here'):
-    trained_run.transfer(loaded, wider, 'src')
+    init_from.transfer(loaded, wider, 'src')
   with pytest.raises(errors.ConfigError, match='bn0/.* is not in the source'):
-    trained_run.transfer(loaded, _variables(10, use_batchnorm=True), 'src')
+    init_from.transfer(loaded, _variables(10, use_batchnorm=True), 'src')
   with pytest.raises(errors.ConfigError, match='the source has .*bn0'):
-    trained_run.transfer(_variables(10, use_batchnorm=True), loaded, 'src')
+    init_from.transfer(_variables(10, use_batchnorm=True), loaded, 'src')
 
 
 def test_a_new_run_starts_from_the_source_and_a_resumed_one_ignores_it(
