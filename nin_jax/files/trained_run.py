@@ -29,7 +29,6 @@ from nin_jax.data import image_folder
 from nin_jax.data import input_pipeline
 from nin_jax.model import nin
 from nin_jax.data import preprocessing
-from nin_jax.files import storage
 from nin_jax.files import workdir_files
 
 VARIABLES_FILE = 'variables.msgpack'
@@ -217,10 +216,10 @@ def read_variables(directory: str, step: int | None = None
   return step, variables
 
 
-def dataset_info(workdir: str, if_damaged: str
-                  ) -> input_pipeline.DatasetInfo:
+def dataset_info(workdir: workdir_files.Workdir, if_damaged: str
+                 ) -> input_pipeline.DatasetInfo:
   """dataset.json as a DatasetInfo; a damaged one is a WorkdirError."""
-  fields = workdir_files.read_dataset_info(workdir, if_damaged)
+  fields = workdir.read_dataset_info(if_damaged)
   try:
     info = input_pipeline.DatasetInfo(**{
         **fields, 'class_names': tuple(fields['class_names']),
@@ -246,12 +245,11 @@ def load(workdir: str, step: int | None = None) -> TrainedRun:
   one), or the published model in that directory (whose one step `step`
   must then be). A damaged file is one WorkdirError that names it and what
   to do."""
-  workdir = storage.location(workdir)
-  storage.check_reachable(workdir)
-  if not storage.is_dir(workdir):
+  workdir = workdir_files.Workdir.reached(workdir)
+  if not workdir.is_dir():
     raise errors.WorkdirError(f'No workdir {workdir}: pass the --workdir of a '
                               'run of python -m nin_jax.main.')
-  published = is_published(workdir)
+  published = is_published(str(workdir))
   # What to do about a damaged file: of config.json, of the others.
   if published:
     config_fix = file_fix = DAMAGED_PUBLISHED
@@ -275,20 +273,20 @@ def load(workdir: str, step: int | None = None) -> TrainedRun:
     raise errors.WorkdirError(
         f'{workdir} has no {workdir_files.PREPROCESSING}: the run did not get '
         'far enough to record its preprocessing.')
-  step, variables = read_variables(workdir, step)
+  step, variables = read_variables(str(workdir), step)
   model = nin.create_model(config)
   _check_fits(model, variables, info.image_shape,
               f'{workdir_files.CONFIG} in {workdir}',
               VARIABLES_FILE if published else f'its checkpoint of step {step}',
               config_fix)
-  return TrainedRun(workdir=workdir, step=step, config=config, info=info,
+  return TrainedRun(workdir=str(workdir), step=step, config=config, info=info,
                     prep=prep, model=model,
                     variables=jax.tree.map(jnp.asarray, variables),
                     published=published)
 
 
-def _checked_config(saved: dict[str, Any], workdir: str, if_damaged: str
-                    ) -> ml_collections.ConfigDict:
+def _checked_config(saved: dict[str, Any], workdir: workdir_files.Workdir,
+                    if_damaged: str) -> ml_collections.ConfigDict:
   """config.json as a ConfigDict that passes config_checks.check_fields: a
   field of the wrong type or value would otherwise fail deep inside the
   model's creation, with a traceback."""

@@ -71,11 +71,12 @@ def _item_handlers() -> dict[str, Any]:
 class Checkpointer:
   """Saves every so often, keeps the newest few, restores the newest good one."""
 
-  def __init__(self, workdir: str, keep: int, keep_best: bool = False):
+  def __init__(self, workdir: workdir_files.Workdir, keep: int,
+               keep_best: bool = False):
     """Keeps the `keep` newest checkpoints and, with `keep_best`, also the
     one saved with the highest `accuracy` metric (see `save`)."""
-    self.workdir = storage.location(workdir)
-    self.directory = workdir_files.checkpoints_dir(self.workdir)
+    self.workdir = workdir
+    self.directory = workdir.checkpoints
     self._failed = False  # A save failed: close() then stays quiet.
     self._remove_unfinished_saves()
     policies = [ocp.checkpoint_managers.LatestN(keep)]
@@ -221,7 +222,7 @@ class Checkpointer:
           'the permissions and your credentials, then rerun the same '
           'command.') from None
     target = workdir_files.path(
-        workdir_files.path(self.workdir, workdir_files.UNREADABLE_CHECKPOINTS),
+        self.workdir.path(workdir_files.UNREADABLE_CHECKPOINTS),
         f'{step}-{time.strftime("%Y%m%dT%H%M%S")}')
     if jax.process_index() == 0:
       storage.move_tree(workdir_files.path(self.directory, str(step)), target)

@@ -134,7 +134,7 @@ def initial_variables(init_from: str, fresh: dict[str, Any],
   directory = find_source(init_from)
   step, loaded = trained_run.read_variables(directory)
   there = trained_run.dataset_info(
-      directory, trained_run.DAMAGED_PUBLISHED if trained_run.is_published(
+      workdir_files.Workdir(directory), trained_run.DAMAGED_PUBLISHED if trained_run.is_published(
           directory) else workdir_files.DAMAGED_RUN_FILE).class_names
   renamed = (len(there) == len(class_names)
              and not _same_classes(there, class_names))

@@ -53,7 +53,7 @@ class MetricWriter:
 
   UPLOAD_SECONDS = 30.0
 
-  def __init__(self, workdir: str, enabled: bool = True,
+  def __init__(self, workdir: workdir_files.Workdir, enabled: bool = True,
                resumed_step: int = 0, wandb_project: str = '',
                run_config: Mapping[str, Any] | None = None):
     """`wandb_project`: also log to that Weights & Biases project, in one
@@ -63,16 +63,16 @@ class MetricWriter:
     self._logged = set()  # (step, split) pairs in metrics.jsonl.
     if not enabled:
       return
-    storage.make_dirs(workdir)
-    self.path = workdir_files.path(workdir, workdir_files.METRICS)
-    self._remote = storage.is_remote(workdir)
+    workdir.make()
+    self.path = workdir.path(workdir_files.METRICS)
+    self._remote = workdir.is_remote
     kept = self._keep_rows_up_to(resumed_step)
     self._rows = kept if self._remote else None  # Remote: every row.
     self._jsonl = None if self._remote else open(self.path, 'a',
                                                  encoding='utf-8')
     self._tb = {}
-    self._tb_dir = workdir_files.path(workdir, workdir_files.TENSORBOARD)
-    self._wandb = (_start_wandb(wandb_project, workdir, run_config)
+    self._tb_dir = workdir.path(workdir_files.TENSORBOARD)
+    self._wandb = (_start_wandb(wandb_project, str(workdir), run_config)
                    if wandb_project else None)
     # Where the event files are written; uploaded from there if remote.
     self._tb_local = (tempfile.mkdtemp(prefix='nin_jax_tensorboard_')

@@ -18,7 +18,6 @@ import dataclasses
 import functools
 import hashlib
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -59,7 +58,7 @@ class _Data:
 class _Run:
   """What stays fixed while a run trains."""
   config: ml_collections.ConfigDict
-  workdir: str
+  workdir: workdir_files.Workdir
   data: _Data
   plan: Plan
   strategy: parallel.Jit | parallel.Pmap
@@ -107,8 +106,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if not workdir:
     raise errors.WorkdirError('--workdir is empty: name the directory for '
                               'this run, e.g. --workdir=/tmp/nin.')
-  workdir = storage.location(workdir)
-  storage.check_reachable(workdir)
+  workdir = workdir_files.Workdir.reached(workdir)
   config, changed = _preflight(config, workdir)
   with contextlib.ExitStack() as cleanup:
     # Listening from here, so a signal during start-up is not lost.
@@ -119,14 +117,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                steps.eval_step)
     # A fresh run's config.init_from is read before the workdir is touched,
     # so that a bad source changes nothing.
-    init_from_now = (bool(config.init_from)
-                     and not workdir_files.has_checkpoint(workdir))
+    init_from_now = bool(config.init_from) and not workdir.has_checkpoint()
     state, learning_rate_fn = _fresh_state(config, data, plan, strategy,
                                            init_from_now)
     stop.stop_before_training()  # Before the workdir is touched.
     lock = None
     if jax.process_index() == 0:  # One trainer per workdir.
-      lock = cleanup.enter_context(workdir_files.run_lock(workdir))
+      lock = cleanup.enter_context(workdir.lock())
     checkpointer = checkpointing.Checkpointer(
         workdir, config.keep_checkpoints, config.keep_best)
     # Checkpointer and metric files are closed even if training fails.
@@ -154,7 +151,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 # --- 1. Pre-flight checks ----------------------------------------------------------
 
 
-def _preflight(config: ml_collections.ConfigDict, workdir: str
+def _preflight(config: ml_collections.ConfigDict,
+               workdir: workdir_files.Workdir
                ) -> tuple[ml_collections.ConfigDict, list[str]]:
   """Every check of the config and workdir, before data is read or anything
   is written; returns the config as recorded and the fields a resume changed.
@@ -168,7 +166,7 @@ def _preflight(config: ml_collections.ConfigDict, workdir: str
   _check_same_config_everywhere(config)
   changed = config_checks.check_resumable(config, workdir)
   if jax.process_index() == 0:
-    _check_workdir_writable(workdir)
+    workdir.check_writable()
   return config, changed
 
 
@@ -187,63 +185,11 @@ def _check_same_config_everywhere(config: ml_collections.ConfigDict) -> None:
         '--config.* flags.')
 
 
-def _check_workdir_writable(workdir: str) -> None:
-  """Fails early, with the reason, if the workdir cannot be written.
-
-  Creates nothing: a run that fails later (e.g. no dataset) leaves no
-  empty workdir behind.
-  """
-  if storage.is_remote(workdir):  # A probe object; a failure says why.
-    storage.check_writable(workdir, '--workdir')
-    reason = None
-  else:
-    reason = _local_workdir_problem(workdir)
-  checkpoints = workdir_files.checkpoints_dir(workdir)
-  if not reason and storage.exists(checkpoints) and not storage.is_dir(
-      checkpoints):
-    reason = (f'{checkpoints} is a file, where checkpoints go; move it '
-              'aside')
-  if reason:
-    raise errors.WorkdirError(
-        f'Cannot write to the workdir {workdir}: {reason}. Pick a writable '
-        '--workdir (or free some disk space).')
-
-
-def _local_workdir_problem(workdir: str) -> str | None:
-  """Why the local directory `workdir` cannot be written (None if it can)."""
-  existing = workdir
-  while not os.path.exists(existing):
-    existing = os.path.dirname(existing)
-  if not os.path.isdir(existing):
-    return f'{existing} is not a directory'
-  if not os.access(existing, os.W_OK | os.X_OK):
-    return f'{existing} is not writable'
-  if existing != workdir:
-    # A directory made and removed again: os.access says yes to root, and
-    # to a place like /proc that takes no new directories.
-    try:
-      os.rmdir(tempfile.mkdtemp(prefix='.write_test.', dir=existing))
-    except OSError as e:
-      return (f'no directory can be made in {existing} '
-              f'({e.strerror or e})')
-    return None
-  # Also catches a read-only or full disk.
-  probe = os.path.join(workdir, f'.write_test.{os.getpid()}')
-  try:
-    with open(probe, 'w', encoding='utf-8') as f:
-      f.write('ok')
-  except OSError as e:
-    return e.strerror or str(e)
-  finally:
-    if os.path.exists(probe):  # Created, even when the write failed.
-      os.remove(probe)
-  return None
-
-
 # --- 2. Data -----------------------------------------------------------------------
 
 
-def _load_data(config: ml_collections.ConfigDict, workdir: str) -> _Data:
+def _load_data(config: ml_collections.ConfigDict,
+               workdir: workdir_files.Workdir) -> _Data:
   """Data first: a missing dataset must fail before anything is compiled."""
   dataset = input_pipeline.Dataset(config)
   info = input_pipeline.get_info(dataset)
@@ -366,14 +312,14 @@ def _restore(config: ml_collections.ConfigDict,
 # --- 4. The run's files ---------------------------------------------------------
 
 
-def _record(config: ml_collections.ConfigDict, workdir: str, data: _Data,
-            start_step: int) -> None:
+def _record(config: ml_collections.ConfigDict, workdir: workdir_files.Workdir,
+            data: _Data, start_step: int) -> None:
   """config.json, dataset.json and preprocessing.npz (process 0 writes)."""
   if jax.process_index() != 0:
     return
-  storage.make_dirs(workdir)
-  workdir_files.write_config(workdir, config, start_step)
-  workdir_files.write_dataset_info(workdir, data.info)
+  workdir.make()
+  workdir.write_config(config, start_step)
+  workdir.write_dataset_info(data.info)
   if not data.prep_is_recorded:
     preprocessing.record(data.prep, workdir)
 
@@ -563,8 +509,8 @@ def _train(run: _Run, state: steps.TrainState, start_step: int,
   best = progress.get('best')
 
   result = {}
-  with _StepTrace(config.profile_steps, workdir_files.path(
-      run.workdir, workdir_files.TENSORBOARD)) as trace:
+  with _StepTrace(config.profile_steps,
+                  run.workdir.path(workdir_files.TENSORBOARD)) as trace:
     step = start_step
     while step < plan.num_steps:
       count = plan.dispatch_end(step, steps_per_dispatch) - step
