@@ -36,6 +36,7 @@ import numpy as np
 from nin_jax import errors
 from nin_jax.data import image_folder
 from nin_jax.data import preprocessing
+from nin_jax.files import storage
 
 Batch = dict[str, np.ndarray]
 
@@ -357,10 +358,13 @@ class Dataset:
     if self.in_memory:
       yield from ds.as_numpy_iterator()
       return
-    tf = tensorflow(f'TFDS dataset {self.name!r}')
     try:
       yield from ds.as_numpy_iterator()
-    except tuple(getattr(tf.errors, name) for name in _DAMAGED) as e:
+    except Exception as e:  # pylint: disable=broad-except
+      # TensorFlow's error for a file garbled, cut short (TFDS then counts
+      # fewer examples than it recorded), gone or unreadable.
+      if storage.failure(e) != storage.UNREADABLE:
+        raise
       raise self._damaged(split, e) from None
 
   def _damaged(self, split: str, error: Exception
@@ -474,13 +478,6 @@ class Dataset:
         split='+'.join(pieces), shuffle_files=False,
         read_config=tfds.ReadConfig(interleave_cycle_length=1))
     return ds.map(lambda x: {'image': x['image'], 'label': x['label']})
-
-
-# What TensorFlow raises (tf.errors.*) for a TFDS file that is garbled, cut
-# short (TFDS then counts fewer examples than it recorded), gone or
-# unreadable.
-_DAMAGED = ('DataLossError', 'FailedPreconditionError', 'NotFoundError',
-            'PermissionDeniedError')
 
 
 def _split_parts(names: set[str]) -> set[str]:

@@ -278,13 +278,14 @@ def fit_cached(config: ml_collections.ConfigDict, fingerprint: str,
   return fitted
 
 
-def record(preprocessing: Preprocessing, workdir: str) -> None:
-  preprocessing.save(workdir_files.path(workdir, workdir_files.PREPROCESSING))
+def record(preprocessing: Preprocessing,
+           workdir: workdir_files.Workdir) -> None:
+  preprocessing.save(workdir.path(workdir_files.PREPROCESSING))
 
 
-def recorded(workdir: str) -> Preprocessing | None:
+def recorded(workdir: workdir_files.Workdir) -> Preprocessing | None:
   """The transform a run in `workdir` trained with, if there was one."""
-  path = workdir_files.path(workdir, workdir_files.PREPROCESSING)
+  path = workdir.path(workdir_files.PREPROCESSING)
   return Preprocessing.load(path) if storage.exists(path) else None
 
 

@@ -311,6 +311,50 @@ def _write_error(file: str, error: Exception,
          'same command again.'))
 
 
+# --- What a failure says about the storage ----------------------------------------
+
+# Each kind of failure as the libraries under nin_jax name it: by the class
+# of the error (Python's; TensorFlow's tf.errors, from TFDS's reads and from
+# TensorBoard's writes where TensorFlow is installed; the HTTP clients' and
+# Google auth's) or by the status code that TensorStore (under Orbax) writes
+# into its message.
+#
+# The storage could not be reached, or refused access (network, credentials,
+# permissions, quota): what it holds may well be intact.
+UNREACHABLE = 'unreachable'
+# TensorFlow could not read a file: garbled, cut short, gone, not readable.
+UNREADABLE = 'unreadable'
+# Any other failure of a disk or bucket: full, read-only, gone (an OSError,
+# and storage's own WorkdirError, which is one).
+FAILED = 'failed'
+_FAILURES = (
+    (UNREACHABLE, ('HttpError', 'ConnectionError', 'TimeoutError',
+                   'PermissionError', 'TransportError', 'RefreshError',
+                   'ClientConnectorError', 'ServerDisconnectedError'),
+     ('PERMISSION_DENIED', 'UNAUTHENTICATED', 'UNAVAILABLE',
+      'DEADLINE_EXCEEDED', 'RESOURCE_EXHAUSTED')),
+    (UNREADABLE, ('DataLossError', 'FailedPreconditionError', 'NotFoundError',
+                  'PermissionDeniedError'), ()),
+    (FAILED, ('ResourceExhaustedError',), ('os_error_code', 'NOT_FOUND')),
+)
+
+
+def failure(error: BaseException) -> str | None:
+  """What `error`, or an error that caused it, says about the storage:
+  UNREACHABLE, UNREADABLE or FAILED, the first of them that any error of the
+  chain is; None if none is (a bug, a bad value: not the storage's doing)."""
+  chain = []
+  while error is not None and error not in chain:
+    chain.append(error)
+    error = error.__cause__ or error.__context__
+  for kind, names, codes in _FAILURES:
+    for link in chain:
+      if type(link).__name__ in names or any(code in str(link)
+                                             for code in codes):
+        return kind
+  return FAILED if any(isinstance(link, OSError) for link in chain) else None
+
+
 def rename(source: str, target: str) -> None:
   """Renames file `source` to `target`, replacing it (on an object store: a
   copy, then a delete)."""

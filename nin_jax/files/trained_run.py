@@ -5,8 +5,9 @@ Everything inference needs is in the workdir: `config.json` (the model),
 fitted pixel transform) and the Orbax checkpoints (the weights). A published
 model (python -m nin_jax.publish) holds the same three files and one
 checkpoint's weights, without the optimizer state, in `variables.msgpack`.
-The evaluate, predict, visualize and export commands all start here, and so
-does a run with config.init_from.
+The evaluate, predict, visualize and export commands all start here; a run
+with config.init_from reads its source's weights here too
+(training/init_from.py).
 """
 
 import dataclasses
@@ -15,9 +16,7 @@ import os
 import re
 from typing import Any
 
-from absl import logging
 from flax import serialization
-from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -30,7 +29,6 @@ from nin_jax.data import image_folder
 from nin_jax.data import input_pipeline
 from nin_jax.model import nin
 from nin_jax.data import preprocessing
-from nin_jax.files import storage
 from nin_jax.files import workdir_files
 
 VARIABLES_FILE = 'variables.msgpack'
@@ -131,7 +129,8 @@ def published_names() -> list[str]:
                 and is_published(os.path.join(root, name)))
 
 
-def _by_name(name: str) -> str | None:
+def by_name(name: str) -> str | None:
+  """The published model called `name` in pretrained_root(), if there is one."""
   path = os.path.join(pretrained_root(), name)
   return path if NAME_PATTERN.fullmatch(name) and is_published(path) else None
 
@@ -142,7 +141,7 @@ def find_published(name_or_dir: str) -> str:
   A name in pretrained_root() wins over a directory of the same name in the
   current directory (a workdir called `cifar10`, say).
   """
-  found = _by_name(name_or_dir)
+  found = by_name(name_or_dir)
   if found:
     return found
   if os.path.isdir(name_or_dir):
@@ -217,10 +216,10 @@ def read_variables(directory: str, step: int | None = None
   return step, variables
 
 
-def _dataset_info(workdir: str, if_damaged: str
-                  ) -> input_pipeline.DatasetInfo:
+def dataset_info(workdir: workdir_files.Workdir, if_damaged: str
+                 ) -> input_pipeline.DatasetInfo:
   """dataset.json as a DatasetInfo; a damaged one is a WorkdirError."""
-  fields = workdir_files.read_dataset_info(workdir, if_damaged)
+  fields = workdir.read_dataset_info(if_damaged)
   try:
     info = input_pipeline.DatasetInfo(**{
         **fields, 'class_names': tuple(fields['class_names']),
@@ -246,12 +245,11 @@ def load(workdir: str, step: int | None = None) -> TrainedRun:
   one), or the published model in that directory (whose one step `step`
   must then be). A damaged file is one WorkdirError that names it and what
   to do."""
-  workdir = storage.location(workdir)
-  storage.check_reachable(workdir)
-  if not storage.is_dir(workdir):
+  workdir = workdir_files.Workdir.reached(workdir)
+  if not workdir.is_dir():
     raise errors.WorkdirError(f'No workdir {workdir}: pass the --workdir of a '
                               'run of python -m nin_jax.main.')
-  published = is_published(workdir)
+  published = is_published(str(workdir))
   # What to do about a damaged file: of config.json, of the others.
   if published:
     config_fix = file_fix = DAMAGED_PUBLISHED
@@ -264,7 +262,7 @@ def load(workdir: str, step: int | None = None) -> TrainedRun:
         f'{workdir} is not a training workdir (it has no config.json): pass '
         'the --workdir of a run of python -m nin_jax.main.')
   config = _checked_config(saved, workdir, config_fix)
-  info = _dataset_info(workdir, file_fix)
+  info = dataset_info(workdir, file_fix)
   try:
     prep = preprocessing.recorded(workdir)
   except errors.WorkdirError as e:
@@ -275,20 +273,20 @@ def load(workdir: str, step: int | None = None) -> TrainedRun:
     raise errors.WorkdirError(
         f'{workdir} has no {workdir_files.PREPROCESSING}: the run did not get '
         'far enough to record its preprocessing.')
-  step, variables = read_variables(workdir, step)
+  step, variables = read_variables(str(workdir), step)
   model = nin.create_model(config)
   _check_fits(model, variables, info.image_shape,
               f'{workdir_files.CONFIG} in {workdir}',
               VARIABLES_FILE if published else f'its checkpoint of step {step}',
               config_fix)
-  return TrainedRun(workdir=workdir, step=step, config=config, info=info,
+  return TrainedRun(workdir=str(workdir), step=step, config=config, info=info,
                     prep=prep, model=model,
                     variables=jax.tree.map(jnp.asarray, variables),
                     published=published)
 
 
-def _checked_config(saved: dict[str, Any], workdir: str, if_damaged: str
-                    ) -> ml_collections.ConfigDict:
+def _checked_config(saved: dict[str, Any], workdir: workdir_files.Workdir,
+                    if_damaged: str) -> ml_collections.ConfigDict:
   """config.json as a ConfigDict that passes config_checks.check_fields: a
   field of the wrong type or value would otherwise fail deep inside the
   model's creation, with a traceback."""
@@ -319,150 +317,18 @@ def _check_fits(model: nin.NiN, variables: dict[str, Any],
         f'{config_file} describes a model that cannot take '
         f'{"x".join(map(str, image_shape))} images ({errors.describe(e)}): '
         f'{if_damaged}') from None
-  wanted = {path: tuple(a.shape) for path, a in
-            traverse_util.flatten_dict(wanted, sep='/').items()}
-  saved = {path: np.shape(a) for path, a in
-           traverse_util.flatten_dict(variables, sep='/').items()}
-  for path in sorted(wanted.keys() | saved.keys()):  # The first difference.
-    if path not in saved:
-      detail = f'{path} {wanted[path]}: described, not saved'
-    elif path not in wanted:
-      detail = f'{path} {saved[path]}: saved, not described'
-    elif saved[path] != wanted[path]:
-      detail = f'{path}: saved {saved[path]}, described {wanted[path]}'
+  differ = checkpointing.shape_differences(variables, wanted)
+  if differ:  # The first difference.
+    path, saved, described = differ[0]
+    if saved is None:
+      detail = f'{path} {described}: described, not saved'
+    elif described is None:
+      detail = f'{path} {saved}: saved, not described'
     else:
-      continue
+      detail = f'{path}: saved {saved}, described {described}'
     raise errors.WorkdirError(
         f'{config_file} does not describe the model of {weights} ({detail}): '
         f'{if_damaged}')
-
-
-# --- Starting a new run from trained parameters (config.init_from) --------
-
-
-def class_layers(params: dict[str, Any]) -> tuple[str, ...]:
-  """Layers whose shapes follow the class count, found in the tree.
-
-  The class-map layer is the last 1x1 layer (mlpK) of the last mlpconv block
-  (`mlpconv3/mlp2` at the default depth), with its BatchNorm (bnK) if any;
-  the 'fc' heads add `fc`.
-  """
-  def last(names, prefix):
-    return max((n for n in names if re.fullmatch(prefix + r'\d+', n)),
-               key=lambda n: int(n[len(prefix):]))
-  block = last(params, 'mlpconv')
-  layer = last(params[block], 'mlp')
-  layers = [f'{block}/{layer}']
-  norm = 'bn' + layer[len('mlp'):]
-  if norm in params[block]:
-    layers.append(f'{block}/{norm}')
-  if 'fc' in params:
-    layers.append('fc')
-  return tuple(layers)
-
-
-def transfer(loaded: dict[str, Any], fresh: dict[str, Any], source: str,
-             other_classes: bool = False
-             ) -> tuple[dict[str, Any], tuple[str, ...]]:
-  """`loaded` variables in place of `fresh` ones, and the layers kept fresh.
-
-  Every array must have its fresh shape, except in the class layers
-  (class_layers): a class layer whose shapes differ (another class count)
-  keeps its fresh initialization, as do all of them for `other_classes`
-  (as many classes, but others). Anything else is another architecture: a
-  ConfigError naming the first array (in path order) that differs.
-  """
-  fresh_flat = traverse_util.flatten_dict(fresh, sep='/')
-  loaded_flat = traverse_util.flatten_dict(loaded, sep='/')
-  per_class = set(class_layers(fresh['params']))
-
-  def layer(path: str) -> str:  # params/mlpconv3/mlp2/kernel: mlpconv3/mlp2
-    return path.split('/', 1)[1].rsplit('/', 1)[0]
-
-  def mismatch(detail: str) -> errors.ConfigError:
-    return errors.ConfigError(
-        f'config.init_from={source!r} does not fit this config\'s model: '
-        f'{detail}. Only the class count may differ (its layers then start '
-        'fresh): use the config.model of the source (in its config.json) '
-        'and images of the same channels.')
-
-  kept_fresh = set(per_class) if other_classes else set()
-  # Sorted: the same first difference whatever order the trees were built in.
-  for path in sorted(fresh_flat.keys() | loaded_flat.keys()):
-    if path not in loaded_flat:
-      raise mismatch(f'{path} {np.shape(fresh_flat[path])} is not in the '
-                     'source')
-    if path not in fresh_flat:
-      raise mismatch(f'the source has {path} {np.shape(loaded_flat[path])}, '
-                     'this model not')
-    shape, wanted = np.shape(loaded_flat[path]), np.shape(fresh_flat[path])
-    if shape != wanted:
-      if layer(path) not in per_class:
-        raise mismatch(f'{path} is {shape} there and {wanted} here')
-      kept_fresh.add(layer(path))
-  merged = {path: value if layer(path) in kept_fresh
-            else np.asarray(loaded_flat[path], value.dtype)
-            for path, value in fresh_flat.items()}
-  return (traverse_util.unflatten_dict(merged, sep='/'),
-          tuple(sorted(kept_fresh)))
-
-
-def find_source(init_from: str) -> str:
-  """config.init_from's directory: a workdir, or a published model's."""
-  if storage.is_remote(init_from):
-    return storage.location(init_from, 'config.init_from')
-  if not _by_name(init_from) and os.path.isdir(
-      workdir_files.checkpoints_dir(init_from)):
-    return os.path.abspath(init_from)
-  try:
-    return find_published(init_from)
-  except errors.WorkdirError as e:
-    raise errors.ConfigError(
-        f'config.init_from={init_from!r} is neither a training workdir nor a '
-        f'published model. {e}') from None
-
-
-def _same_classes(there: tuple[str, ...], here: tuple[str, ...]) -> bool:
-  """The same classes in the same order, by name ('Cat' is 'cat')."""
-  return [n.strip().casefold() for n in there] == [
-      n.strip().casefold() for n in here]
-
-
-def _some(names: tuple[str, ...], shown: int = 5) -> str:
-  return ', '.join(names[:shown]) + (', ...' if len(names) > shown else '')
-
-
-def initial_variables(init_from: str, fresh: dict[str, Any],
-                      class_names: tuple[str, ...]) -> dict[str, Any]:
-  """The variables a run with config.init_from starts with (fresh: the
-  model's initialization, for the shapes and the class layers; class_names:
-  the new run's classes). The class layers start fresh where the source's
-  classes (its dataset.json) are others: another count, or other names."""
-  directory = find_source(init_from)
-  step, loaded = read_variables(directory)
-  there = _dataset_info(directory, DAMAGED_PUBLISHED if is_published(
-      directory) else workdir_files.DAMAGED_RUN_FILE).class_names
-  renamed = (len(there) == len(class_names)
-             and not _same_classes(there, class_names))
-  variables, kept_fresh = transfer(loaded, fresh, init_from,
-                                   other_classes=renamed)
-  where = init_from if directory == init_from else f'{init_from} ({directory})'
-  if renamed:
-    logging.info('Initialized from %s, step %d, except %s, whose classes '
-                 'are others (there: %s; here: %s): they start fresh.',
-                 where, step, ', '.join(kept_fresh), _some(there),
-                 _some(class_names))
-  elif kept_fresh:
-    kernel = f'params/{class_layers(fresh["params"])[0]}/kernel'
-    classes = [np.shape(traverse_util.flatten_dict(v, sep='/')[kernel])[-1]
-               for v in (loaded, fresh)]
-    logging.info('Initialized from %s, step %d, except %s, whose shapes '
-                 'differ (%d classes there, %d here): they start fresh.',
-                 where, step, ', '.join(kept_fresh), *classes)
-  else:
-    logging.info('Initialized from %s, step %d: every parameter (the same '
-                 'classes).', where, step)
-  return variables
 
 
 def top_k(probabilities: np.ndarray, k: int) -> np.ndarray:

@@ -12,8 +12,10 @@
     .lock                      held by the running trainer (one per workdir)
 
 The writers and readers of each file sit side by side here, so a format has
-one owner. Also here: the data root, where TFDS data lives, and the cache
-root, where nin_jax caches what it derives from other data.
+one owner. A command given a workdir makes one Workdir of it and hands that
+down: a run's files are read and written through it. Also here: the data
+root, where TFDS data lives, and the cache root, where nin_jax caches what
+it derives from other data.
 
 A workdir is a local directory or a URL (gs://bucket/run): every file call
 goes through storage.py, which reads and writes both. An object store has
@@ -27,6 +29,7 @@ import math
 import os
 import secrets
 import socket
+import tempfile
 import threading
 import time
 from typing import Any
@@ -87,60 +90,168 @@ def cache_root(config: ml_collections.ConfigDict) -> str:
   return os.path.join(base, 'nin_jax')
 
 
-# --- config.json ------------------------------------------------------------------
+# --- The workdir ------------------------------------------------------------------
 
 
-def write_config(workdir: str, config: ml_collections.ConfigDict,
-                 resumed_step: int) -> None:
-  """Writes config.json; a different earlier config is kept, not overwritten."""
-  file = path(workdir, CONFIG)
-  text = config.to_json_best_effort(indent=2, sort_keys=True)
-  if storage.exists(file):
-    # Compared as bytes: it may be damaged.
-    if storage.read_bytes(file) == text.encode('utf-8'):
-      return
-    kept = path(workdir, f'config.before_step{resumed_step}.json')
-    storage.rename(file, kept)
-    logging.info('The earlier %s differs from this run\'s config: kept it as '
-                 '%s.', CONFIG, kept)
-  storage.write_atomically(file, text)
+class Workdir:
+  """A run's workdir, made once from the name a command was given and handed
+  down: where it is, each file's path, and the reader and writer of each
+  file a run keeps there (config.json, dataset.json), its checks and its
+  lock. `str(workdir)` is where it is: a local path made absolute, or a URL.
 
-
-def read_config(workdir: str, if_damaged: str | None = None
-                ) -> dict[str, Any] | None:
-  """config.json as a dict; None if there is none.
-
-  A damaged one (not JSON, not an object) is None too, for the trainer,
-  which then writes the config it runs with. Given `if_damaged` (what the
-  user should do; the commands that load a run pass DAMAGED_CONFIG), it is
-  a WorkdirError that names the file and ends with that instead.
+  The readers of finished runs' other files (read_metrics, finished_steps,
+  read_json) take a directory: a published model holds some of them too.
   """
-  if not storage.exists(path(workdir, CONFIG)):
+
+  def __init__(self, name: str, flag: str = '--workdir'):
+    """`name` as given on the command line (`flag`); no file is touched."""
+    self._location = storage.location(name, flag)
+    self._flag = flag
+
+  @classmethod
+  def reached(cls, name: str, flag: str = '--workdir') -> 'Workdir':
+    """Workdir(name), whose storage answered (one request for a URL)."""
+    workdir = cls(name, flag)
+    storage.check_reachable(str(workdir), flag)
+    return workdir
+
+  def __str__(self) -> str:
+    return self._location
+
+  def __repr__(self) -> str:
+    return f'Workdir({self._location!r})'
+
+  def path(self, name: str) -> str:
+    """The path of file or directory `name` in it (one of the names above)."""
+    return path(self._location, name)
+
+  @property
+  def is_remote(self) -> bool:
+    return storage.is_remote(self._location)
+
+  @property
+  def checkpoints(self) -> str:
+    return checkpoints_dir(self._location)
+
+  def is_dir(self) -> bool:
+    return storage.is_dir(self._location)
+
+  def make(self) -> None:
+    storage.make_dirs(self._location)
+
+  def check_writable(self) -> None:
+    """Fails early, with the reason, if the workdir cannot be written.
+
+    Creates nothing: a run that fails later (e.g. no dataset) leaves no
+    empty workdir behind.
+    """
+    if self.is_remote:  # A probe object; a failure says why.
+      storage.check_writable(self._location, self._flag)
+      reason = None
+    else:
+      reason = _local_problem(self._location)
+    if not reason and storage.exists(self.checkpoints) and not storage.is_dir(
+        self.checkpoints):
+      reason = (f'{self.checkpoints} is a file, where checkpoints go; move it '
+                'aside')
+    if reason:
+      raise errors.WorkdirError(
+          f'Cannot write to the workdir {self}: {reason}. Pick a writable '
+          f'{self._flag} (or free some disk space).')
+
+  def lock(self) -> 'RunLock | LeaseLock':
+    """The lock that keeps a second trainer out."""
+    return (LeaseLock(self._location) if self.is_remote
+            else RunLock(self._location))
+
+  def has_checkpoint(self) -> bool:
+    """Whether it holds a finished save."""
+    return bool(finished_steps(self._location))
+
+  # config.json
+
+  def write_config(self, config: ml_collections.ConfigDict,
+                   resumed_step: int) -> None:
+    """Writes config.json; a different earlier config is kept, not
+    overwritten."""
+    file = self.path(CONFIG)
+    text = config.to_json_best_effort(indent=2, sort_keys=True)
+    if storage.exists(file):
+      # Compared as bytes: it may be damaged.
+      if storage.read_bytes(file) == text.encode('utf-8'):
+        return
+      kept = self.path(f'config.before_step{resumed_step}.json')
+      storage.rename(file, kept)
+      logging.info('The earlier %s differs from this run\'s config: kept it '
+                   'as %s.', CONFIG, kept)
+    storage.write_atomically(file, text)
+
+  def read_config(self, if_damaged: str | None = None
+                  ) -> dict[str, Any] | None:
+    """config.json as a dict; None if there is none.
+
+    A damaged one (not JSON, not an object) is None too, with a warning, for
+    the trainer, which then writes the config it runs with. Given
+    `if_damaged` (what the user should do; the commands that load a run
+    pass DAMAGED_CONFIG), it is a WorkdirError that names the file and ends
+    with that instead.
+    """
+    if not storage.exists(self.path(CONFIG)):
+      return None
+    try:
+      return read_json(self._location, CONFIG, '',
+                       if_damaged or DAMAGED_CONFIG)
+    except errors.WorkdirError:
+      if if_damaged:
+        raise
+      logging.warning('Ignoring unreadable %s.', self.path(CONFIG))
+      return None
+
+  # dataset.json
+
+  def write_dataset_info(self, info: Any) -> None:
+    """`info`: an input_pipeline.DatasetInfo."""
+    storage.write_atomically(self.path(DATASET),
+                             json.dumps(dataclasses.asdict(info), indent=2))
+
+  def read_dataset_info(self, if_damaged: str | None = None
+                        ) -> dict[str, Any]:
+    """dataset.json's fields (lists where DatasetInfo has tuples); a damaged
+    file is a WorkdirError ending with `if_damaged` (or DAMAGED_RUN_FILE)."""
+    return read_json(self._location, DATASET, 'it is not a training workdir: '
+                     'pass the --workdir of a run of python -m nin_jax.main.',
+                     if_damaged or DAMAGED_RUN_FILE)
+
+
+def _local_problem(workdir: str) -> str | None:
+  """Why the local directory `workdir` cannot be written (None if it can)."""
+  existing = workdir
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    return f'{existing} is not a directory'
+  if not os.access(existing, os.W_OK | os.X_OK):
+    return f'{existing} is not writable'
+  if existing != workdir:
+    # A directory made and removed again: os.access says yes to root, and
+    # to a place like /proc that takes no new directories.
+    try:
+      os.rmdir(tempfile.mkdtemp(prefix='.write_test.', dir=existing))
+    except OSError as e:
+      return (f'no directory can be made in {existing} '
+              f'({e.strerror or e})')
     return None
+  # Also catches a read-only or full disk.
+  probe = os.path.join(workdir, f'.write_test.{os.getpid()}')
   try:
-    return read_json(workdir, CONFIG, '', if_damaged or DAMAGED_CONFIG)
-  except errors.WorkdirError:
-    if if_damaged:
-      raise
-    return None
-
-
-# --- dataset.json -----------------------------------------------------------------
-
-
-def write_dataset_info(workdir: str, info: Any) -> None:
-  """`info`: an input_pipeline.DatasetInfo."""
-  storage.write_atomically(path(workdir, DATASET),
-                           json.dumps(dataclasses.asdict(info), indent=2))
-
-
-def read_dataset_info(workdir: str, if_damaged: str | None = None
-                      ) -> dict[str, Any]:
-  """dataset.json's fields (lists where DatasetInfo has tuples); a damaged
-  file is a WorkdirError ending with `if_damaged` (or DAMAGED_RUN_FILE)."""
-  return read_json(workdir, DATASET, 'it is not a training workdir: pass the '
-                   '--workdir of a run of python -m nin_jax.main.',
-                   if_damaged or DAMAGED_RUN_FILE)
+    with open(probe, 'w', encoding='utf-8') as f:
+      f.write('ok')
+  except OSError as e:
+    return e.strerror or str(e)
+  finally:
+    if os.path.exists(probe):  # Created, even when the write failed.
+      os.remove(probe)
+  return None
 
 
 # What to do about a damaged file of a run (read_json's `if_damaged`).
@@ -256,16 +367,6 @@ def finished_steps(workdir: str) -> list[int]:
   directory = checkpoints_dir(workdir)
   return sorted(int(name) for name in storage.list_dir(directory)
                 if name.isdigit() and save_finished(path(directory, name)))
-
-
-def has_checkpoint(workdir: str) -> bool:
-  """Whether `workdir` holds a finished save."""
-  return bool(finished_steps(workdir))
-
-
-def run_lock(workdir: str) -> 'RunLock | LeaseLock':
-  """The lock that keeps a second trainer out of `workdir`."""
-  return LeaseLock(workdir) if storage.is_remote(workdir) else RunLock(workdir)
 
 
 def _holder() -> str:

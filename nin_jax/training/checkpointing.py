@@ -37,36 +37,24 @@ TMP_SUFFIX = '.orbax-checkpoint-tmp'
 
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
-  """'/'-joined path -> shape, for comparing a checkpoint with a config."""
+  """'/'-joined path -> shape of each array of `tree` (nested dicts, a
+  TrainState, Orbax's metadata of one)."""
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
   return {'/'.join(str(getattr(k, 'key', getattr(k, 'name', k))) for k in path):
-          tuple(getattr(leaf, 'shape', ())) for path, leaf in leaves}
+          tuple(leaf.shape) if hasattr(leaf, 'shape') else np.shape(leaf)
+          for path, leaf in leaves}
 
 
-# How TensorStore (under Orbax) says a disk is full or not writable, or a
-# bucket cannot be reached or written (gone, credentials expired).
-_STORAGE_ERRORS = ('RESOURCE_EXHAUSTED', 'PERMISSION_DENIED', 'os_error_code',
-                   'NOT_FOUND', 'UNAUTHENTICATED', 'UNAVAILABLE',
-                   'DEADLINE_EXCEEDED')
-# Reading failures that say nothing about the checkpoint's files: a
-# checkpoint that fails so is not moved aside (a network outage would
-# otherwise set aside one good checkpoint after another).
-_ACCESS_ERRORS = ('PERMISSION_DENIED', 'UNAUTHENTICATED', 'UNAVAILABLE',
-                  'DEADLINE_EXCEEDED', 'RESOURCE_EXHAUSTED')
-_ACCESS_ERROR_TYPES = ('HttpError', 'ConnectionError', 'TimeoutError',
-                       'PermissionError', 'TransportError', 'RefreshError',
-                       'ClientConnectorError', 'ServerDisconnectedError')
-
-
-def _is_access_error(error: BaseException) -> bool:
-  """Whether `error` (or its cause) is a failure to reach or read the
-  storage, rather than damage to what is stored."""
-  while error is not None:
-    if type(error).__name__ in _ACCESS_ERROR_TYPES or any(
-        code in str(error) for code in _ACCESS_ERRORS):
-      return True
-    error = error.__cause__ or error.__context__
-  return False
+def shape_differences(there: Any, here: Any) -> list[
+    tuple[str, tuple[int, ...] | None, tuple[int, ...] | None]]:
+  """(path, shape there, shape here) of each array whose shape differs
+  between two trees, or that one of them lacks (None), in path order: how
+  saved arrays (a checkpoint's, a trained run's) are compared with those a
+  config describes."""
+  there, here = _shapes(there), _shapes(here)
+  return [(path, there.get(path), here.get(path))
+          for path in sorted(there.keys() | here.keys())
+          if there.get(path) != here.get(path)]
 
 
 def _items(state: Any) -> dict[str, Any]:
@@ -83,11 +71,12 @@ def _item_handlers() -> dict[str, Any]:
 class Checkpointer:
   """Saves every so often, keeps the newest few, restores the newest good one."""
 
-  def __init__(self, workdir: str, keep: int, keep_best: bool = False):
+  def __init__(self, workdir: workdir_files.Workdir, keep: int,
+               keep_best: bool = False):
     """Keeps the `keep` newest checkpoints and, with `keep_best`, also the
     one saved with the highest `accuracy` metric (see `save`)."""
-    self.workdir = storage.location(workdir)
-    self.directory = workdir_files.checkpoints_dir(self.workdir)
+    self.workdir = workdir
+    self.directory = workdir.checkpoints
     self._failed = False  # A save failed: close() then stays quiet.
     self._remove_unfinished_saves()
     policies = [ocp.checkpoint_managers.LatestN(keep)]
@@ -161,8 +150,7 @@ class Checkpointer:
       held.release()
       return
     # TensorStore reports a full or read-only disk as a ValueError.
-    if not (isinstance(failure, OSError) or any(
-        code in str(failure) for code in _STORAGE_ERRORS)):
+    if storage.failure(failure) is None:
       raise failure
     self._failed = True
     self._remove_unfinished_saves()  # Nothing half written stays.
@@ -211,12 +199,10 @@ class Checkpointer:
   def _check_compatible(self, step: int, saved: Any, abstract: Any) -> None:
     if saved is None:
       return
-    saved_shapes, wanted = _shapes(saved), _shapes(abstract)
-    differ = sorted(k for k in saved_shapes.keys() | wanted.keys()
-                    if saved_shapes.get(k) != wanted.get(k))
+    differ = shape_differences(saved, abstract)
     if differ:
-      examples = '; '.join(f'{k}: checkpoint {saved_shapes.get(k)} vs config '
-                           f'{wanted.get(k)}' for k in differ[:3])
+      examples = '; '.join(f'{k}: checkpoint {saved} vs config {wanted}'
+                           for k, saved, wanted in differ[:3])
       raise errors.ConfigError(
           f'The checkpoint at step {step} in {self.directory} was made with a '
           f'different model or optimizer ({len(differ)} arrays differ, e.g. '
@@ -227,14 +213,16 @@ class Checkpointer:
     """Moves an unreadable checkpoint out of Orbax's way, keeping its files;
     one that could not be reached (network, permissions) stops the run
     instead, and nothing is moved."""
-    if _is_access_error(error):
+    # A network outage would otherwise set aside one good checkpoint after
+    # another.
+    if storage.failure(error) == storage.UNREACHABLE:
       raise errors.WorkdirError(
           f'Cannot read the checkpoint of step {step} in {self.directory} '
           f'({errors.describe(error)}); nothing was moved. Check the network, '
           'the permissions and your credentials, then rerun the same '
           'command.') from None
     target = workdir_files.path(
-        workdir_files.path(self.workdir, workdir_files.UNREADABLE_CHECKPOINTS),
+        self.workdir.path(workdir_files.UNREADABLE_CHECKPOINTS),
         f'{step}-{time.strftime("%Y%m%dT%H%M%S")}')
     if jax.process_index() == 0:
       storage.move_tree(workdir_files.path(self.directory, str(step)), target)

@@ -11,7 +11,6 @@ rest (more epochs, another learning rate) and saying what changed.
 import math
 from typing import Any, Callable
 
-from absl import logging
 import ml_collections
 
 from nin_jax.model import conv
@@ -225,18 +224,15 @@ def _with_defaults(saved: dict[str, Any], defaults: dict[str, Any]
   return merged
 
 
-def saved_config(workdir: str, if_damaged: str | None = None
-                 ) -> dict[str, Any] | None:
+def saved_config(workdir: workdir_files.Workdir,
+                 if_damaged: str | None = None) -> dict[str, Any] | None:
   """The config.json of a run in `workdir`, completed with today's defaults.
 
   A damaged one counts as none (with a warning), unless `if_damaged` is
-  given: then it is workdir_files.read_config's error.
+  given: then it is Workdir.read_config's error.
   """
-  saved = workdir_files.read_config(workdir, if_damaged)
+  saved = workdir.read_config(if_damaged)
   if saved is None:
-    if storage.exists(workdir_files.path(workdir, workdir_files.CONFIG)):
-      logging.warning('Ignoring unreadable %s.',
-                      workdir_files.path(workdir, workdir_files.CONFIG))
     return None
   saved = {key: value for key, value in saved.items()
            if key not in _REMOVED_FIELDS}
@@ -250,7 +246,8 @@ def _normalize(value: Any) -> Any:
   return value
 
 
-def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+def check_resumable(config: ml_collections.ConfigDict,
+                    workdir: workdir_files.Workdir) -> list[str]:
   """Refuses changes a resumed run cannot take; returns the allowed ones."""
   saved = saved_config(workdir)
   if saved is None:

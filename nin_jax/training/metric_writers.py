@@ -1,8 +1,5 @@
-"""Where metrics go: `metrics.jsonl`, TensorBoard event files and the console.
-
-Also what the loop sums between two log lines (`LogWindow`) and the warning
-that watches those sums for dead class maps (`DeadReluMonitor`).
-"""
+"""Where metrics go: `metrics.jsonl`, TensorBoard event files, W&B and the
+console."""
 
 import contextlib
 import hashlib
@@ -16,14 +13,11 @@ import time
 from typing import Any, Iterator, Mapping
 
 from absl import logging
-import jax
-import numpy as np
 from tensorboard.compat.proto import event_pb2
 from tensorboard.compat.proto import summary_pb2
 from tensorboard.summary.writer import event_file_writer
 
 from nin_jax import errors
-from nin_jax.training import steps
 from nin_jax.files import storage
 from nin_jax.files import workdir_files
 
@@ -59,7 +53,7 @@ class MetricWriter:
 
   UPLOAD_SECONDS = 30.0
 
-  def __init__(self, workdir: str, enabled: bool = True,
+  def __init__(self, workdir: workdir_files.Workdir, enabled: bool = True,
                resumed_step: int = 0, wandb_project: str = '',
                run_config: Mapping[str, Any] | None = None):
     """`wandb_project`: also log to that Weights & Biases project, in one
@@ -69,16 +63,16 @@ class MetricWriter:
     self._logged = set()  # (step, split) pairs in metrics.jsonl.
     if not enabled:
       return
-    storage.make_dirs(workdir)
-    self.path = workdir_files.path(workdir, workdir_files.METRICS)
-    self._remote = storage.is_remote(workdir)
+    workdir.make()
+    self.path = workdir.path(workdir_files.METRICS)
+    self._remote = workdir.is_remote
     kept = self._keep_rows_up_to(resumed_step)
     self._rows = kept if self._remote else None  # Remote: every row.
     self._jsonl = None if self._remote else open(self.path, 'a',
                                                  encoding='utf-8')
     self._tb = {}
-    self._tb_dir = workdir_files.path(workdir, workdir_files.TENSORBOARD)
-    self._wandb = (_start_wandb(wandb_project, workdir, run_config)
+    self._tb_dir = workdir.path(workdir_files.TENSORBOARD)
+    self._wandb = (_start_wandb(wandb_project, str(workdir), run_config)
                    if wandb_project else None)
     # Where the event files are written; uploaded from there if remote.
     self._tb_local = (tempfile.mkdtemp(prefix='nin_jax_tensorboard_')
@@ -175,7 +169,7 @@ class MetricWriter:
     try:
       yield
     except Exception as e:  # pylint: disable=broad-except
-      if not _is_storage_error(e):
+      if storage.failure(e) is None:
         raise
       self._failed = True
       raise self._error(e) from None
@@ -192,7 +186,7 @@ class MetricWriter:
       if self._remote and not self._failed:
         self._upload()
     except Exception as e:  # pylint: disable=broad-except
-      if not _is_storage_error(e):
+      if storage.failure(e) is None:
         raise
       if not self._failed:
         raise self._error(e) from None
@@ -210,14 +204,6 @@ class MetricWriter:
         f'Could not write the metrics in {os.path.dirname(self.path)} '
         f'({reason}): free some disk space, then run the same command '
         'again; it resumes from the last checkpoint.')
-
-
-def _is_storage_error(error: Exception) -> bool:
-  """A full or unwritable disk: an OSError, or TensorFlow's file errors
-  (TensorBoard writes through TensorFlow when it is installed). A remote
-  write that failed is one too: storage's WorkdirError is an OSError."""
-  return isinstance(error, OSError) or type(error).__name__ in (
-      'ResourceExhaustedError', 'PermissionDeniedError')
 
 
 def check_wandb(config: Any) -> None:
@@ -260,75 +246,3 @@ class ProgressLogger:
       eta = format_duration((self._total - step) / steps_per_second)
       line += f'  {metrics["images_per_sec"]:.1f} img/s  ETA {eta}'
     logging.info('%s', line)
-
-
-class LogWindow:
-  """Summed metrics and training wall time since the last log line."""
-
-  def __init__(self):
-    self.sums = None
-    self._steps = 0  # Steps whose time is on the clock.
-    self._seconds = 0.0
-    self._since = time.perf_counter()
-
-  def add(self, sums: steps.Metrics, count: int) -> None:
-    """Adds the summed metrics of `count` more steps."""
-    self.sums = steps.accumulate(self.sums, sums)
-    self._steps += count
-
-  def seconds(self) -> float:
-    running = 0.0 if self._since is None else time.perf_counter() - self._since
-    return self._seconds + running
-
-  def stop_clock(self) -> None:
-    # Steps run asynchronously: wait for the dispatched ones, or their time
-    # would fall into the pause (an evaluation) and inflate img/s.
-    jax.block_until_ready(self.sums)
-    self._seconds = self.seconds()
-    self._since = None
-
-  def start_clock(self) -> None:
-    self._since = time.perf_counter()
-
-  def restart_clock(self) -> None:
-    """Forgets the time so far (e.g. compilation) but keeps the metrics."""
-    self._steps, self._seconds = 0, 0.0
-    self.start_clock()
-
-  def progress(self) -> dict[str, Any]:
-    """The sums so far, exactly, for a checkpoint (float32 is exact in JSON)."""
-    if self.sums is None:
-      return {}
-    return {k: float(v) for k, v in jax.device_get(self.sums).items()}
-
-  def restore(self, sums: dict[str, float]) -> None:
-    if sums:
-      self.sums = {k: np.float32(v) for k, v in sums.items()}
-
-  def steps_per_second(self) -> float:
-    # Blocks until the window's steps have run, so the clock is honest.
-    jax.block_until_ready(self.sums)
-    seconds = self.seconds()
-    return self._steps / seconds if self._steps and seconds > 0 else 0.0
-
-
-class DeadReluMonitor:
-  """Warns once the class maps have been all zero for `patience` steps."""
-
-  def __init__(self, patience: int, num_classes: int, dead_steps: int = 0):
-    self._patience = patience
-    self._num_classes = num_classes
-    self.dead_steps = dead_steps  # Consecutive steps, kept in checkpoints.
-
-  def update(self, dead_fraction: float, count: int) -> None:
-    """After a log window of `count` steps with this dead fraction."""
-    before = self.dead_steps
-    self.dead_steps = self.dead_steps + count if dead_fraction == 1.0 else 0
-    if before < self._patience <= self.dead_steps:
-      logging.warning(
-          'Every logit of every example has been exactly 0 for %d steps '
-          '(loss stuck at ln(%d) = %.4f): the ReLU after the last 1x1 layer has '
-          'died and training cannot recover. Restart in a new workdir with a '
-          'lower --config.learning_rate, a longer --config.warmup_epochs, or '
-          '--config.model.use_batchnorm=True.', self.dead_steps,
-          self._num_classes, math.log(self._num_classes))

@@ -18,9 +18,9 @@ import dataclasses
 import functools
 import hashlib
 import math
-import os
 import shutil
 import tempfile
+import time
 from typing import Any, Callable
 
 from absl import logging
@@ -35,13 +35,13 @@ from nin_jax.data import device_input
 from nin_jax import errors
 from nin_jax.data import image_folder
 from nin_jax.data import input_pipeline
+from nin_jax.training import init_from
 from nin_jax.training import metric_writers
 from nin_jax.training import parallel
 from nin_jax.data import preprocessing
 from nin_jax.training import steps
 from nin_jax.training import stop_signals
 from nin_jax.files import storage
-from nin_jax.files import trained_run
 from nin_jax.files import workdir_files
 
 
@@ -58,7 +58,7 @@ class _Data:
 class _Run:
   """What stays fixed while a run trains."""
   config: ml_collections.ConfigDict
-  workdir: str
+  workdir: workdir_files.Workdir
   data: _Data
   plan: Plan
   strategy: parallel.Jit | parallel.Pmap
@@ -106,8 +106,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if not workdir:
     raise errors.WorkdirError('--workdir is empty: name the directory for '
                               'this run, e.g. --workdir=/tmp/nin.')
-  workdir = storage.location(workdir)
-  storage.check_reachable(workdir)
+  workdir = workdir_files.Workdir.reached(workdir)
   config, changed = _preflight(config, workdir)
   with contextlib.ExitStack() as cleanup:
     # Listening from here, so a signal during start-up is not lost.
@@ -118,14 +117,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                steps.eval_step)
     # A fresh run's config.init_from is read before the workdir is touched,
     # so that a bad source changes nothing.
-    init_from_now = (bool(config.init_from)
-                     and not workdir_files.has_checkpoint(workdir))
+    init_from_now = bool(config.init_from) and not workdir.has_checkpoint()
     state, learning_rate_fn = _fresh_state(config, data, plan, strategy,
                                            init_from_now)
     stop.stop_before_training()  # Before the workdir is touched.
     lock = None
     if jax.process_index() == 0:  # One trainer per workdir.
-      lock = cleanup.enter_context(workdir_files.run_lock(workdir))
+      lock = cleanup.enter_context(workdir.lock())
     checkpointer = checkpointing.Checkpointer(
         workdir, config.keep_checkpoints, config.keep_best)
     # Checkpointer and metric files are closed even if training fails.
@@ -153,7 +151,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 # --- 1. Pre-flight checks ----------------------------------------------------------
 
 
-def _preflight(config: ml_collections.ConfigDict, workdir: str
+def _preflight(config: ml_collections.ConfigDict,
+               workdir: workdir_files.Workdir
                ) -> tuple[ml_collections.ConfigDict, list[str]]:
   """Every check of the config and workdir, before data is read or anything
   is written; returns the config as recorded and the fields a resume changed.
@@ -167,7 +166,7 @@ def _preflight(config: ml_collections.ConfigDict, workdir: str
   _check_same_config_everywhere(config)
   changed = config_checks.check_resumable(config, workdir)
   if jax.process_index() == 0:
-    _check_workdir_writable(workdir)
+    workdir.check_writable()
   return config, changed
 
 
@@ -186,63 +185,11 @@ def _check_same_config_everywhere(config: ml_collections.ConfigDict) -> None:
         '--config.* flags.')
 
 
-def _check_workdir_writable(workdir: str) -> None:
-  """Fails early, with the reason, if the workdir cannot be written.
-
-  Creates nothing: a run that fails later (e.g. no dataset) leaves no
-  empty workdir behind.
-  """
-  if storage.is_remote(workdir):  # A probe object; a failure says why.
-    storage.check_writable(workdir, '--workdir')
-    reason = None
-  else:
-    reason = _local_workdir_problem(workdir)
-  checkpoints = workdir_files.checkpoints_dir(workdir)
-  if not reason and storage.exists(checkpoints) and not storage.is_dir(
-      checkpoints):
-    reason = (f'{checkpoints} is a file, where checkpoints go; move it '
-              'aside')
-  if reason:
-    raise errors.WorkdirError(
-        f'Cannot write to the workdir {workdir}: {reason}. Pick a writable '
-        '--workdir (or free some disk space).')
-
-
-def _local_workdir_problem(workdir: str) -> str | None:
-  """Why the local directory `workdir` cannot be written (None if it can)."""
-  existing = workdir
-  while not os.path.exists(existing):
-    existing = os.path.dirname(existing)
-  if not os.path.isdir(existing):
-    return f'{existing} is not a directory'
-  if not os.access(existing, os.W_OK | os.X_OK):
-    return f'{existing} is not writable'
-  if existing != workdir:
-    # A directory made and removed again: os.access says yes to root, and
-    # to a place like /proc that takes no new directories.
-    try:
-      os.rmdir(tempfile.mkdtemp(prefix='.write_test.', dir=existing))
-    except OSError as e:
-      return (f'no directory can be made in {existing} '
-              f'({e.strerror or e})')
-    return None
-  # Also catches a read-only or full disk.
-  probe = os.path.join(workdir, f'.write_test.{os.getpid()}')
-  try:
-    with open(probe, 'w', encoding='utf-8') as f:
-      f.write('ok')
-  except OSError as e:
-    return e.strerror or str(e)
-  finally:
-    if os.path.exists(probe):  # Created, even when the write failed.
-      os.remove(probe)
-  return None
-
-
 # --- 2. Data -----------------------------------------------------------------------
 
 
-def _load_data(config: ml_collections.ConfigDict, workdir: str) -> _Data:
+def _load_data(config: ml_collections.ConfigDict,
+               workdir: workdir_files.Workdir) -> _Data:
   """Data first: a missing dataset must fail before anything is compiled."""
   dataset = input_pipeline.Dataset(config)
   info = input_pipeline.get_info(dataset)
@@ -323,28 +270,17 @@ class Plan:
 
 
 def _fresh_state(config: ml_collections.ConfigDict, data: _Data, plan: Plan,
-                 strategy: parallel.Jit | parallel.Pmap, init_from: bool
+                 strategy: parallel.Jit | parallel.Pmap, from_source: bool
                  ) -> tuple[steps.TrainState, Callable[[int], Any]]:
   """A fresh run's state on the devices (from config.init_from if
-  `init_from`), and the learning-rate schedule."""
+  `from_source`), and the learning-rate schedule."""
   state, learning_rate_fn = steps.initial_state(
       config, data.info.image_shape, plan.steps_per_epoch, plan.num_steps,
       axis_name=strategy.axis_name)
-  if init_from:
-    state = initialized_from(config.init_from, state, data.info.class_names)
+  if from_source:
+    state = init_from.initialized(config.init_from, state,
+                                  data.info.class_names)
   return strategy.put_state(state), learning_rate_fn
-
-
-def initialized_from(init_from: str, state: steps.TrainState,
-                     class_names: tuple[str, ...]) -> steps.TrainState:
-  """`state` with the parameters (and BatchNorm statistics) of config.init_from;
-  the optimizer state fits them as it is (it depends on shapes only). The
-  class layers start fresh where the source's classes are not
-  `class_names`."""
-  variables = trained_run.initial_variables(
-      init_from, steps.model_variables(state, state.params), class_names)
-  return state.replace(params=variables['params'],
-                       batch_stats=variables.get('batch_stats', {}))
 
 
 def _restore(config: ml_collections.ConfigDict,
@@ -359,7 +295,7 @@ def _restore(config: ml_collections.ConfigDict,
   if not restored:
     if config.init_from and not init_from_applied:
       # There were checkpoints, but none was readable: a fresh start.
-      state = strategy.put_state(initialized_from(
+      state = strategy.put_state(init_from.initialized(
           config.init_from, strategy.host_state(state), class_names))
     return 0, state, {}
   start_step, host_state, progress = restored
@@ -376,14 +312,14 @@ def _restore(config: ml_collections.ConfigDict,
 # --- 4. The run's files ---------------------------------------------------------
 
 
-def _record(config: ml_collections.ConfigDict, workdir: str, data: _Data,
-            start_step: int) -> None:
+def _record(config: ml_collections.ConfigDict, workdir: workdir_files.Workdir,
+            data: _Data, start_step: int) -> None:
   """config.json, dataset.json and preprocessing.npz (process 0 writes)."""
   if jax.process_index() != 0:
     return
-  storage.make_dirs(workdir)
-  workdir_files.write_config(workdir, config, start_step)
-  workdir_files.write_dataset_info(workdir, data.info)
+  workdir.make()
+  workdir.write_config(config, start_step)
+  workdir.write_dataset_info(data.info)
   if not data.prep_is_recorded:
     preprocessing.record(data.prep, workdir)
 
@@ -474,6 +410,78 @@ class _StepTrace:
                  'the profile tab).', self._directory)
 
 
+class LogWindow:
+  """Summed metrics and training wall time since the last log line."""
+
+  def __init__(self):
+    self.sums = None
+    self._steps = 0  # Steps whose time is on the clock.
+    self._seconds = 0.0
+    self._since = time.perf_counter()
+
+  def add(self, sums: steps.Metrics, count: int) -> None:
+    """Adds the summed metrics of `count` more steps."""
+    self.sums = steps.accumulate(self.sums, sums)
+    self._steps += count
+
+  def seconds(self) -> float:
+    running = 0.0 if self._since is None else time.perf_counter() - self._since
+    return self._seconds + running
+
+  def stop_clock(self) -> None:
+    # Steps run asynchronously: wait for the dispatched ones, or their time
+    # would fall into the pause (an evaluation) and inflate img/s.
+    jax.block_until_ready(self.sums)
+    self._seconds = self.seconds()
+    self._since = None
+
+  def start_clock(self) -> None:
+    self._since = time.perf_counter()
+
+  def restart_clock(self) -> None:
+    """Forgets the time so far (e.g. compilation) but keeps the metrics."""
+    self._steps, self._seconds = 0, 0.0
+    self.start_clock()
+
+  def progress(self) -> dict[str, Any]:
+    """The sums so far, exactly, for a checkpoint (float32 is exact in JSON)."""
+    if self.sums is None:
+      return {}
+    return {k: float(v) for k, v in jax.device_get(self.sums).items()}
+
+  def restore(self, sums: dict[str, float]) -> None:
+    if sums:
+      self.sums = {k: np.float32(v) for k, v in sums.items()}
+
+  def steps_per_second(self) -> float:
+    # Blocks until the window's steps have run, so the clock is honest.
+    jax.block_until_ready(self.sums)
+    seconds = self.seconds()
+    return self._steps / seconds if self._steps and seconds > 0 else 0.0
+
+
+class DeadReluMonitor:
+  """Warns once the class maps have been all zero for `patience` steps."""
+
+  def __init__(self, patience: int, num_classes: int, dead_steps: int = 0):
+    self._patience = patience
+    self._num_classes = num_classes
+    self.dead_steps = dead_steps  # Consecutive steps, kept in checkpoints.
+
+  def update(self, dead_fraction: float, count: int) -> None:
+    """After a log window of `count` steps with this dead fraction."""
+    before = self.dead_steps
+    self.dead_steps = self.dead_steps + count if dead_fraction == 1.0 else 0
+    if before < self._patience <= self.dead_steps:
+      logging.warning(
+          'Every logit of every example has been exactly 0 for %d steps '
+          '(loss stuck at ln(%d) = %.4f): the ReLU after the last 1x1 layer has '
+          'died and training cannot recover. Restart in a new workdir with a '
+          'lower --config.learning_rate, a longer --config.warmup_epochs, or '
+          '--config.model.use_batchnorm=True.', self.dead_steps,
+          self._num_classes, math.log(self._num_classes))
+
+
 def _train(run: _Run, state: steps.TrainState, start_step: int,
            progress: dict[str, Any],
            stop: stop_signals.StopSignals) -> dict[str, float]:
@@ -492,17 +500,17 @@ def _train(run: _Run, state: steps.TrainState, start_step: int,
   run_steps = _step_runner(run, start_step)
   progress_log = metric_writers.ProgressLogger(plan.num_steps,
                                                plan.steps_per_epoch)
-  window = metric_writers.LogWindow()
+  window = LogWindow()
   window.restore(progress.get('window', {}))
-  dead_relu = metric_writers.DeadReluMonitor(
+  dead_relu = DeadReluMonitor(
       config.dead_relu_patience, config.num_classes,
       progress.get('dead_relu_steps', 0))
   steps_per_dispatch = resolve_steps_per_dispatch(config)
   best = progress.get('best')
 
   result = {}
-  with _StepTrace(config.profile_steps, workdir_files.path(
-      run.workdir, workdir_files.TENSORBOARD)) as trace:
+  with _StepTrace(config.profile_steps,
+                  run.workdir.path(workdir_files.TENSORBOARD)) as trace:
     step = start_step
     while step < plan.num_steps:
       count = plan.dispatch_end(step, steps_per_dispatch) - step
@@ -520,7 +528,7 @@ def _train(run: _Run, state: steps.TrainState, start_step: int,
       last_step = step == plan.num_steps
       if step % plan.log_every == 0 or last_step:
         _log(run, step, window, progress_log, dead_relu)
-        window = metric_writers.LogWindow()
+        window = LogWindow()
 
       stopping = stop.should_stop(previous + 1, step)
       saving = step % plan.checkpoint_every == 0 or last_step or stopping
@@ -567,9 +575,9 @@ def _logged(writer: metric_writers.MetricWriter, step: int, split: str
   return logged
 
 
-def _log(run: _Run, step: int, window: metric_writers.LogWindow,
+def _log(run: _Run, step: int, window: LogWindow,
          progress_log: metric_writers.ProgressLogger,
-         dead_relu: metric_writers.DeadReluMonitor) -> None:
+         dead_relu: DeadReluMonitor) -> None:
   """One log line: metrics.jsonl, TensorBoard, the console, the ReLU watch."""
   summary = steps.summarize(window.sums)
   _check_finite(summary['loss'], step, run.checkpointer)
@@ -585,7 +593,7 @@ def _log(run: _Run, step: int, window: metric_writers.LogWindow,
 
 
 def _checked_host_state(run: _Run, state: steps.TrainState, step: int,
-                        window: metric_writers.LogWindow) -> steps.TrainState:
+                        window: LogWindow) -> steps.TrainState:
   """The state as checkpoints hold it, once its values are known finite."""
   if window.sums is not None:
     _check_finite(steps.summarize(window.sums)['loss'], step, run.checkpointer)
@@ -596,8 +604,8 @@ def _checked_host_state(run: _Run, state: steps.TrainState, step: int,
 
 
 def _save(run: _Run, host_state: steps.TrainState, step: int,
-          window: metric_writers.LogWindow,
-          dead_relu: metric_writers.DeadReluMonitor, accuracy: float | None,
+          window: LogWindow,
+          dead_relu: DeadReluMonitor, accuracy: float | None,
           best: dict[str, Any] | None) -> None:
   """Checkpoints `step`, with its validation `accuracy` if config.keep_best
   evaluated one, and what a resume needs to continue exactly. The metric

@@ -10,6 +10,7 @@ import tensorflow as tf
 from nin_jax.training import config_checks
 from nin_jax import errors
 from nin_jax.data import preprocessing
+from nin_jax.files import workdir_files
 
 
 def _images(n=300, shape=(4, 4, 3), seed=0):
@@ -124,9 +125,10 @@ def test_fit_is_cached_beside_the_data_and_reused(tmp_path):
 
 def test_workdir_record_round_trips_and_guards_resumes(tmp_path):
   fitted = preprocessing.fit('gcn_zca', [_images()], 3, 255)
-  assert preprocessing.recorded(str(tmp_path)) is None
-  preprocessing.record(fitted, str(tmp_path))
-  loaded = preprocessing.recorded(str(tmp_path))
+  workdir = workdir_files.Workdir(str(tmp_path))
+  assert preprocessing.recorded(workdir) is None
+  preprocessing.record(fitted, workdir)
+  loaded = preprocessing.recorded(workdir)
   for name in ('shift', 'scale', 'zca'):
     np.testing.assert_array_equal(getattr(loaded, name), getattr(fitted, name))
   assert loaded.settings() == fitted.settings()

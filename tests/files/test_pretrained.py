@@ -21,6 +21,7 @@ from nin_jax import predict
 from nin_jax import publish
 from nin_jax.training import train
 from nin_jax.files import trained_run
+from nin_jax.training import init_from
 from nin_jax import visualize
 from nin_jax.configs import test as test_config
 from tests import main_runner
@@ -181,7 +182,7 @@ def test_another_class_count_keeps_the_fresh_class_layers(model_fields,
                                                           class_layers):
   loaded = _variables(10, **model_fields)
   fresh = _variables(3, seed=1, **model_fields)
-  merged, kept_fresh = trained_run.transfer(loaded, fresh, 'source')
+  merged, kept_fresh = init_from.transfer(loaded, fresh, 'source')
   assert kept_fresh == class_layers
   for path, value in _flat(merged).items():
     layer = path.split('/', 1)[1].rsplit('/', 1)[0]
@@ -189,11 +190,11 @@ def test_another_class_count_keeps_the_fresh_class_layers(model_fields,
     np.testing.assert_array_equal(value, _flat(wanted)[path], err_msg=path)
   # The same class count: every array comes from the source.
   same_count = _variables(10, seed=1, **model_fields)
-  merged, kept_fresh = trained_run.transfer(loaded, same_count, 'source')
+  merged, kept_fresh = init_from.transfer(loaded, same_count, 'source')
   assert kept_fresh == ()
   jax.tree.map(np.testing.assert_array_equal, merged, loaded)
   # As many classes, but others: the class layers start fresh all the same.
-  merged, kept_fresh = trained_run.transfer(loaded, same_count, 'source',
+  merged, kept_fresh = init_from.transfer(loaded, same_count, 'source',
                                             other_classes=True)
   assert kept_fresh == class_layers
   for path, value in _flat(merged).items():
@@ -208,11 +209,11 @@ def test_another_architecture_names_the_first_array_that_differs():
   with pytest.raises(errors.ConfigError,
                      match=r"init_from='src' does not fit .*: params/"
                      r'mlpconv2/mlp1/bias is \(8,\) there and \(12,\) here'):
-    trained_run.transfer(loaded, wider, 'src')
+    init_from.transfer(loaded, wider, 'src')
   with pytest.raises(errors.ConfigError, match='bn0/.* is not in the source'):
-    trained_run.transfer(loaded, _variables(10, use_batchnorm=True), 'src')
+    init_from.transfer(loaded, _variables(10, use_batchnorm=True), 'src')
   with pytest.raises(errors.ConfigError, match='the source has .*bn0'):
-    trained_run.transfer(_variables(10, use_batchnorm=True), loaded, 'src')
+    init_from.transfer(_variables(10, use_batchnorm=True), loaded, 'src')
 
 
 def test_a_new_run_starts_from_the_source_and_a_resumed_one_ignores_it(
@@ -243,7 +244,7 @@ def test_a_new_run_starts_from_the_source_and_a_resumed_one_ignores_it(
 def test_a_folder_of_three_classes_starts_from_the_ten_digit_model(
     published, tmp_path, caplog):
   # pylint: disable-next=g-import-not-at-top
-  from test_image_folder import folder_config, make_folder
+  from tests.data.test_image_folder import folder_config, make_folder
   root = make_folder(tmp_path / 'data', {'train': 8, 'test': 2}, mode='L')
   config = folder_config(root, init_from=published, learning_rate=1e-30,
                          num_train_steps=2)
@@ -269,7 +270,7 @@ def test_ten_other_classes_start_the_class_map_layer_fresh(
   # As many classes as the source's digits, but others (say Fashion-MNIST's):
   # the digits' class maps would be kept for unrelated classes.
   # pylint: disable-next=g-import-not-at-top
-  from test_image_folder import folder_config, make_folder
+  from tests.data.test_image_folder import folder_config, make_folder
   classes = ('ankle_boot', 'bag', 'coat', 'dress', 'pullover', 'sandal',
              'shirt', 'sneaker', 'top', 'trouser')
   root = make_folder(tmp_path / 'data', {'train': 2, 'test': 1}, mode='L',

@@ -150,10 +150,10 @@ def test_two_processes_share_a_gs_workdir(emulated_gcs):
 def test_one_trainer_per_gs_workdir(emulated_gcs, monkeypatch, capsys):
   run = f'{emulated_gcs.url}/run'
   lock = f'{run}/{workdir_files.LOCK}'
-  with workdir_files.run_lock(run):
+  with workdir_files.Workdir(run).lock():
     with pytest.raises(errors.WorkdirError,
                        match=f'Another trainer is running in {run} \\(pid '):
-      with workdir_files.run_lock(run):
+      with workdir_files.Workdir(run).lock():
         pass
     # The trainer meets the same: one error line, exit 2, nothing written.
     assert main_runner.run_main(monkeypatch, run) == 2
@@ -165,7 +165,7 @@ def test_one_trainer_per_gs_workdir(emulated_gcs, monkeypatch, capsys):
   storage.write_atomically(lock, json.dumps(
       {'holder': 'pid 1 on gone', 'token': 'x',
        'renewed': time.time() - 2 * workdir_files.LeaseLock.EXPIRES_SECONDS}))
-  with workdir_files.run_lock(run):
+  with workdir_files.Workdir(run).lock():
     holder = json.loads(storage.read_bytes(lock))['holder']
     assert holder.startswith(f'pid {os.getpid()} ')
 
@@ -177,7 +177,7 @@ def test_one_trainer_per_gs_workdir(emulated_gcs, monkeypatch, capsys):
       {'holder': f'pid {dead_pid.pid}', 'token': 'y', 'renewed': time.time(),
        'host': socket.gethostname(), 'pid': dead_pid.pid,
        'pid_space': workdir_files._pid_space()}))  # pylint: disable=protected-access
-  with workdir_files.run_lock(run):
+  with workdir_files.Workdir(run).lock():
     assert json.loads(storage.read_bytes(lock))['pid'] == os.getpid()
 
   # Not when the pid is another pid namespace's (a container sharing the
@@ -187,7 +187,7 @@ def test_one_trainer_per_gs_workdir(emulated_gcs, monkeypatch, capsys):
        'host': socket.gethostname(), 'pid': dead_pid.pid,
        'pid_space': 'another-boot/4026531836'}))
   with pytest.raises(errors.WorkdirError, match='Another trainer'):
-    with workdir_files.run_lock(run):
+    with workdir_files.Workdir(run).lock():
       pass
 
 
@@ -238,7 +238,7 @@ def test_a_trainer_whose_lease_was_taken_over_stops_before_saving(
   lock = f'{run}/{workdir_files.LOCK}'
   other = {'holder': 'pid 7 on elsewhere', 'token': 'theirs',
            'renewed': time.time(), 'host': 'elsewhere', 'pid': 7}
-  with workdir_files.run_lock(run) as held:
+  with workdir_files.Workdir(run).lock() as held:
     held.check()
     storage.write_atomically(lock, json.dumps(other))
     deadline = time.monotonic() + 30
@@ -252,7 +252,8 @@ def test_a_trainer_whose_lease_was_taken_over_stops_before_saving(
 def test_a_checkpoint_that_cannot_be_reached_is_not_set_aside(tmp_path):
   class HttpError(Exception):
     """gcsfs's error for a 503 or 401."""
-  checkpointer = checkpointing.Checkpointer(str(tmp_path), keep=2)
+  checkpointer = checkpointing.Checkpointer(workdir_files.Workdir(str(tmp_path)),
+                                          keep=2)
   (tmp_path / 'checkpoints' / '4').mkdir()
   for error in (HttpError('503 Service Unavailable'),
                 ValueError('UNAVAILABLE: connection reset')):

@@ -168,12 +168,14 @@ def test_a_saved_config_with_a_removed_field_still_loads(tiny_config,
   since removed: reading drops it; any other unknown field is an error."""
   saved = dict(tiny_config.to_dict(), accept_manual_checksums=False)
   (tmp_path / 'config.json').write_text(json.dumps(saved))
-  config = ml_collections.ConfigDict(config_checks.saved_config(str(tmp_path)))
+  config = ml_collections.ConfigDict(config_checks.saved_config(
+      workdir_files.Workdir(str(tmp_path))))
   assert 'accept_manual_checksums' not in config
   config_checks.check_fields(config)
   saved['no_such_field'] = 1
   (tmp_path / 'config.json').write_text(json.dumps(saved))
-  config = ml_collections.ConfigDict(config_checks.saved_config(str(tmp_path)))
+  config = ml_collections.ConfigDict(config_checks.saved_config(
+      workdir_files.Workdir(str(tmp_path))))
   with pytest.raises(errors.ConfigError, match='no_such_field'):
     config_checks.check_fields(config)
 
@@ -331,7 +333,7 @@ def test_a_full_disk_anywhere_is_one_line_and_leaves_no_temporary_file(
 
 
 def test_a_full_disk_while_logging_metrics_is_one_error(tmp_path):
-  writer = metric_writers.MetricWriter(str(tmp_path))
+  writer = metric_writers.MetricWriter(workdir_files.Workdir(str(tmp_path)))
 
   class FullFile:
     def write(self, text):

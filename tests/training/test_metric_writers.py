@@ -8,6 +8,7 @@ import pytest
 from nin_jax.training import config_checks
 from nin_jax import errors
 from nin_jax.training import metric_writers
+from nin_jax.files import workdir_files
 
 METRICS = {'loss': 1.5, 'accuracy': 0.25, 'learning_rate': 0.1,
            'images_per_sec': 256.0}
@@ -40,7 +41,7 @@ def test_metrics_also_go_to_weights_and_biases_offline(tmp_path, monkeypatch):
   pytest.importorskip('wandb')
   monkeypatch.setenv('WANDB_MODE', 'offline')
   monkeypatch.setenv('WANDB_SILENT', 'true')
-  workdir = str(tmp_path / 'run')
+  workdir = workdir_files.Workdir(str(tmp_path / 'run'))
   writer = metric_writers.MetricWriter(workdir, wandb_project='nin-test',
                                        run_config={'seed': 0})
   writer.write(2, 'train', {'loss': 1.5, 'accuracy': 0.25})
@@ -76,7 +77,8 @@ def test_a_resume_keeps_rows_up_to_its_step_and_moves_the_rest(tmp_path):
   cut = b'{"step": 6, "spl'
   (tmp_path / 'metrics.jsonl').write_bytes(good + later + b''.join(damaged)
                                            + cut)
-  writer = metric_writers.MetricWriter(str(tmp_path), resumed_step=2)
+  writer = metric_writers.MetricWriter(workdir_files.Workdir(str(tmp_path)),
+                                       resumed_step=2)
   writer.close()
   assert writer.logged(2, 'train') and not writer.logged(4, 'train')
   assert (tmp_path / 'metrics.jsonl').read_bytes() == good

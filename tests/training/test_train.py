@@ -245,8 +245,8 @@ def test_keep_best_keeps_the_best_validation_checkpoint_and_profile_steps(
 
 def test_the_best_of_equal_accuracies_is_the_later_and_unscored_ones_go(
     tmp_path):
-  checkpointer = checkpointing.Checkpointer(str(tmp_path), keep=1,
-                                            keep_best=True)
+  checkpointer = checkpointing.Checkpointer(
+      workdir_files.Workdir(str(tmp_path)), keep=1, keep_best=True)
   for step, accuracy in [(1, 0.5), (2, 0.9), (3, 0.6), (4, None), (5, 0.9),
                          (6, 0.7)]:
     checkpointer.save(step, {'w': np.full(3, step, np.float32)},
