@@ -170,7 +170,7 @@ def define_run_flags(reads_data: bool) -> None:
 
 def load_run():
   """The trained_run.TrainedRun that --workdir or --pretrained names, at --step."""
-  from nin_jax.files import trained_run  # pylint: disable=g-import-not-at-top
+  from nin_jax.training import trained_run  # pylint: disable=g-import-not-at-top
   workdir, pretrained = flags.FLAGS.workdir, flags.FLAGS.pretrained
   if bool(workdir) == bool(pretrained):
     fail('give --workdir=DIR (a training run) or --pretrained=NAME (a '

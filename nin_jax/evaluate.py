@@ -20,10 +20,10 @@ import numpy as np
 import optax
 
 from nin_jax import cli
-from nin_jax import errors
 from nin_jax.data import input_pipeline
+from nin_jax import errors
 from nin_jax import plots
-from nin_jax.files import trained_run
+from nin_jax.training import trained_run
 
 FLAGS = flags.FLAGS
 

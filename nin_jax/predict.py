@@ -24,7 +24,7 @@ from PIL import UnidentifiedImageError
 
 from nin_jax import cli
 from nin_jax import errors
-from nin_jax.files import trained_run
+from nin_jax.training import trained_run
 
 FLAGS = flags.FLAGS
 

@@ -39,7 +39,7 @@ from nin_jax import cli
 from nin_jax import errors
 from nin_jax.files import storage
 from nin_jax.files import workdir_files
-from nin_jax.files import trained_run
+from nin_jax.training import trained_run
 
 FLAGS = flags.FLAGS
 

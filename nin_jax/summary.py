@@ -25,9 +25,9 @@ import jax.numpy as jnp
 import ml_collections
 
 from nin_jax import cli
-from nin_jax.training import config_checks
 from nin_jax.data import input_pipeline
 from nin_jax.model import nin
+from nin_jax.training import config_checks
 
 FLAGS = flags.FLAGS
 

@@ -26,11 +26,11 @@ import jax
 import numpy as np
 
 from nin_jax import cli
-from nin_jax import errors
 from nin_jax.data import image_folder
-from nin_jax import plots
-from nin_jax.files import trained_run
+from nin_jax import errors
 from nin_jax.files import workdir_files
+from nin_jax import plots
+from nin_jax.training import trained_run
 
 FLAGS = flags.FLAGS
 

@@ -19,9 +19,9 @@ import signal
 from absl import app
 import orbax.checkpoint as ocp
 
-from nin_jax.training import checkpointing
 from nin_jax import cli
 from nin_jax import main
+from nin_jax.training import checkpointing
 from nin_jax.training import metric_writers
 
 

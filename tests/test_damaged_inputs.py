@@ -13,15 +13,15 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from nin_jax.data import input_pipeline
+from nin_jax.data import preprocessing
 from nin_jax import errors
 from nin_jax import evaluate
 from nin_jax import export
-from nin_jax.data import input_pipeline
-from nin_jax import predict
-from nin_jax.data import preprocessing
-from nin_jax.files import trained_run
-from nin_jax import visualize
 from nin_jax.files import workdir_files
+from nin_jax import predict
+from nin_jax.training import trained_run
+from nin_jax import visualize
 from tests import main_runner
 
 # `python -m nin_jax.<command> ARGS` in this process; its exit status.

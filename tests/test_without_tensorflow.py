@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 
-from test_image_folder import make_folder
+from tests.data.test_image_folder import make_folder
 from tests import main_runner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -25,8 +25,8 @@ import jax
 from jax import lax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from nin_jax.model import winograd  # pylint: disable=g-import-not-at-top,wrong-import-position
 from nin_jax.model import conv  # pylint: disable=g-import-not-at-top,wrong-import-position
+from nin_jax.model import winograd  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _BATCH = flags.DEFINE_integer('batch_size', 128, 'Batch size.')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed repeats (median).')

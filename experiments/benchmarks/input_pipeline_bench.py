@@ -62,9 +62,9 @@ def _measure(setting, kind):
   """Images/sec of both paths and of the train step, for one config."""
   import functools  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+  from nin_jax.configs import default, digits  # pylint: disable=g-import-not-at-top,g-multiple-import
   from nin_jax.data import device_input, input_pipeline  # pylint: disable=g-import-not-at-top,g-multiple-import
   from nin_jax.training import parallel, steps, train
-  from nin_jax.configs import default, digits  # pylint: disable=g-import-not-at-top,g-multiple-import
   config = (digits if setting == 'digits' else default).get_config()
   config.preprocessing = kind
   dataset = input_pipeline.Dataset(config)

@@ -52,8 +52,8 @@ def worker(mode: str) -> dict:
   sys.path.insert(0, REPO)
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from nin_jax.training import parallel, steps  # pylint: disable=g-import-not-at-top,g-multiple-import
   from nin_jax.configs import default, digits  # pylint: disable=g-import-not-at-top
+  from nin_jax.training import parallel, steps  # pylint: disable=g-import-not-at-top,g-multiple-import
 
   config = digits.get_config()
   if _WIDTHS.value == 'full':

@@ -47,9 +47,9 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
-from nin_jax.training import checkpointing  # pylint: disable=g-import-not-at-top,wrong-import-position
 from nin_jax.files import storage  # pylint: disable=g-import-not-at-top,wrong-import-position
 from nin_jax.files import workdir_files  # pylint: disable=g-import-not-at-top,wrong-import-position
+from nin_jax.training import checkpointing  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Root for both runs.',
                                required=True)

@@ -21,10 +21,10 @@ from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from nin_jax.training import train  # pylint: disable=g-import-not-at-top
-from nin_jax.files import workdir_files  # pylint: disable=g-import-not-at-top
 from nin_jax.configs import default  # pylint: disable=g-import-not-at-top
 from nin_jax.configs import digits  # pylint: disable=g-import-not-at-top
+from nin_jax.files import workdir_files  # pylint: disable=g-import-not-at-top
+from nin_jax.training import train  # pylint: disable=g-import-not-at-top
 
 CAFFE_MULTIPLIERS = (('mlpconv3/mlp2/', 0.1), ('bias', 2.0))
 SGD = dict(optimizer='sgd', weight_decay=5e-4, lr_multipliers=(),

@@ -33,9 +33,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from nin_jax import errors
 from nin_jax.data import image_folder
 from nin_jax.data import preprocessing
+from nin_jax import errors
 from nin_jax.files import storage
 
 Batch = dict[str, np.ndarray]

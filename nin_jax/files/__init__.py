@@ -1,1 +1,1 @@
-"""Files: local or gs:// storage, the workdir layout, trained runs."""
+"""Files: local or gs:// storage and the workdir's layout."""

@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from nin_jax.model import conv
 from nin_jax import errors
+from nin_jax.model import conv
 from nin_jax.model import pooling
 
 Initializer = Callable[..., jax.Array]

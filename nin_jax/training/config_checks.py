@@ -13,19 +13,19 @@ from typing import Any, Callable
 
 import ml_collections
 
-from nin_jax.model import conv
-from nin_jax import errors
+from nin_jax.configs import default
 from nin_jax.data import image_folder
 from nin_jax.data import input_pipeline
-from nin_jax.training import metric_writers
-from nin_jax.model import nin
-from nin_jax.training import optimizer
-from nin_jax.training import parallel
-from nin_jax.model import pooling
 from nin_jax.data import preprocessing
+from nin_jax import errors
 from nin_jax.files import storage
 from nin_jax.files import workdir_files
-from nin_jax.configs import default
+from nin_jax.model import conv
+from nin_jax.model import nin
+from nin_jax.model import pooling
+from nin_jax.training import metric_writers
+from nin_jax.training import optimizer
+from nin_jax.training import parallel
 
 _positive = (lambda v: v > 0, 'a positive number')
 _non_negative = (lambda v: v >= 0, 'at least 0')

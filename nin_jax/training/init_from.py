@@ -1,7 +1,7 @@
 """config.init_from: a new run that starts from trained parameters.
 
 The source is a training workdir or a published model, read as
-files/trained_run.py reads it for inference. Every parameter must have the
+trained_run.py reads it for inference. Every parameter must have the
 shape this config's model gives it, except in the layers whose shapes
 follow the class count (class_layers): those start fresh when the source's
 classes are others (another count, or other names). A resumed run ignores
@@ -18,10 +18,10 @@ import numpy as np
 
 from nin_jax import errors
 from nin_jax.files import storage
-from nin_jax.files import trained_run
 from nin_jax.files import workdir_files
 from nin_jax.training import checkpointing
 from nin_jax.training import steps
+from nin_jax.training import trained_run
 
 
 def initialized(init_from: str, state: steps.TrainState,

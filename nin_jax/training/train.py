@@ -29,20 +29,20 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
-from nin_jax.training import checkpointing
-from nin_jax.training import config_checks
 from nin_jax.data import device_input
-from nin_jax import errors
 from nin_jax.data import image_folder
 from nin_jax.data import input_pipeline
+from nin_jax.data import preprocessing
+from nin_jax import errors
+from nin_jax.files import storage
+from nin_jax.files import workdir_files
+from nin_jax.training import checkpointing
+from nin_jax.training import config_checks
 from nin_jax.training import init_from
 from nin_jax.training import metric_writers
 from nin_jax.training import parallel
-from nin_jax.data import preprocessing
 from nin_jax.training import steps
 from nin_jax.training import stop_signals
-from nin_jax.files import storage
-from nin_jax.files import workdir_files
 
 
 @dataclasses.dataclass(frozen=True)

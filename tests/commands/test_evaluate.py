@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from nin_jax import evaluate
 from nin_jax.data import input_pipeline
-from nin_jax.files import trained_run
+from nin_jax import evaluate
+from nin_jax.training import trained_run
 
 
 def test_report_against_hand_counts():

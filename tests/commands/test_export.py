@@ -10,9 +10,9 @@ import jax
 import numpy as np
 import pytest
 
-from nin_jax import export
 from nin_jax.data import input_pipeline
-from nin_jax.files import trained_run
+from nin_jax import export
+from nin_jax.training import trained_run
 
 # What a consumer runs, with jax or TensorFlow and numpy only (the README
 # shows the same code).

@@ -9,7 +9,7 @@ from PIL import Image
 
 from nin_jax.data import input_pipeline
 from nin_jax import predict
-from nin_jax.files import trained_run
+from nin_jax.training import trained_run
 
 
 def _digit_files(directory, count=3):

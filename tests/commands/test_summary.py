@@ -3,9 +3,9 @@
 import subprocess
 import sys
 
-from nin_jax import summary
 from nin_jax.configs import cifar100
 from nin_jax.configs import default
+from nin_jax import summary
 
 
 def test_cifar10_nin_totals_and_layers():

@@ -4,10 +4,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from nin_jax import errors
 from nin_jax.data import input_pipeline
+from nin_jax import errors
 from nin_jax import plots
-from nin_jax.files import trained_run
+from nin_jax.training import trained_run
 from nin_jax import visualize
 
 

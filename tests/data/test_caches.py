@@ -6,13 +6,13 @@ import os
 from PIL import Image
 import pytest
 
+from nin_jax.configs import test as test_config
 from nin_jax.data import image_folder
 from nin_jax.data import input_pipeline
 from nin_jax.data import preprocessing
 from nin_jax.files import storage
-from nin_jax.training import train
 from nin_jax.files import workdir_files
-from nin_jax.configs import test as test_config
+from nin_jax.training import train
 
 
 @pytest.fixture

@@ -7,10 +7,10 @@ import os
 import pytest
 import tensorflow_datasets as tfds
 
+from nin_jax.configs import test as test_config
 from nin_jax.data import input_pipeline
 from nin_jax.model import nin
 from nin_jax.training import train
-from nin_jax.configs import test as test_config
 
 
 @pytest.mark.parametrize('name', sorted(set(input_pipeline.KNOWN_IMAGE_SHAPES)

@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from nin_jax.configs import test as test_config
 from nin_jax.data import device_input
 from nin_jax.data import input_pipeline
 from nin_jax.training import parallel
-from nin_jax.configs import test as test_config
 from tests import main_runner
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -8,13 +8,13 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from nin_jax import errors
-from nin_jax import evaluate
+from nin_jax.configs import test as test_config
 from nin_jax.data import image_folder
 from nin_jax.data import input_pipeline
+from nin_jax import errors
+from nin_jax import evaluate
 from nin_jax.training import train
-from nin_jax.files import trained_run
-from nin_jax.configs import test as test_config
+from nin_jax.training import trained_run
 
 from main_runner import run_main
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from nin_jax import errors
 from nin_jax.data import input_pipeline
+from nin_jax import errors
 
 
 @pytest.fixture(scope='module')

@@ -10,8 +10,8 @@ import pytest
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core.download import checksums
 
-from nin_jax import errors
 from nin_jax.data import input_pipeline
+from nin_jax import errors
 
 URL = 'https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz'
 FILENAME = 'cifar-10-binary.tar.gz'

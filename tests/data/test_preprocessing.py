@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from nin_jax.training import config_checks
-from nin_jax import errors
 from nin_jax.data import preprocessing
+from nin_jax import errors
 from nin_jax.files import workdir_files
+from nin_jax.training import config_checks
 
 
 def _images(n=300, shape=(4, 4, 3), seed=0):

@@ -18,16 +18,16 @@ import pytest
 
 from gcs_emulator import emulated_gcs  # pylint: disable=unused-import
 import main_runner
-from nin_jax.training import checkpointing
+from nin_jax.data import image_folder
 from nin_jax import errors
 from nin_jax import evaluate
 from nin_jax import export
-from nin_jax.data import image_folder
-from nin_jax import publish
 from nin_jax.files import storage
-from nin_jax.files import trained_run
-from nin_jax import visualize
 from nin_jax.files import workdir_files
+from nin_jax import publish
+from nin_jax.training import checkpointing
+from nin_jax.training import trained_run
+from nin_jax import visualize
 
 
 @pytest.fixture(autouse=True)

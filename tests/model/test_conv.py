@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from nin_jax.configs import test as test_config
 from nin_jax.model import conv
 from nin_jax.model import winograd
-from nin_jax.configs import test as test_config
 import model_gradients
 
 winograd_conv = winograd.conv

@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nin_jax.training import config_checks
+from nin_jax.configs import default
 from nin_jax import errors
 from nin_jax.model import nin
-from nin_jax.configs import default
+from nin_jax.training import config_checks
 import numpy_reference
 
 

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nin_jax.model import pooling
 from nin_jax.configs import test as test_config
+from nin_jax.model import pooling
 import model_gradients
 
 

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nin_jax.model import nin
 from nin_jax.configs import default
+from nin_jax.model import nin
 from nin_jax.model.torch_reference import torch_nin
 import numpy_reference
 

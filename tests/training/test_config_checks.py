@@ -14,18 +14,18 @@ import ml_collections
 import orbax.checkpoint as ocp
 import pytest
 
+from nin_jax.data import input_pipeline
+from nin_jax.data import preprocessing
+from nin_jax import errors
+from nin_jax.files import storage
+from nin_jax.files import workdir_files
+from nin_jax.model import nin
 from nin_jax.training import checkpointing
 from nin_jax.training import config_checks
-from nin_jax import errors
-from nin_jax.data import input_pipeline
 from nin_jax.training import metric_writers
-from nin_jax.model import nin
 from nin_jax.training import optimizer
 from nin_jax.training import parallel
-from nin_jax.data import preprocessing
-from nin_jax.files import storage
 from nin_jax.training import train
-from nin_jax.files import workdir_files
 from tests import main_runner
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -5,10 +5,10 @@ import logging
 
 import pytest
 
-from nin_jax.training import config_checks
 from nin_jax import errors
-from nin_jax.training import metric_writers
 from nin_jax.files import workdir_files
+from nin_jax.training import config_checks
+from nin_jax.training import metric_writers
 
 METRICS = {'loss': 1.5, 'accuracy': 0.25, 'learning_rate': 0.1,
            'images_per_sec': 256.0}

@@ -8,8 +8,8 @@ import numpy as np
 import optax
 import pytest
 
-from nin_jax.training import config_checks
 from nin_jax import errors
+from nin_jax.training import config_checks
 from nin_jax.training import optimizer
 
 

@@ -17,13 +17,13 @@ import jax
 import numpy as np
 import pytest
 
-from nin_jax.training import checkpointing
 from nin_jax import errors
+from nin_jax.files import workdir_files
+from nin_jax.training import checkpointing
 from nin_jax.training import metric_writers
 from nin_jax.training import steps
 from nin_jax.training import stop_signals
 from nin_jax.training import train
-from nin_jax.files import workdir_files
 
 from tests import main_runner
 

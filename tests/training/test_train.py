@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from nin_jax.training import checkpointing
+from nin_jax.data import input_pipeline
 from nin_jax import errors
 from nin_jax import evaluate
-from nin_jax.data import input_pipeline
+from nin_jax.files import storage
+from nin_jax.files import workdir_files
+from nin_jax.training import checkpointing
 from nin_jax.training import parallel
 from nin_jax.training import steps
-from nin_jax.files import storage
 from nin_jax.training import train
-from nin_jax.files import trained_run
-from nin_jax.files import workdir_files
+from nin_jax.training import trained_run
 from tests import main_runner
 
 

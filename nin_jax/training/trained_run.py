@@ -22,14 +22,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from nin_jax.training import checkpointing
-from nin_jax.training import config_checks
-from nin_jax import errors
 from nin_jax.data import image_folder
 from nin_jax.data import input_pipeline
-from nin_jax.model import nin
 from nin_jax.data import preprocessing
+from nin_jax import errors
 from nin_jax.files import workdir_files
+from nin_jax.model import nin
+from nin_jax.training import checkpointing
+from nin_jax.training import config_checks
 
 VARIABLES_FILE = 'variables.msgpack'
 INFO_FILE = 'info.json'
