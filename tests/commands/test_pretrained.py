@@ -241,6 +241,21 @@ def test_a_new_run_starts_from_the_source_and_a_resumed_one_ignores_it(
   assert trained_run.read_variables(workdir)[0] == 4
 
 
+def _assert_fresh_class_maps_and_the_rest_from(published, workdir, config):
+  """The run's first parameters: its own fresh init in the class-map layer,
+  the published model's everywhere else. Returns them, flat."""
+  started = _flat(trained_run.read_variables(workdir)[1])
+  source = _flat(trained_run.read_variables(published)[1])
+  init_key = jax.random.split(jax.random.key(config.seed))[0]
+  fresh = _flat(nin.create_model(config).init(
+      {'params': init_key}, np.zeros((1, 8, 8, 1)), train=False))
+  for path, value in started.items():
+    wanted = fresh if '/mlpconv3/mlp2/' in path else source
+    np.testing.assert_allclose(value, wanted[path], rtol=1e-6, atol=1e-7,
+                               err_msg=path)
+  return started
+
+
 def test_a_folder_of_three_classes_starts_from_the_ten_digit_model(
     published, tmp_path, caplog):
   # pylint: disable-next=g-import-not-at-top
@@ -253,15 +268,8 @@ def test_a_folder_of_three_classes_starts_from_the_ten_digit_model(
     train.train_and_evaluate(config, workdir)
   assert ('except mlpconv3/mlp2, whose shapes differ (10 classes there, 3 '
           'here)') in caplog.text
-  started = _flat(trained_run.read_variables(workdir)[1])
-  source = _flat(trained_run.read_variables(published)[1])
-  init_key = jax.random.split(jax.random.key(config.seed))[0]
-  fresh = _flat(nin.create_model(config).init(
-      {'params': init_key}, np.zeros((1, 8, 8, 1)), train=False))
-  for path, value in started.items():
-    wanted = fresh if '/mlpconv3/mlp2/' in path else source
-    np.testing.assert_allclose(value, wanted[path], rtol=1e-6, atol=1e-7,
-                               err_msg=path)
+  started = _assert_fresh_class_maps_and_the_rest_from(published, workdir,
+                                                       config)
   assert started['params/mlpconv3/mlp2/kernel'].shape == (8, 3)
 
 
@@ -284,15 +292,7 @@ def test_ten_other_classes_start_the_class_map_layer_fresh(
           '3, 4, ...; here: ankle_boot, bag, coat, dress, pullover, ...): '
           'they start fresh') in caplog.text
   assert 'every parameter' not in caplog.text
-  started = _flat(trained_run.read_variables(workdir)[1])
-  source = _flat(trained_run.read_variables(published)[1])
-  init_key = jax.random.split(jax.random.key(config.seed))[0]
-  fresh = _flat(nin.create_model(config).init(
-      {'params': init_key}, np.zeros((1, 8, 8, 1)), train=False))
-  for path, value in started.items():
-    wanted = fresh if '/mlpconv3/mlp2/' in path else source
-    np.testing.assert_allclose(value, wanted[path], rtol=1e-6, atol=1e-7,
-                               err_msg=path)
+  _assert_fresh_class_maps_and_the_rest_from(published, workdir, config)
 
 
 def test_bad_init_from_stops_before_the_workdir_is_made(published, tmp_path,
