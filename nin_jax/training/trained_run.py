@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+import nin_jax
 from nin_jax.data import image_folder
 from nin_jax.data import input_pipeline
 from nin_jax.data import preprocessing
@@ -111,7 +112,7 @@ def _apply_with_maps(model: nin.NiN, variables: Any, images: jax.Array
 def pretrained_root() -> str:
   """The directory that published models are looked up in by name."""
   return (os.environ.get(PRETRAINED_ROOT_ENV)
-          or os.path.join(os.path.dirname(os.path.abspath(__file__)),
+          or os.path.join(os.path.dirname(os.path.abspath(nin_jax.__file__)),
                           'pretrained'))
 
 

@@ -130,6 +130,18 @@ def test_predict_with_a_published_model(published, tmp_path, monkeypatch,
   assert 'published ones are tiny' in capsys.readouterr().err
 
 
+def test_the_bundled_models_are_found_by_name(monkeypatch):
+  # Where the package ships them (nin_jax/pretrained/), whatever module
+  # looks them up.
+  monkeypatch.delenv(trained_run.PRETRAINED_ROOT_ENV, raising=False)
+  root = trained_run.pretrained_root()
+  assert root == os.path.join(
+      os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
+          __file__)))), 'nin_jax', 'pretrained')
+  for name in ('cifar10', 'mnist'):
+    assert trained_run.is_published(trained_run.find_published(name))
+
+
 @pytest.mark.parametrize('command', [evaluate, predict, visualize, export])
 def test_workdir_or_pretrained_exactly_one(command, trained_workdir, published,
                                            tmp_path, capsys):
@@ -148,8 +160,11 @@ def test_workdir_or_pretrained_exactly_one(command, trained_workdir, published,
 
 def test_evaluate_never_writes_into_a_published_model(published, capsys):
   files = sorted(os.listdir(published))
-  assert _run(evaluate, f'--pretrained={published}') == 2
-  assert 'pass --out' in capsys.readouterr().err
+  assert _run(evaluate, f'--pretrained={published}') == 0
+  printed = capsys.readouterr().out
+  assert 'top-1 accuracy: ' in printed and 'No report written' in printed
+  with pytest.raises(errors.ConfigError, match='pass --out'):
+    evaluate.write_report(trained_run.load(published), 'test', 5)
   assert _run(evaluate, f'--pretrained={published}', '--step=2') == 2
   assert 'of step 4 only' in capsys.readouterr().err
   assert sorted(os.listdir(published)) == files
