@@ -79,8 +79,18 @@ def define_flags() -> None:
   cli.define_run_flags(reads_data=True)
   flags.DEFINE_integer('top_k', 5, 'Also report top-k accuracy.')
   flags.DEFINE_string('out', None, 'Output directory (default: '
-                      'WORKDIR/evaluation/<split>_step<N>; required with '
-                      '--pretrained, whose directory is never written to).')
+                      'WORKDIR/evaluation/<split>_step<N>; with --pretrained, '
+                      'whose directory is never written to, no report is '
+                      'written unless --out is given).')
+
+
+def evaluation(run: trained_run.TrainedRun, split: str, top_k: int,
+               data_dir: str | None = None) -> dict[str, Any]:
+  """The report of one split: what report.json holds."""
+  logits, labels = predictions(run, split, data_dir)
+  return {'workdir': run.workdir, 'step': run.step, 'split': split,
+          'dataset': run.info.name,
+          **report(logits, labels, run.info.class_names, top_k)}
 
 
 def write_report(run: trained_run.TrainedRun, split: str, top_k: int,
@@ -89,7 +99,8 @@ def write_report(run: trained_run.TrainedRun, split: str, top_k: int,
   """Evaluates, writes report.json and confusion.png; (report, directory).
 
   The directory is made first, so that an unusable --out fails before the
-  evaluation; if anything then fails, what was made is removed again.
+  evaluation; if anything then fails, what was made is removed again. A
+  published model's directory is never written to: it needs an `out`.
   """
   if out is None and run.published:
     raise errors.ConfigError(
@@ -97,10 +108,7 @@ def write_report(run: trained_run.TrainedRun, split: str, top_k: int,
         'pass --out=DIR for the report.')
   out = out or os.path.join(run.workdir, 'evaluation', f'{split}_step{run.step}')
   with cli.output_directory(out) as local:
-    logits, labels = predictions(run, split, data_dir)
-    result = {'workdir': run.workdir, 'step': run.step, 'split': split,
-              'dataset': run.info.name,
-              **report(logits, labels, run.info.class_names, top_k)}
+    result = evaluation(run, split, top_k, data_dir)
     cli.write_output(os.path.join(local, 'report.json'),
                      json.dumps(result, indent=2))
     with cli.writing(local):
@@ -115,8 +123,12 @@ def write_report(run: trained_run.TrainedRun, split: str, top_k: int,
 def main(argv: list[str]) -> None:
   cli.check_command_line(argv, 'top_k')
   run = cli.load_run()
-  result, out = write_report(run, FLAGS.split, FLAGS.top_k, FLAGS.out,
-                             FLAGS.data_dir)
+  if FLAGS.out is None and run.published:  # Printed only.
+    result, out = evaluation(run, FLAGS.split, FLAGS.top_k,
+                             FLAGS.data_dir), None
+  else:
+    result, out = write_report(run, FLAGS.split, FLAGS.top_k, FLAGS.out,
+                               FLAGS.data_dir)
   print(f'{run.info.name} {FLAGS.split} split, checkpoint step {run.step}, '
         f'{result["num_examples"]} examples')
   for k, accuracy in result['top_k_accuracy'].items():
@@ -128,8 +140,12 @@ def main(argv: list[str]) -> None:
              else f'{100 * row["accuracy"]:.2f}%')
     print(f'    {row["class"]:>3} {row["name"]:<16} {shown:>8} of '
           f'{row["examples"]}')
-  print(f'Wrote {os.path.join(out, "report.json")} and '
-        f'{os.path.join(out, "confusion.png")}')
+  if out is None:
+    print('No report written (a published model\'s directory is never '
+          'written to): --out=DIR keeps report.json and confusion.png.')
+  else:
+    print(f'Wrote {os.path.join(out, "report.json")} and '
+          f'{os.path.join(out, "confusion.png")}')
 
 
 if __name__ == '__main__':
