@@ -3,11 +3,13 @@ console."""
 
 import contextlib
 import hashlib
+import itertools
 import importlib.util
 import json
 import math
 import os
 import shutil
+import socket
 import tempfile
 import time
 from typing import Any, Iterator, Mapping
@@ -15,7 +17,7 @@ from typing import Any, Iterator, Mapping
 from absl import logging
 from tensorboard.compat.proto import event_pb2
 from tensorboard.compat.proto import summary_pb2
-from tensorboard.summary.writer import event_file_writer
+from tensorboard.summary.writer import record_writer
 
 from nin_jax import errors
 from nin_jax.files import storage
@@ -31,6 +33,33 @@ def format_duration(seconds: float) -> str:
   if minutes:
     return f'{minutes}m{secs:02d}s'
   return f'{secs}s'
+
+
+class EventFile:
+  """One TensorBoard event file in a local folder, each event flushed.
+
+  TensorBoard's `EventFileWriter` writes the same records, but through
+  `tf.io.gfile`, which imports TensorFlow wherever it is installed: 5 to 7 s
+  of CPU at the first metric row of every run, for a local file.
+  """
+
+  _numbers = itertools.count()  # Two files of one process in one second.
+
+  def __init__(self, folder: str):
+    os.makedirs(folder, exist_ok=True)
+    name = 'events.out.tfevents.%010d.%s.%d.%d' % (
+        time.time(), socket.gethostname(), os.getpid(), next(self._numbers))
+    self._records = record_writer.RecordWriter(
+        open(os.path.join(folder, name), 'wb'))
+    self.write(event_pb2.Event(wall_time=time.time(),
+                               file_version='brain.Event:2'))
+
+  def write(self, event: event_pb2.Event) -> None:
+    self._records.write(event.SerializeToString())
+    self._records.flush()
+
+  def close(self) -> None:
+    self._records.close()
 
 
 class MetricWriter:
@@ -128,15 +157,12 @@ class MetricWriter:
         self._jsonl.flush()
       self._logged.add((int(step), split))
       if split not in self._tb:
-        # TensorBoard's own event writer: no TensorFlow needed.
-        self._tb[split] = event_file_writer.EventFileWriter(
-            os.path.join(self._tb_local, split))
+        self._tb[split] = EventFile(os.path.join(self._tb_local, split))
       summary = summary_pb2.Summary(value=[
           summary_pb2.Summary.Value(tag=name, simple_value=float(value))
           for name, value in metrics.items()])
-      self._tb[split].add_event(event_pb2.Event(
+      self._tb[split].write(event_pb2.Event(
           wall_time=record['time'], step=int(step), summary=summary))
-      self._tb[split].flush()
       if (self._remote and time.monotonic() - self._sent_at
           >= self.UPLOAD_SECONDS):
         self._upload()

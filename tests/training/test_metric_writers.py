@@ -1,7 +1,9 @@
-"""The console line of each log window."""
+"""The console line of each log window, and where metric rows go."""
 
 import importlib.util
 import logging
+import subprocess
+import sys
 
 import pytest
 
@@ -84,3 +86,30 @@ def test_a_resume_keeps_rows_up_to_its_step_and_moves_the_rest(tmp_path):
   assert (tmp_path / 'metrics.jsonl').read_bytes() == good
   assert (tmp_path / 'metrics.superseded.jsonl').read_bytes() == (
       later + b''.join(damaged) + cut + b'\n')
+
+
+def test_tensorboard_reads_the_event_files_and_tensorflow_stays_unloaded(
+    tmp_path):
+  # In a fresh interpreter: this one may have imported TensorFlow already.
+  script = f'''
+import sys
+from tensorboard.backend.event_processing import event_file_loader
+from nin_jax.files import workdir_files
+from nin_jax.training import metric_writers
+writer = metric_writers.MetricWriter(workdir_files.Workdir({str(tmp_path)!r}))
+writer.write(2, 'train', {{'loss': 1.5, 'accuracy': 0.25}})
+writer.write(4, 'train', {{'loss': 1.25, 'accuracy': 0.5}})
+writer.close()
+assert 'tensorflow' not in sys.modules, 'TensorFlow was imported'
+import glob
+[path] = glob.glob({str(tmp_path)!r} + '/tensorboard/train/events.out.tfevents.*')
+events = list(event_file_loader.LegacyEventFileLoader(path).Load())
+assert events[0].file_version == 'brain.Event:2', events[0]
+print([(e.step, [(v.tag, round(v.simple_value, 2)) for v in e.summary.value])
+       for e in events[1:]])
+'''
+  out = subprocess.run([sys.executable, '-c', script], capture_output=True,
+                       text=True, check=False)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.strip() == ("[(2, [('loss', 1.5), ('accuracy', 0.25)]), "
+                                "(4, [('loss', 1.25), ('accuracy', 0.5)])]")
