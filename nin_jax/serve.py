@@ -70,7 +70,7 @@ FLAGS = flags.FLAGS
 
 # The batch sizes the model is compiled for; a batch is padded to the
 # smallest that holds it (larger ones are split).
-BATCH_SIZES = (1, 8, 32)
+BATCH_SIZES = (1, 8)
 # Images in one request, at most.
 MAX_IMAGES = 32
 # Pixels of one uploaded image, at most (checked from its header, before it
@@ -549,7 +549,11 @@ def main(argv: list[str]) -> None:
            if gallery else '') + '- Ctrl-C stops', flush=True)
   config = uvicorn.Config(app, log_config=None, log_level='warning',
                           access_log=False, lifespan='off')
-  uvicorn.Server(config).run(sockets=[sock])
+  try:
+    uvicorn.Server(config).run(sockets=[sock])
+  except KeyboardInterrupt:  # uvicorn stops, then raises it again.
+    pass
+  print('Stopped.', flush=True)
 
 
 if __name__ == '__main__':
