@@ -67,18 +67,6 @@ def _bomb() -> bytes:
   return bytes(png)
 
 
-def _multipart(files, boundary='nin-jax-test-boundary', field='image'):
-  """(body, content type) of a form with these (name, bytes) files."""
-  parts = []
-  for name, data in files:
-    parts.append(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; '
-        f'filename="{name}"\r\nContent-Type: application/octet-stream\r\n\r\n'
-        .encode() + data + b'\r\n')
-  body = b''.join(parts) + f'--{boundary}--\r\n'.encode()
-  return body, f'multipart/form-data; boundary={boundary}'
-
-
 def _request(url, body=None, content_type=None, method=None, timeout=60):
   """(status, parsed JSON or raw bytes) of one HTTP request."""
   request = urllib.request.Request(url, data=body, method=method)
@@ -109,7 +97,7 @@ def _announced_too_large(url, size=1_100_000):
 
 
 def _predict(url, files, query='k=5'):
-  body, content_type = _multipart(files)
+  body, content_type = serve.encode_form(files)
   return _request(f'{url}/predict?{query}', body, content_type)
 
 
@@ -224,7 +212,7 @@ def test_answers_are_predicts(server, tmp_path):
 def test_bad_input_is_a_4xx_line_and_the_server_keeps_serving(server):
   good = _encoded(_cifar_like(3))
   url = server.url
-  body, multipart = _multipart([('x.png', good)])
+  body, multipart = serve.encode_form([('x.png', good)])
   cut_body = body[:len(body) // 2]
   bad = {
       # 3 of the issue: a non-image, a truncated file, a decompression
@@ -239,7 +227,7 @@ def test_bad_input_is_a_4xx_line_and_the_server_keeps_serving(server):
       'no boundary': _request(f'{url}/predict', body, 'multipart/form-data'),
       'cut short': _request(f'{url}/predict', cut_body, multipart),
       'garbage': _request(f'{url}/predict', b'\0\1\2' * 100, multipart),
-      'no image field': _request(f'{url}/predict', *_multipart(
+      'no image field': _request(f'{url}/predict', *serve.encode_form(
           [('x.png', good)], field='picture')),
       'k not a number': _predict(url, [('x.png', good)], 'k=five'),
       'k of 0': _predict(url, [('x.png', good)], 'k=0'),
