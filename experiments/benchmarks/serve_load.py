@@ -97,6 +97,8 @@ def main() -> None:
   parser.add_argument('--requests', type=int, default=200)
   parser.add_argument('--clients', default='1,8')
   parser.add_argument('--out', default=None, help='Also write the JSON here.')
+  parser.add_argument('--note', default='', help='What else ran on the '
+                      'machine, say; kept in the JSON.')
   args = parser.parse_args()
 
   source = (f'--workdir={args.workdir}' if args.workdir
@@ -124,6 +126,7 @@ def main() -> None:
         'server': ' '.join([source]),
         'machine': f'{platform.machine()}, {os.cpu_count()} CPUs, '
                    f'{platform.platform()}',
+        'note': args.note,
         'batch_sizes': list(serve.BATCH_SIZES),
         'start_up_s': round(start_up, 1),
         'first_request_ms': round(first * 1000, 1),
