@@ -352,35 +352,39 @@ class Gallery:
     self._thread.start()
 
   def _predict_all(self) -> None:
+    """Predicts the items in chunks; each item is replaced by a new dict
+    (never changed in place), which requests may be reading meanwhile."""
     run = self.model.run
     for start in range(0, len(self.items), BATCH_SIZES[-1]):
-      chunk = self.items[start:start + BATCH_SIZES[-1]]
+      indices = range(start, min(start + BATCH_SIZES[-1], len(self.items)))
       images, readable = [], []
-      for item in chunk:
+      for i in indices:
+        item = self.items[i]
         try:
           images.append(predict.load_image(self.files[item['path']],
                                            run.info.image_shape, run.pixel_max))
-          readable.append(item)
+          readable.append(i)
         except errors.ImageError as e:
-          item['error'] = str(e)
+          self.items[i] = {**item, 'error': str(e)}
       if images:
         probs, _ = self.model.submit(np.stack(images), _GALLERY).result()
-        for item, row in zip(readable, probs):
+        for i, row in zip(readable, probs):
           best = int(np.argmax(row))
-          item['predicted'] = run.info.class_names[best]
-          item['probability'] = float(row[best])
-          item['wrong'] = (item['true'] is not None
-                           and item['predicted'] != item['true'])
-      self.done = start + len(chunk)
+          predicted = run.info.class_names[best]
+          truth = self.items[i]['true']
+          self.items[i] = {**self.items[i], 'predicted': predicted,
+                           'probability': float(row[best]),
+                           'wrong': truth is not None and predicted != truth}
+      self.done = indices[-1] + 1
 
   def page(self, offset: int, limit: int, wrong_only: bool) -> dict[str, Any]:
-    done = self.items[:self.done]
-    wrong = [item for item in done if item.get('wrong')]
-    chosen = wrong if wrong_only else self.items
-    return {'root': self.root, 'total': len(self.items), 'predicted': self.done,
+    done, items = self.done, list(self.items)
+    wrong = [item for item in items[:done] if item.get('wrong')]
+    chosen = wrong if wrong_only else items
+    return {'root': self.root, 'total': len(items), 'predicted': done,
             'wrong': len(wrong),
             'with_true_class': sum(item['true'] is not None
-                                   for item in self.items),
+                                   for item in items),
             'matching': len(chosen),
             'items': chosen[offset:offset + limit]}
 

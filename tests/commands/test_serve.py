@@ -182,7 +182,7 @@ def test_answers_are_predicts(server, tmp_path):
         t['name'] for t in wanted['top_k']]
     np.testing.assert_allclose([t['probability'] for t in got['top_k']],
                                [t['probability'] for t in wanted['top_k']],
-                               rtol=1e-5, atol=1e-6)
+                               rtol=1e-4, atol=1e-6)  # Other batch sizes.
     assert 'maps' not in got
 
   status, answer = _predict(url, [('a.png', open(files[0], 'rb').read())],
@@ -352,7 +352,7 @@ def _wait(driver, condition, timeout=60):
 def test_page_shows_top5_and_switches_maps(server, browser, tmp_path):
   from selenium.webdriver.common.by import By  # pylint: disable=g-import-not-at-top
   path = tmp_path / 'upload.png'
-  Image.fromarray(_cifar_like(4, 64)).save(path)
+  Image.fromarray(_cifar_like(8, 64)).save(path)
   browser.get(server.url + '/')
   _wait(browser, lambda: 'cifar10' in browser.find_element(By.ID, 'model').text)
   browser.find_element(By.ID, 'file').send_keys(str(path))
@@ -361,7 +361,7 @@ def test_page_shows_top5_and_switches_maps(server, browser, tmp_path):
   bars = browser.find_elements(By.CSS_SELECTOR, '.bar')
   shown = [float(bar.get_attribute('data-p')) for bar in bars]
   assert shown == sorted(shown, reverse=True)
-  assert 0.9 < sum(shown) <= 1 + 1e-6  # The top 5 of 10 classes.
+  assert 0.95 < sum(shown) <= 1 + 1e-6  # The top 5 of 10 classes: 0.997.
   widths = [bar.find_element(By.CSS_SELECTOR, '.fill').size['width']
             for bar in bars]
   assert widths[0] > widths[-1]
