@@ -223,7 +223,7 @@ def draw_maps(model: Model, raw_image: np.ndarray, maps: np.ndarray,
   for c in classes:
     entry = {'class': int(c), 'name': names[c]}
     if kind == 'array':
-      entry['values'] = np.round(maps[..., c], 5).tolist()
+      entry['values'] = np.round(maps[..., c].astype(np.float64), 5).tolist()
     else:
       upsampled = np.asarray(visualize.upsample(
           maps[None, ..., c:c + 1], model.drawn_size))[0, ..., 0]
@@ -260,7 +260,7 @@ async def read_uploads(content_type: str, body_chunks: Any, limit: int
 
   def on_part_begin():
     current.clear()
-    current.update(headers={}, field=b'', value=b'', data=[], size=0)
+    current.update(headers={}, field=b'', value=b'', data=[])
 
   def on_header_field(data, start, end):
     current['field'] += data[start:end]
@@ -282,7 +282,8 @@ async def read_uploads(content_type: str, body_chunks: Any, limit: int
       if len(parts) == MAX_IMAGES:
         raise RequestError(413, f'more than {MAX_IMAGES} images in one '
                            'request: send them in several')
-      name = params.get(b'filename', b'').decode('utf-8', 'replace')
+      # The client's name for the file, shortened: only ever shown.
+      name = params.get(b'filename', b'').decode('utf-8', 'replace')[:200]
       parts.append(Upload(name or f'image {len(parts) + 1}',
                           b''.join(current['data'])))
 
