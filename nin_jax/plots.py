@@ -8,6 +8,7 @@ left as it is.
 import textwrap
 from typing import Any, Sequence
 
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 import numpy as np
@@ -117,6 +118,26 @@ def class_maps_figure(images: np.ndarray, predicted_maps: np.ndarray,
       axes[i, j].set_yticks([])
   figure.suptitle('\n'.join(textwrap.wrap(suptitle, 78)), fontsize=10)
   return figure
+
+
+def map_overlay(image: np.ndarray, class_map: np.ndarray, low: float,
+                top: float) -> np.ndarray:
+  """One class map drawn over its image as class_maps_figure draws it, as
+  (h, w, 3) uint8 pixels (a PNG for the web page of python -m
+  nin_jax.serve): the image in grey with its contrast lowered, the map's
+  colours from `low` to `top` over it, at _MAP_ALPHA.
+
+  `image` is (H, W, C) in [0, 1]; `class_map` (h, w), a whole multiple of
+  it, which each image pixel is repeated to cover (imshow's 'nearest').
+  """
+  rows, columns = (m // i for m, i in zip(class_map.shape, image.shape[:2]))
+  grey = image.mean(axis=-1).repeat(rows, axis=0).repeat(columns, axis=1)
+  grey = np.clip((grey - _GREY_RANGE[0]) / (_GREY_RANGE[1] - _GREY_RANGE[0]),
+                 0, 1)
+  shade = np.clip((class_map - low) / max(top - low, 1e-6), 0, 1)
+  colours = colormaps[_MAP_COLOURS](shade)[..., :3]
+  drawn = (1 - _MAP_ALPHA) * grey[..., None] + _MAP_ALPHA * colours
+  return np.round(drawn * 255).astype(np.uint8)
 
 
 def training_curves(rows: Sequence[dict[str, Any]], title: str,

@@ -15,7 +15,7 @@ predicted; the exit status is then 2.
 
 import json
 import sys
-from typing import Any, Sequence
+from typing import Any, BinaryIO, Sequence
 
 from absl import flags
 import numpy as np
@@ -53,9 +53,26 @@ def load_image(path: str, image_shape: Sequence[int],
   16-bit greyscale images are scaled to 8 bits (not clipped). Every way a
   file can fail is an errors.ImageError about that file alone.
   """
+  return decode_image(path, path, image_shape, pixel_max)
+
+
+def decode_image(source: str | BinaryIO, name: str,
+                 image_shape: Sequence[int], pixel_max: int,
+                 max_pixels: int | None = None) -> np.ndarray:
+  """load_image of a path or of an open binary file (an upload held in
+  memory, say), whose errors start with `name`.
+
+  `max_pixels`: a larger image is refused from its header, before it is
+  decoded (Pillow's own limit, Image.MAX_IMAGE_PIXELS, applies as well).
+  """
   height, width, channels = image_shape
   try:
-    with Image.open(path) as image:
+    with Image.open(source) as image:
+      if max_pixels is not None and image.width * image.height > max_pixels:
+        raise errors.ImageError(
+            f'{name}: too large to decode safely ({image.width}x'
+            f'{image.height} pixels, over the limit of {max_pixels}); '
+            'shrink it first (e.g. to 1000 pixels a side)')
       image.load()
       image = _to_8_bit_range(image)
       if image.mode != 'F':
@@ -63,23 +80,25 @@ def load_image(path: str, image_shape: Sequence[int],
       if image.size != (width, height):
         image = image.resize((width, height), Image.Resampling.BILINEAR)
       pixels = np.asarray(image, np.float32)
+  except errors.ImageError:
+    raise
   except FileNotFoundError:
-    raise errors.ImageError(f'{path}: no such file') from None
+    raise errors.ImageError(f'{name}: no such file') from None
   except IsADirectoryError:
-    raise errors.ImageError(f'{path}: is a directory, not an image') from None
+    raise errors.ImageError(f'{name}: is a directory, not an image') from None
   except UnidentifiedImageError:
-    raise errors.ImageError(f'{path}: not an image Pillow can read (give a PNG '
+    raise errors.ImageError(f'{name}: not an image Pillow can read (give a PNG '
                             'or JPEG file)') from None
   except Image.DecompressionBombError as e:
     raise errors.ImageError(
-        f'{path}: too large to decode safely ({e.args[0].split(",")[0]}); '
+        f'{name}: too large to decode safely ({e.args[0].split(",")[0]}); '
         'shrink it first (e.g. to 1000 pixels a side)') from None
   except OSError as e:  # Truncated or corrupt data, permissions.
-    raise errors.ImageError(f'{path}: cannot read the image ({e})') from None
+    raise errors.ImageError(f'{name}: cannot read the image ({e})') from None
   except Exception as e:  # pylint: disable=broad-except
     # Pillow's decoders raise many kinds (SyntaxError, ValueError, ...) for
     # a malformed file; it is that file's error, not the command's.
-    raise errors.ImageError(f'{path}: cannot decode the image '
+    raise errors.ImageError(f'{name}: cannot decode the image '
                             f'({type(e).__name__}: {e})') from None
   if pixels.ndim == 2:  # Greyscale, for an RGB model: grey in each channel.
     pixels = np.repeat(pixels[..., None], channels, axis=-1)
@@ -105,11 +124,17 @@ def predict_files(run: trained_run.TrainedRun, paths: Sequence[str], top_k: int
   if images:
     probs = np.asarray(run.probabilities(np.stack(images)))
     for row, index in zip(probs, readable):
-      results[index]['top_k'] = [
-          {'class': int(c), 'name': run.info.class_names[c],
-           'probability': float(row[c])}
-          for c in trained_run.top_k(row, top_k)]
+      results[index]['top_k'] = ranked(run, row, top_k)
   return results
+
+
+def ranked(run: trained_run.TrainedRun, probabilities: np.ndarray, k: int
+           ) -> list[dict[str, Any]]:
+  """The k most probable classes of one image's probabilities, most probable
+  first: [{'class': index, 'name', 'probability'}, ...]."""
+  return [{'class': int(c), 'name': run.info.class_names[c],
+           'probability': float(probabilities[c])}
+          for c in trained_run.top_k(probabilities, k)]
 
 
 def define_flags() -> None:

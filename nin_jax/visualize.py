@@ -45,17 +45,39 @@ def class_activation_maps(run: trained_run.TrainedRun, raw_images: np.ndarray,
                           ) -> tuple[np.ndarray, np.ndarray]:
   """(probabilities, maps upsampled bilinearly to `size` (default: the
   image's), (n, height, width, classes))."""
+  probs, maps = probabilities_and_class_maps(run, raw_images)
+  return (np.asarray(probs),
+          np.asarray(upsample(maps, size or raw_images.shape[1:3])))
+
+
+def probabilities_and_class_maps(run: trained_run.TrainedRun, raw_images: Any
+                                 ) -> tuple[jax.Array, jax.Array]:
+  """(probabilities, (n, classes); the class maps at the last mlpconv's
+  resolution, (n, h, w, classes)) of raw images: the maps explain the
+  logits only with the gap head, so other heads are a ConfigError."""
   if run.config.model.head != 'gap':
     raise errors.ConfigError(
         f'This run uses config.model.head={run.config.model.head!r}: its '
         'logits are not averages of the class maps, so class activation maps '
         'do not explain them. Visualize a run with the gap head.')
   logits, maps = run.logits_and_class_maps(run.preprocess(raw_images))
-  height, width = size or raw_images.shape[1:3]
-  upsampled = jax.image.resize(maps.astype(np.float32),
-                               (maps.shape[0], height, width, maps.shape[-1]),
-                               method='bilinear')
-  return (np.asarray(jax.nn.softmax(logits, axis=-1)), np.asarray(upsampled))
+  return jax.nn.softmax(logits.astype(np.float32), axis=-1), maps
+
+
+def upsample(maps: Any, size: Sequence[int]) -> jax.Array:
+  """Class maps (n, h, w, classes) upsampled bilinearly to (n, *size,
+  classes), as they are drawn."""
+  return jax.image.resize(maps.astype(np.float32),
+                          (maps.shape[0], *size, maps.shape[-1]),
+                          method='bilinear')
+
+
+def drawn_size(height: int, width: int) -> tuple[int, int]:
+  """The size maps of (height, width) images are drawn at: the image's
+  times the smallest whole factor that makes it DRAWN_SIZE a side or more
+  (so that each image pixel is a square of drawn pixels)."""
+  scale = -(-DRAWN_SIZE // max(height, width))
+  return height * scale, width * scale
 
 
 def pick_examples(run: trained_run.TrainedRun, split: str, count: int,
@@ -93,10 +115,8 @@ def draw_class_maps(run: trained_run.TrainedRun, images: np.ndarray,
   """Writes class_maps.png (module docstring) of these images to `path`."""
   # The maps are upsampled straight to the drawn size (not to the image's and
   # then again by matplotlib), so that a 2x2 digits map is smooth too.
-  height, width = images.shape[1:3]
-  scale = -(-DRAWN_SIZE // max(height, width))
   probs, maps = class_activation_maps(run, images,
-                                      (height * scale, width * scale))
+                                      drawn_size(*images.shape[1:3]))
   predicted = probs.argmax(axis=-1)
   rows = np.arange(len(images))
   titles = panel_titles(run.info.class_names, probs, labels)

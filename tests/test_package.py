@@ -15,7 +15,8 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_TOOLS = {'pytest', 'pytest-xdist', 'nbclient', 'nbformat', 'ipykernel',
-              'hatchling'}
+              'hatchling', 'selenium'}
+SERVE_TOOLS = {'starlette', 'uvicorn', 'python-multipart'}
 EXPORT_TOOLS = {'jax2onnx', 'onnx', 'onnxruntime'}
 
 
@@ -64,13 +65,15 @@ def test_the_wheel_holds_every_file_of_the_package(tmp_path):
   assert not {n for n in names if n.startswith(('tests/', 'experiments/'))}
 
 
-def test_the_default_install_carries_no_test_or_export_tools():
+def test_the_default_install_carries_no_test_export_or_serve_tools():
   project = _project()
   extras = project['optional-dependencies']
   runtime = _names(project['dependencies'])
   assert TEST_TOOLS <= _names(extras['test'])
   assert EXPORT_TOOLS == _names(extras['export'])
-  assert not runtime & (TEST_TOOLS | EXPORT_TOOLS)
+  assert SERVE_TOOLS == _names(extras['serve'])
+  assert SERVE_TOOLS <= _names(extras['test'])  # The serve tests need them.
+  assert not runtime & (TEST_TOOLS | EXPORT_TOOLS | SERVE_TOOLS)
   assert {'tensorflow-datasets', 'tensorflow-cpu', 'scikit-learn'} <= runtime
 
 
@@ -98,6 +101,20 @@ def test_the_export_extra_changes_no_orbax_version():
         f'({theirs}) does not, so the export extra would change it')
 
 
+def _outside_if_blocks(lines):
+  """The lines not in an `if ...` to `fi` block: .ci/run's conditional
+  installs of system packages (the serve tests' Chromium), which a user
+  may have already."""
+  depth = 0
+  for line in lines:
+    if line.startswith('if '):
+      depth += 1
+    elif line.startswith('fi') and depth:
+      depth -= 1
+    elif not depth:
+      yield line
+
+
 def test_the_readme_test_commands_are_the_ones_ci_runs():
   with open(os.path.join(REPO, 'README.md')) as f:
     readme = f.read()
@@ -105,7 +122,8 @@ def test_the_readme_test_commands_are_the_ones_ci_runs():
   block = section[section.index('```bash\n') + 8:]
   block = block[:block.index('```')]
   with open(os.path.join(REPO, '.ci', 'run')) as f:
-    ci = [line for line in f if not line.startswith(('cd ', 'set '))]
+    ci = [line for line in _outside_if_blocks(f)
+          if not line.startswith(('cd ', 'set '))]
   assert _commands(block.splitlines()) == _commands(ci)
   assert _commands(ci) == [['pip', 'install', '-e', '.[test,export]'],
                            ['python', '-m', 'pytest', '-q', '-n', '2',

@@ -68,7 +68,8 @@ def dataset_name(root: str) -> str:
   return PREFIX + root_of(PREFIX + root)
 
 
-def _image_extensions() -> frozenset[str]:
+def image_extensions() -> frozenset[str]:
+  """The file name extensions (".png", ...) of the formats Pillow reads."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   return frozenset(Image.registered_extensions())
 
@@ -85,7 +86,7 @@ class Listing:
 def list_split(root: str, split: str) -> Listing:
   """The image files of ROOT/<split>/<class>/, or one clear error."""
   directory = os.path.join(root, split)
-  extensions = _image_extensions()
+  extensions = image_extensions()
   class_names = tuple(sorted(
       name for name in os.listdir(directory)
       if not name.startswith('.')
