@@ -8,9 +8,10 @@ The device-resident input, whose batches must not depend on the topology,
 is checked the same way: a run on 1 device against one over two processes
 of one device each (jit), and against itself resumed on 8 devices (pmap).
 
-Each run is `python -m nin_jax.main` in its own process, since the number of
-(simulated CPU) devices is fixed when JAX starts. Runs that do not depend on
-each other go two at a time.
+The runs on more than one device are `python -m nin_jax.main` in processes
+of their own, since the number of (simulated CPU) devices is fixed when JAX
+starts; the one-device runs are the same command in this process. Runs that
+do not depend on each other go two at a time.
 """
 
 import json
@@ -44,16 +45,29 @@ DEVICE_INPUT = ['--config.input_pipeline=device',
                 '--config.model.dropout_rate=0']
 
 
+def _with_input(extra):
+  """Streaming input unless `extra` picks another."""
+  if not any(a.startswith('--config.input_pipeline=') for a in extra):
+    return [*extra, '--config.input_pipeline=streaming']
+  return list(extra)
+
+
 def _start(workdir, devices=1, extra=(), distributed=None):
-  """Starts one process (streaming input unless `extra` picks another)."""
+  """Starts one process."""
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2',
              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
-  if not any(a.startswith('--config.input_pipeline=') for a in extra):
-    extra = [*extra, '--config.input_pipeline=streaming']
   command = [sys.executable, '-m', 'nin_jax.main', f'--workdir={workdir}',
-             *COMMON, *extra, *(distributed or ())]
+             *COMMON, *_with_input(extra), *(distributed or ())]
   return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
+
+
+def _run_here(workdir, extra=()):
+  """A run on this process's one device: no interpreter to start."""
+  with pytest.MonkeyPatch.context() as monkeypatch:
+    code = main_runner.run_main(monkeypatch, workdir, *COMMON[1:],
+                                *_with_input(extra))
+  assert code == 0, f'{workdir}: exit {code}'
 
 
 def _finish(*processes):
@@ -82,7 +96,13 @@ def runs(tmp_path_factory):
   d = {name: str(root / name) for name in (
       'one', 'one_then_eight', 'one_bn', 'pmap_bn', 'two',
       'device_one', 'device_one_then_eight', 'device_two_processes')}
-  _finish(_start(d['one']), _start(d['device_one'], extra=DEVICE_INPUT))
+  # The one-device runs in this process, while 8 devices run in another.
+  pmap_bn = _start(d['pmap_bn'], devices=8,
+                   extra=NO_DROPOUT_BN + ['--config.parallelism=pmap'])
+  _run_here(d['one'])
+  _run_here(d['device_one'], extra=DEVICE_INPUT)
+  _run_here(d['one_bn'], extra=NO_DROPOUT_BN)
+  _finish(pmap_bn)
   # Both at step 4, to be resumed on 8 devices: steps 5-6 and the
   # evaluation run there (their later rows are moved aside on resume).
   for name in ('one', 'device_one'):
@@ -92,9 +112,6 @@ def runs(tmp_path_factory):
   _finish(_start(d['one_then_eight'], devices=8),
           _start(d['device_one_then_eight'], devices=8,
                  extra=DEVICE_INPUT + ['--config.parallelism=pmap']))
-  _finish(_start(d['one_bn'], extra=NO_DROPOUT_BN),
-          _start(d['pmap_bn'], devices=8,
-                 extra=NO_DROPOUT_BN + ['--config.parallelism=pmap']))
   address = f'localhost:{_free_port()}'
   _finish(*[_start(d['two'], distributed=[
       f'--coordinator_address={address}', '--num_processes=2',
