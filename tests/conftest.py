@@ -19,6 +19,12 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
                       tempfile.mkdtemp(prefix='nin_jax_tests_xla_'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+# And most of them run those programs for a few steps: XLA's backend
+# optimizations (LLVM's) cost more time than they save, about half of a test
+# run's CPU. Programs compute the same results; speed is measured elsewhere
+# (experiments/benchmarks), with XLA's defaults.
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
+                           + ' --xla_backend_optimization_level=0').strip()
 
 import pytest  # pylint: disable=g-import-not-at-top
 

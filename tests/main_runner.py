@@ -38,6 +38,14 @@ def run_main(monkeypatch, workdir, *overrides, config=TEST_CONFIG) -> int:
   return 0
 
 
+def environment(devices: int = 1, **variables) -> dict[str, str]:
+  """os.environ for a subprocess on `devices` simulated CPU devices, with
+  the XLA flags the tests run with (tests/conftest.py)."""
+  flags_ = os.environ.get('XLA_FLAGS', '')
+  return dict(os.environ, **variables, XLA_FLAGS=(
+      f'{flags_} --xla_force_host_platform_device_count={devices}').strip())
+
+
 def failure_tail(output: str, chars: int = 3000) -> str:
   """The end of a failed subprocess's output, for an assertion message.
 

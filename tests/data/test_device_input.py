@@ -244,8 +244,7 @@ def test_eight_devices_draw_the_batches_of_one(setup, tmp_path):
   config = _config()
   config.input_pipeline = 'device'
   path = str(tmp_path / 'eight.npz')
-  env = dict(os.environ,
-             XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  env = main_runner.environment(8)
   process = subprocess.run(
       [sys.executable, '-c', _DRAW_ON_EIGHT_DEVICES, path], cwd=REPO, env=env,
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

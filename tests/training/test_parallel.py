@@ -54,8 +54,7 @@ def _with_input(extra):
 
 def _start(workdir, devices=1, extra=(), distributed=None):
   """Starts one process."""
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2',
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  env = main_runner.environment(devices, TF_CPP_MIN_LOG_LEVEL='2')
   command = [sys.executable, '-m', 'nin_jax.main', f'--workdir={workdir}',
              *COMMON, *_with_input(extra), *(distributed or ())]
   return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
