@@ -119,6 +119,7 @@ def array(cluster, tmp_path_factory):
   _until(lambda: (os.path.exists(os.path.join(stopped, 'metrics.jsonl'))
                   and _rows(stopped)), 'the first training row', cluster)
   pid = _trainer_pid(stopped)
+  assert pid, 'the trainer of dropout/dropout/seed0 is not running'
   os.kill(pid, signal.SIGSTOP)
   assert not [r for r in _rows(stopped) if r['split'] == 'test'
               and r['step'] == 4], 'the run ended before it could be stopped'
@@ -133,7 +134,9 @@ def array(cluster, tmp_path_factory):
   def started_again():
     if ', start 2)' in _log(root, job_id, 1) or runner.poll() is not None:
       return True
-    if 'BeginTime' in (sweeps.slurm_array.queued(job_id) or {}).get(1, ''):
+    if '1 BeginTime' in cluster.run('squeue', '--noheader', '--array',
+                                    f'--jobs={job_id}', '--format=%K %r',
+                                    check=False):
       cluster.run('scontrol', 'update', f'JobId={job_id}_1', 'StartTime=now')
     return False
   _until(started_again, 'the task to start again', cluster, every=0.5)
