@@ -1,7 +1,7 @@
 """The paper's studies as sweeps, and a runner: one workdir per point and seed.
 
   python experiments/paper/sweeps.py --sweeps=gap_vs_fc,dropout --root=/tmp/sweeps
-      [--budget=full|digits|test] [--seeds=0,1,2] [--dry_run]
+      [--budget=full|digits|test] [--seeds=0,1,2] [--dry_run] [--slurm]
       [--folders=cifar10=ROOT,mnist=ROOT/mnist] [--set=FIELD=VALUE ...]
 
 Each sweep is a list of points; a point is a config file plus
@@ -34,6 +34,15 @@ accelerator JAX finds:
       --folders=cifar10=DATA,mnist=DATA/mnist
   python experiments/paper/results.py --root=R --sweeps=paper --target=89.6
 (--points=gap,fc_dropout,fc --set=num_epochs=80 runs a shorter ablation.)
+
+On a SLURM cluster, --slurm submits the unfinished runs as one job array
+instead (a task per point and seed, in the same workdirs) and reports its
+state until it is done; a rerun submits only what is neither done nor in
+the queue. Each task asks for SIGTERM --slurm_signal_seconds before its
+time limit, and requeues itself once the trainer has saved (exit 75):
+  python experiments/paper/sweeps.py --slurm --sweeps=paper --budget=full \\
+      --root=/shared/paper --slurm_partition=gpu --slurm_time=08:00:00
+(slurm_array.py; resources and what to set for a cluster: docs/slurm.md).
 
 `experiments/paper/results.py` turns the workdirs into a table and a plot.
 """
