@@ -14,6 +14,7 @@ test session on the machine. Commands reach it through `cluster.env`
 """
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -34,6 +35,22 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+def _first_job_id() -> int:
+  """A first job id whose JAX coordinator port is free: JAX's SLURM
+  detection takes port 61440 + job id % 4096, and two test clusters on one
+  machine would otherwise both start at job 1."""
+  for _ in range(100):
+    job_id = random.randrange(10_000, 1_000_000)
+    try:
+      for offset in range(8):  # The first few jobs' ports.
+        with socket.socket() as s:
+          s.bind(('', 61440 + (job_id + offset) % 4096))
+    except OSError:
+      continue
+    return job_id
+  return 1
+
+
 def _which(name: str) -> str | None:
   # The daemons are in /usr/sbin, which a non-login PATH may lack.
   return shutil.which(name) or shutil.which(
@@ -51,7 +68,9 @@ def _tail(path: str, chars: int = 2000) -> str:
 class SlurmCluster:
   """One node named after this host, CPUS CPUs, one partition `test`."""
 
-  CPUS = 2
+  # More than this machine may have: slurmd takes the configured number
+  # (config_overrides), and short test jobs can share the cores.
+  CPUS = 4
 
   def __init__(self, directory: str):
     self.directory = directory
@@ -135,13 +154,14 @@ class SlurmCluster:
   def _config(self, munge_socket: str) -> str:
     return f"""\
 ClusterName=nintest
+FirstJobId={_first_job_id()}
 SlurmctldHost={self.node}
 SlurmctldPort={_free_port()}
 SlurmdPort={_free_port()}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-AuthInfo=socket={munge_socket}
+AuthInfo=socket={munge_socket},cred_expire=10
 CredType=cred/munge
 StateSaveLocation={self._path('state')}
 SlurmdSpoolDir={self._path('spool')}

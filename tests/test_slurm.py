@@ -9,7 +9,9 @@ One array runs two tasks that are the same run under two names (the test
 config's defaults are the `gap` head and dropout 0.5, so gap_vs_fc/gap and
 dropout/dropout train alike): one is left alone, the other is sent SIGTERM
 through SLURM mid-run, requeued, and must end with the same metrics. The
-uninterrupted one is also the reference for `srun -n 2`.
+uninterrupted one is also the reference for `srun -n 2`, which runs at the
+same time (the cluster's node declares 4 CPUs for the 2 tasks and the 2
+processes).
 """
 
 import json
@@ -103,7 +105,31 @@ def _log(root, job_id, index):
 
 
 @pytest.fixture(scope='module')
-def array(cluster, tmp_path_factory):
+def srun_run(cluster, tmp_path_factory):
+  """`srun --ntasks=2` of the array's reference run (gap_vs_fc/gap/seed0,
+  the same command line), started with the array so that they share the
+  cores: the popen and its workdir."""
+  directory = tmp_path_factory.mktemp('srun')
+  workdir, log = str(directory / 'workdir'), directory / 'srun.log'
+  name, point, seed, _, argv = next(sweeps.runs(
+      ['gap_vs_fc'], '/unused', 'test', [0], 1, points=['gap']))
+  assert (name, point, seed) == ('gap_vs_fc', 'gap', 0)
+  argv = [a if not a.startswith('--workdir=') else f'--workdir={workdir}'
+          for a in argv]
+  with open(log, 'w') as out:  # Not a pipe, which nobody reads meanwhile.
+    process = subprocess.Popen(
+        ['srun', '--ntasks=2', '--cpus-per-task=1', '--time=10',
+         '--kill-on-bad-exit=1', *argv],
+        cwd=REPO, env=dict(cluster.env, TF_CPP_MIN_LOG_LEVEL='2'),
+        stdout=out, stderr=subprocess.STDOUT)
+  yield process, workdir, log
+  if process.poll() is None:
+    process.kill()
+    process.wait()
+
+
+@pytest.fixture(scope='module')
+def array(cluster, srun_run, tmp_path_factory):
   """The sweep submitted as an array; its task 1 (dropout/dropout) stopped
   by `scancel --signal=TERM --batch`, as a time limit's warning signal
   (`--signal=B:TERM@N`) would, once it has trained two steps."""
@@ -116,8 +142,9 @@ def array(cluster, tmp_path_factory):
   stopped = sweeps.workdir_of(root, 'dropout', points[0], 0)
   # Held (SIGSTOP) as soon as its first training row is written, so that
   # the signal comes mid-run however fast the machine is.
-  _until(lambda: (os.path.exists(os.path.join(stopped, 'metrics.jsonl'))
-                  and _rows(stopped)), 'the first training row', cluster)
+  metrics = os.path.join(stopped, 'metrics.jsonl')
+  _until(lambda: os.path.exists(metrics) and '"train"' in open(metrics).read(),
+         'the first training row', cluster)
   pid = _trainer_pid(stopped)
   assert pid, 'the trainer of dropout/dropout/seed0 is not running'
   os.kill(pid, signal.SIGSTOP)
@@ -127,19 +154,8 @@ def array(cluster, tmp_path_factory):
   # The runner (the batch shell) passes it on to the held trainer.
   _until(lambda: _term_pending(pid), 'SIGTERM to reach the trainer', cluster)
   os.kill(pid, signal.SIGCONT)
-  # A requeued task waits about 2 minutes (BeginTime; SLURM's CredExpire)
-  # before it may start again: make it eligible at once, again if SLURM
-  # sets the delay anew while it finishes the requeue.
-
-  def started_again():
-    if ', start 2)' in _log(root, job_id, 1) or runner.poll() is not None:
-      return True
-    if '1 BeginTime' in cluster.run('squeue', '--noheader', '--array',
-                                    f'--jobs={job_id}', '--format=%K %r',
-                                    check=False):
-      cluster.run('scontrol', 'update', f'JobId={job_id}_1', 'StartTime=now')
-    return False
-  _until(started_again, 'the task to start again', cluster, every=0.5)
+  # Requeued, the task may start again cred_expire (10 s here, 120 s by
+  # default) after the requeue (squeue's reason: BeginTime).
   out, _ = runner.communicate(timeout=TIMEOUT)
   assert runner.returncode == 0, out + cluster.logs()
   return {'root': root, 'job_id': job_id, 'out': out, 'stopped': stopped,
@@ -188,6 +204,7 @@ def test_a_task_sent_sigterm_is_requeued_and_ends_as_if_uninterrupted(
   assert f'requeued {array["job_id"]}_1' in log
   assert '(task 1 of ' in log and ', start 2)' in log  # Started again.
   assert 'done: dropout/dropout/seed0' in array['out']
+  assert 'PENDING (BeginTime)' in array['out']  # Requeued, as reported.
   assert 'requeued 1 times' in array['out']  # scontrol's Restarts=1.
   with open(os.path.join(array['stopped'], sweeps.DONE_FILE)) as f:
     assert json.load(f)['resumed']
@@ -200,24 +217,15 @@ def test_a_task_sent_sigterm_is_requeued_and_ends_as_if_uninterrupted(
   assert metrics(array['stopped']) == metrics(array['reference'])
 
 
-def test_srun_with_two_processes_trains_as_one_process(array, cluster,
-                                                       tmp_path):
+def test_srun_with_two_processes_trains_as_one_process(array, srun_run):
   """`srun -n 2`: JAX finds its peer from SLURM's variables, and the two
   processes train as the one process of the reference task (within float
   tolerance, as tests/training/test_parallel.py compares two processes
   started by hand with one)."""
-  with open(os.path.join(array['reference'], sweeps.DONE_FILE)) as f:
-    command = json.load(f)['command']  # -m nin_jax.main --workdir=... ...
-  workdir = str(tmp_path / 'srun')
-  command = [a if not a.startswith('--workdir=') else f'--workdir={workdir}'
-             for a in command]
-  result = subprocess.run(
-      ['srun', '--ntasks=2', '--cpus-per-task=1', '--time=10', '--kill-on-bad-exit=1',
-       sys.executable, *command],
-      cwd=REPO, env=dict(cluster.env, TF_CPP_MIN_LOG_LEVEL='2'),
-      capture_output=True, text=True, timeout=TIMEOUT, check=False)
-  out = result.stdout + result.stderr
-  assert result.returncode == 0, main_runner.failure_tail(out)
+  process, workdir, log = srun_run
+  process.wait(timeout=TIMEOUT)
+  out = log.read_text()
+  assert process.returncode == 0, main_runner.failure_tail(out)
   assert 'process 0 of 2, 1 local / 2 global devices' in out, out[-3000:]
   two, one = _rows(workdir), _rows(array['reference'])
   assert [(r['step'], r['split']) for r in two] == [
