@@ -211,10 +211,15 @@ PartitionName=test Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
     return result.stdout
 
   def stop(self) -> None:
-    """Cancels every job, stops the daemons and munged."""
+    """Cancels every job, stops the daemons and munged, and kills what is
+    left of this cluster (a job step's slurmstepd outlives its slurmd)."""
     if self._processes:
       subprocess.run(['scancel', '--full', '--user=root'], env=self.env,
                      capture_output=True, timeout=30)
+      deadline = time.time() + 20
+      while time.time() < deadline and self.run(
+          'squeue', '--noheader', check=False).strip():
+        time.sleep(0.5)
     for process in reversed(self._processes):
       if process.poll() is None:
         process.send_signal(signal.SIGTERM)
@@ -225,8 +230,24 @@ PartitionName=test Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
         process.kill()
         process.wait()
     self._processes = []
+    self._kill_leftovers()
     pid_file = self._path('munge', 'munged.pid')
     if self._munge_socket and os.path.exists(pid_file):
       subprocess.run([_which('munged'), '--stop',
                       f'--socket={self._munge_socket}'],
                      capture_output=True, timeout=30)
+
+  def _kill_leftovers(self) -> None:
+    """SIGKILL to every process of this cluster still running: slurmstepd
+    (which blocks SIGTERM) and job processes, all of which have this
+    cluster's SLURM_CONF in their environment."""
+    mark = f'SLURM_CONF={self.conf}'.encode()
+    for pid in os.listdir('/proc'):
+      if not pid.isdigit() or int(pid) == os.getpid():
+        continue
+      try:
+        with open(f'/proc/{pid}/environ', 'rb') as f:
+          if mark in f.read().split(b'\0'):
+            os.kill(int(pid), signal.SIGKILL)
+      except OSError:
+        continue

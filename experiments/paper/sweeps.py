@@ -295,20 +295,19 @@ def submit_sweeps(names: list[str], root: str, budget: str, seeds: list[int],
     else:
       tasks.append({'sweep': name, 'point': point, 'seed': seed,
                     'workdir': workdir, 'budget': budget, 'command': argv})
+  if not tasks and not busy:
+    print('nothing to submit: every run is done')
+    return 0
   if dry_run:
-    if tasks:
-      slurm_array.submit(root, tasks, resources, REPO, os.path.abspath(__file__),
-                         dry_run=True)
-      for i, task in enumerate(tasks):
-        print(f'# task {i}: ' + ' '.join(['python'] + task['command'][1:]))
+    slurm_array.submit(root, tasks, resources, REPO,
+                       os.path.abspath(__file__), dry_run=True)
+    for i, task in enumerate(tasks):
+      print(f'# task {i}: ' + ' '.join(['python'] + task['command'][1:]))
     return 0
   job_ids = sorted({state.split('_')[0] for state in busy.values()})
   if tasks:
     job_ids.append(slurm_array.submit(root, tasks, resources, REPO,
                                       os.path.abspath(__file__)))
-  elif not job_ids:
-    print('nothing to submit: every run is done')
-    return 0
   if not wait:
     return 0
   slurm_array.watch(job_ids, poll_seconds,
