@@ -102,16 +102,17 @@ def test_the_export_extra_changes_no_orbax_version():
 
 
 def _outside_if_blocks(lines):
-  """The lines not in an `if ...` to `fi` block: .ci/run's conditional
-  installs of system packages (the serve tests' Chromium), which a user
-  may have already."""
+  """The lines outside `if ...` / `fi` blocks: .ci/run's installs of system
+  packages for some tests, where they are missing, are no README command."""
   depth = 0
   for line in lines:
-    if line.startswith('if '):
+    first = line.split()[:1]
+    if first == ['if']:
       depth += 1
-    elif line.startswith('fi') and depth:
+    elif first == ['fi']:
       depth -= 1
-    elif not depth:
+      continue
+    if not depth:
       yield line
 
 

@@ -1,7 +1,7 @@
 """The paper's studies as sweeps, and a runner: one workdir per point and seed.
 
   python experiments/paper/sweeps.py --sweeps=gap_vs_fc,dropout --root=/tmp/sweeps
-      [--budget=full|digits|test] [--seeds=0,1,2] [--dry_run]
+      [--budget=full|digits|test] [--seeds=0,1,2] [--dry_run] [--slurm]
       [--folders=cifar10=ROOT,mnist=ROOT/mnist] [--set=FIELD=VALUE ...]
 
 Each sweep is a list of points; a point is a config file plus
@@ -35,6 +35,15 @@ accelerator JAX finds:
   python experiments/paper/results.py --root=R --sweeps=paper --target=89.6
 (--points=gap,fc_dropout,fc --set=num_epochs=80 runs a shorter ablation.)
 
+On a SLURM cluster, --slurm submits the unfinished runs as one job array
+instead (a task per point and seed, in the same workdirs) and reports its
+state until it is done; a rerun submits only what is neither done nor in
+the queue. Each task asks for SIGTERM --slurm_signal_seconds before its
+time limit, and requeues itself once the trainer has saved (exit 75):
+  python experiments/paper/sweeps.py --slurm --sweeps=paper --budget=full \\
+      --root=/shared/paper --slurm_partition=gpu --slurm_time=08:00:00
+(slurm_array.py; resources and what to set for a cluster: docs/slurm.md).
+
 `experiments/paper/results.py` turns the workdirs into a table and a plot.
 """
 
@@ -50,6 +59,9 @@ from typing import Any
 
 from absl import app
 from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import slurm_array  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DONE_FILE = 'sweep_done.json'
@@ -191,19 +203,11 @@ def launch(argv: list[str]) -> int:
       signal.signal(signum, handler)
 
 
-def run_sweeps(names: list[str], root: str, budget: str, seeds: list[int],
-               digits_epochs: int, dry_run: bool,
-               folders: dict[str, str] | None = None,
-               common: dict[str, Any] | None = None,
-               points: list[str] | None = None) -> int:
-  """Runs (or prints) every unfinished point; returns the number that failed.
-
-  A finished run's DONE_FILE records its command, when its last launch
-  started and whether that launch resumed an earlier one (results.py's time
-  to a target accuracy counts only runs made in one launch). points, if
-  given, keeps only the points of those names.
-  """
-  failed = 0
+def runs(names: list[str], root: str, budget: str, seeds: list[int],
+         digits_epochs: int, folders: dict[str, str] | None = None,
+         common: dict[str, Any] | None = None,
+         points: list[str] | None = None):
+  """(sweep name, point, seed, workdir, argv) of every run asked for."""
   for name in names:
     sweep = SWEEPS[name]
     for point in sweep.points:
@@ -211,33 +215,144 @@ def run_sweeps(names: list[str], root: str, budget: str, seeds: list[int],
         continue
       for seed in seeds:
         workdir = workdir_of(root, name, point, seed)
-        argv = command(sweep, point, seed, workdir, budget, digits_epochs,
-                       folders, common)
-        if os.path.exists(os.path.join(workdir, DONE_FILE)):
-          if not dry_run:
-            print(f'done already: {name}/{point.name}/seed{seed}')
-          continue
-        if dry_run:  # For a job array: run from the repository root.
-          print(' '.join(['python'] + argv[1:]))
-          continue
-        print(f'running: {name}/{point.name}/seed{seed}', flush=True)
-        resumed = os.path.isdir(os.path.join(workdir, 'checkpoints'))
-        started = time.time()
-        status = launch(argv)
-        if status == 75:  # Preempted: the run saved; stop here.
-          print('interrupted: rerun the same command to continue')
-          return failed + 1
-        if status != 0:
-          print(f'FAILED ({status}): {" ".join(argv)}')
-          failed += 1
-          continue
-        with open(os.path.join(workdir, DONE_FILE), 'w',
-                  encoding='utf-8') as f:
-          json.dump({'sweep': name, 'point': point.name, 'seed': seed,
-                     'budget': budget, 'command': argv[1:],
-                     'started': started, 'resumed': resumed,
-                     'seconds': round(time.time() - started, 1)}, f, indent=2)
+        yield name, point.name, seed, workdir, command(
+            sweep, point, seed, workdir, budget, digits_epochs, folders,
+            common)
+
+
+def is_done(workdir: str) -> bool:
+  return os.path.exists(os.path.join(workdir, DONE_FILE))
+
+
+def run_one(name: str, point: str, seed: int, workdir: str, argv: list[str],
+            budget: str) -> int:
+  """Runs one point and seed here; its exit status. A run that finished
+  gets its DONE_FILE: its command, when its last launch started and whether
+  that launch resumed an earlier one (results.py's time to a target
+  accuracy counts only runs made in one launch)."""
+  resumed = os.path.isdir(os.path.join(workdir, 'checkpoints'))
+  started = time.time()
+  status = launch(argv)
+  if status == 0:
+    with open(os.path.join(workdir, DONE_FILE), 'w', encoding='utf-8') as f:
+      json.dump({'sweep': name, 'point': point, 'seed': seed,
+                 'budget': budget, 'command': argv[1:],
+                 'started': started, 'resumed': resumed,
+                 'seconds': round(time.time() - started, 1)}, f, indent=2)
+  return status
+
+
+def run_sweeps(names: list[str], root: str, budget: str, seeds: list[int],
+               digits_epochs: int, dry_run: bool,
+               folders: dict[str, str] | None = None,
+               common: dict[str, Any] | None = None,
+               points: list[str] | None = None) -> int:
+  """Runs (or prints) every unfinished point; returns the number that failed.
+
+  points, if given, keeps only the points of those names.
+  """
+  failed = 0
+  for name, point, seed, workdir, argv in runs(
+      names, root, budget, seeds, digits_epochs, folders, common, points):
+    if is_done(workdir):
+      if not dry_run:
+        print(f'done already: {name}/{point}/seed{seed}')
+      continue
+    if dry_run:  # For a job array: run from the repository root.
+      print(' '.join(['python'] + argv[1:]))
+      continue
+    print(f'running: {name}/{point}/seed{seed}', flush=True)
+    status = run_one(name, point, seed, workdir, argv, budget)
+    if status == 75:  # Preempted: the run saved; stop here.
+      print('interrupted: rerun the same command to continue')
+      return failed + 1
+    if status != 0:
+      print(f'FAILED ({status}): {" ".join(argv)}')
+      failed += 1
   return failed
+
+
+def submit_sweeps(names: list[str], root: str, budget: str, seeds: list[int],
+                  digits_epochs: int, resources: 'slurm_array.Resources',
+                  dry_run: bool = False, wait: bool = True,
+                  poll_seconds: float = 60,
+                  folders: dict[str, str] | None = None,
+                  common: dict[str, Any] | None = None,
+                  points: list[str] | None = None) -> int:
+  """Submits the runs that are neither done nor in the queue as one SLURM
+  job array; with wait, reports its state until it has left the queue.
+  Returns the number of runs of the watched arrays that did not finish.
+  """
+  busy = {} if dry_run else slurm_array.in_the_queue(root)
+  tasks = []
+  for name, point, seed, workdir, argv in runs(
+      names, root, budget, seeds, digits_epochs, folders, common, points):
+    label = f'{name}/{point}/seed{seed}'
+    if is_done(workdir):
+      print(f'done already: {label}')
+    elif workdir in busy:
+      print(f'in the queue already: {label} ({busy[workdir]})')
+    else:
+      tasks.append({'sweep': name, 'point': point, 'seed': seed,
+                    'workdir': workdir, 'budget': budget, 'command': argv})
+  if not tasks and not busy:
+    print('nothing to submit: every run is done')
+    return 0
+  if dry_run:
+    slurm_array.submit(root, tasks, resources, REPO,
+                       os.path.abspath(__file__), dry_run=True)
+    for i, task in enumerate(tasks):
+      print(f'# task {i}: ' + ' '.join(['python'] + task['command'][1:]))
+    return 0
+  job_ids = sorted({state.split('_')[0] for state in busy.values()})
+  if tasks:
+    job_ids.append(slurm_array.submit(root, tasks, resources, REPO,
+                                      os.path.abspath(__file__)))
+  if not wait:
+    return 0
+  slurm_array.watch(job_ids, poll_seconds,
+                    lambda line: print(line, flush=True))
+  not_done = 0
+  for job_id, directory, job_tasks in slurm_array.submissions(root):
+    if job_id not in job_ids:
+      continue
+    states = slurm_array.final_states(job_id)
+    for i, task in enumerate(job_tasks):
+      label = f'{task["sweep"]}/{task["point"]}/seed{task["seed"]}'
+      state = f' {states[i]}' if i in states else ''
+      if is_done(task['workdir']):
+        print(f'done: {label}{state}')
+      else:
+        not_done += 1
+        print(f'NOT DONE: {label}{state} (log: '
+              f'{os.path.join(directory, f"{job_id}_{i}.out")})')
+  return not_done
+
+
+def run_task(spec: str) -> int:
+  """One task of a job array (the batch script's command): runs its point
+  and seed; if stopped by a signal (saved, exit 75), requeues the task."""
+  noted = []  # A signal before the trainer starts.
+  signal.signal(signal.SIGTERM, lambda signum, frame: noted.append(signum))
+  path, _, index = spec.rpartition(':')
+  with open(path, encoding='utf-8') as f:
+    task = json.load(f)[int(index)]
+  label = f'{task["sweep"]}/{task["point"]}/seed{task["seed"]}'
+  if is_done(task['workdir']):
+    print(f'done already: {label}')
+    return 0
+  print(f'running: {label} (task {index} of {path}, '
+        f'start {int(os.environ.get("SLURM_RESTART_COUNT", 0)) + 1})',
+        flush=True)
+  status = 75 if noted else run_one(
+      task['sweep'], task['point'], task['seed'], task['workdir'],
+      task['command'], task['budget'])
+  print(f'{label}: exit status {status}', flush=True)
+  if status == 75:
+    # Stopped by SLURM's warning signal (or a preemption) and saved.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # SLURM's requeue kill.
+    slurm_array.requeue()
+  return status
 
 
 def define_flags() -> None:
@@ -245,8 +360,7 @@ def define_flags() -> None:
   module next to others with the same flag names)."""
   flags.DEFINE_list('sweeps', list(SWEEPS), 'Sweeps to run: '
       f'{", ".join(SWEEPS)}.')
-  flags.DEFINE_string('root', None, 'Directory for the workdirs.',
-      required=True)
+  flags.DEFINE_string('root', None, 'Directory for the workdirs (required).')
   flags.DEFINE_enum('budget', 'digits', ['full', 'digits', 'test'],
       'See the module docstring.')
   flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds per point.')
@@ -262,6 +376,29 @@ def define_flags() -> None:
   flags.DEFINE_multi_string('set', [], 'FIELD=VALUE, an override for every '
       'point; repeat the flag for several (--set=num_epochs=80 '
       '--set=model.dtype=bfloat16).')
+  flags.DEFINE_bool('slurm', False, 'Submit the unfinished runs as one '
+      'SLURM job array (sbatch) instead of running them here, and report '
+      'its state until it is done; see docs/slurm.md.')
+  flags.DEFINE_string('slurm_time', '08:00:00', 'Time limit of each task '
+      '(sbatch --time); a task stopped by it is requeued and resumes.')
+  flags.DEFINE_integer('slurm_cpus_per_task', 4, 'sbatch --cpus-per-task.')
+  flags.DEFINE_string('slurm_gres', None, 'sbatch --gres of each task; '
+      'default gpu:1 with --budget=full, none otherwise; empty: none.')
+  flags.DEFINE_string('slurm_partition', '', 'sbatch --partition (default: '
+      'the cluster\'s default partition).')
+  flags.DEFINE_integer('slurm_signal_seconds', 300, 'SIGTERM this many '
+      'seconds before the time limit (sbatch --signal=B:TERM@N): time to '
+      'finish a step and save a checkpoint.')
+  flags.DEFINE_integer('slurm_max_parallel', 0, 'At most this many tasks '
+      'at once (--array=...%N); 0: no limit.')
+  flags.DEFINE_multi_string('slurm_sbatch', [], 'Another sbatch option for '
+      'every task, e.g. --slurm_sbatch=--account=lab '
+      '--slurm_sbatch=--qos=long.')
+  flags.DEFINE_bool('slurm_wait', True, 'After submitting, report the '
+      'array\'s state until it is done (--noslurm_wait: submit and return).')
+  flags.DEFINE_float('slurm_poll_seconds', 60, 'How often to ask squeue.')
+  flags.DEFINE_string('slurm_task', None, 'TASKS_FILE:INDEX: run one task of '
+      'a submitted array (what its batch script runs).')
 
 
 def _pairs(values: list[str], flag: str) -> dict[str, str]:
@@ -277,6 +414,10 @@ def _pairs(values: list[str], flag: str) -> dict[str, str]:
 
 def main(argv):
   del argv
+  if FLAGS.slurm_task:
+    sys.exit(run_task(FLAGS.slurm_task))
+  if not FLAGS.root:
+    raise app.UsageError('--root is required.')
   unknown = [name for name in FLAGS.sweeps if name not in SWEEPS]
   if unknown:
     raise app.UsageError(f'Unknown sweeps {unknown}; choose from '
@@ -288,10 +429,32 @@ def main(argv):
                          f'{sorted(known)}.')
   folders = {name: os.path.abspath(root) for name, root in
              _pairs(FLAGS.folders, 'folders').items()}
-  failed = run_sweeps(FLAGS.sweeps, os.path.abspath(FLAGS.root),
-                      FLAGS.budget, [int(s) for s in FLAGS.seeds],
-                      FLAGS.digits_epochs, FLAGS.dry_run, folders,
-                      _pairs(FLAGS.set, 'set'), FLAGS.points)
+  root, seeds = os.path.abspath(FLAGS.root), [int(s) for s in FLAGS.seeds]
+  if FLAGS.slurm:
+    gres = FLAGS.slurm_gres
+    if gres is None:
+      gres = 'gpu:1' if FLAGS.budget == 'full' else ''
+    resources = slurm_array.Resources(
+        time=FLAGS.slurm_time, cpus_per_task=FLAGS.slurm_cpus_per_task,
+        gres=gres, partition=FLAGS.slurm_partition,
+        signal_seconds=FLAGS.slurm_signal_seconds,
+        max_parallel=FLAGS.slurm_max_parallel,
+        sbatch_args=tuple(FLAGS.slurm_sbatch))
+    try:
+      failed = submit_sweeps(
+          FLAGS.sweeps, root, FLAGS.budget, seeds, FLAGS.digits_epochs,
+          resources, FLAGS.dry_run, FLAGS.slurm_wait,
+          FLAGS.slurm_poll_seconds, folders, _pairs(FLAGS.set, 'set'),
+          FLAGS.points)
+    except (RuntimeError, OSError) as e:
+      sys.exit(f'error: {e}')
+    except KeyboardInterrupt:
+      sys.exit('stopped watching; the array keeps running. Run the same '
+               'command again to watch it (nothing is submitted twice).')
+  else:
+    failed = run_sweeps(FLAGS.sweeps, root, FLAGS.budget, seeds,
+                        FLAGS.digits_epochs, FLAGS.dry_run, folders,
+                        _pairs(FLAGS.set, 'set'), FLAGS.points)
   sys.exit(1 if failed else 0)
 
 
