@@ -177,10 +177,11 @@ def test_a_sigterm_while_a_process_connects_stops_both_with_75(tmp_path):
   service once they are connected: both stop after step 1, saved."""
   address = f'localhost:{_free_port()}'
 
-  def start(process_id):
-    return _start(str(tmp_path), distributed=[
-        f'--coordinator_address={address}', '--num_processes=2',
-        f'--process_id={process_id}'])
+  def start(process_id):  # Device input: no TensorFlow to import.
+    return _start(str(tmp_path), extra=['--config.input_pipeline=device'],
+                  distributed=[f'--coordinator_address={address}',
+                               '--num_processes=2',
+                               f'--process_id={process_id}'])
   late = start(1)
   time.sleep(1)  # Importing, or connecting to the absent process 0.
   late.send_signal(signal.SIGTERM)
