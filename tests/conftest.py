@@ -56,3 +56,21 @@ def trained_workdir(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('trained'))
   train.train_and_evaluate(test_config.get_config(), workdir)
   return workdir
+
+
+# The files that take longest, in the order xdist should start them: with
+# `--dist loadfile`, files go to the workers in collection order, and a long
+# file collected last would run on one worker while the others sit idle.
+SLOWEST_FILES = ('training/test_parallel.py', 'training/test_resume.py',
+                 'files/test_remote_workdir.py', 'commands/test_console.py',
+                 'training/test_train.py', 'test_slurm.py',
+                 'commands/test_export.py', 'commands/test_pretrained.py',
+                 'test_without_tensorflow.py')
+
+
+def pytest_collection_modifyitems(items):
+  def rank(item):
+    path = item.nodeid.split('::')[0].removeprefix('tests/')
+    return (SLOWEST_FILES.index(path) if path in SLOWEST_FILES
+            else len(SLOWEST_FILES))
+  items.sort(key=rank)  # Stable: each file's tests keep their order.
