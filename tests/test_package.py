@@ -127,7 +127,7 @@ def test_the_readme_test_commands_are_the_ones_ci_runs():
           if not line.startswith(('cd ', 'set '))]
   assert _commands(block.splitlines()) == _commands(ci)
   assert _commands(ci) == [['pip', 'install', '-e', '.[test,export]'],
-                           ['python', '-m', 'pytest', '-q', '-n', '2',
+                           ['python', '-m', 'pytest', '-q', '-n', '3',
                             '--dist', 'loadfile']]
 
 
