@@ -68,7 +68,7 @@ _JAX_TF_LOG_LEVEL = '1'
 
 def _quiet_tensorflow(verbose: bool) -> None:
   """TensorFlow's and XLA's C++ log level, for the TensorFlow a command
-  imports later (data, TensorBoard's event writer, SavedModel export): 2
+  imports later (TFDS data, streaming input, SavedModel export): 2
   (errors only) on a quiet console, their default (everything) when
   verbose; a level the user set is left as it is. What TensorFlow prints
   before it reads the variable (some builds print a start-up banner) still
