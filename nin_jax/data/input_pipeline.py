@@ -21,6 +21,7 @@ batch is padded and a `mask` marks the real examples.
 import dataclasses
 import functools
 import hashlib
+import importlib.metadata
 import itertools
 import os
 import re
@@ -37,6 +38,7 @@ from nin_jax.data import image_folder
 from nin_jax.data import preprocessing
 from nin_jax import errors
 from nin_jax.files import storage
+from nin_jax.files import workdir_files
 
 Batch = dict[str, np.ndarray]
 
@@ -100,12 +102,27 @@ class DatasetInfo:
 
 
 @functools.cache
-def _digits_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
+def _digits_arrays(split: str, cache_root: str | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
   """scikit-learn's 8x8 digits as uint8 (N, 8, 8, 1) images in [0, 16].
 
   The split (one of DIGITS_SPLITS) is stratified and fixed: 1,437 training
-  and 360 test images.
+  and 360 test images. With `cache_root`, the split arrays are kept there
+  after the first use: importing scikit-learn takes longer (1-2 s of CPU)
+  than the demo's training steps.
   """
+  path = None
+  if cache_root:
+    version = importlib.metadata.version('scikit-learn')  # No import.
+    path = os.path.join(cache_root, 'nin_jax_digits', f'digits-sklearn'
+                        f'{version}-{DIGITS_TEST_SIZE}-{DIGITS_SPLIT_SEED}.npz')
+    try:
+      with np.load(path) as cached:
+        return cached[f'{split}_images'], cached[f'{split}_labels']
+    except FileNotFoundError:
+      pass
+    except (OSError, ValueError, KeyError) as e:
+      logging.warning('Ignoring the unreadable digits cache %s (%s).', path, e)
   from sklearn import datasets  # Imported here: only the digits demo needs it.
   from sklearn import model_selection
   digits = datasets.load_digits()
@@ -114,6 +131,14 @@ def _digits_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
   train_x, test_x, train_y, test_y = model_selection.train_test_split(
       images, labels, test_size=DIGITS_TEST_SIZE, stratify=labels,
       random_state=DIGITS_SPLIT_SEED)
+  if path:
+    try:
+      storage.write_npz_atomically(path, train_images=train_x,
+                                   train_labels=train_y, test_images=test_x,
+                                   test_labels=test_y)
+    except OSError as e:
+      logging.warning('Could not cache the digits in %s (%s). %s', path, e,
+                      workdir_files.RELOCATE_CACHE)
   return {'train': (train_x, train_y), 'test': (test_x, test_y)}[split]
 
 
@@ -290,7 +315,8 @@ class Dataset:
     stored = {config.train_split, config.eval_split}
     validation_folder = False
     if self.name == DIGITS:
-      self._arrays = {split: _digits_arrays(split)
+      cache_root = workdir_files.cache_root(config)
+      self._arrays = {split: _digits_arrays(split, cache_root)
                       for split in _split_parts(stored)}
       self.class_names = tuple(str(d) for d in range(10))
       self.version = 'sklearn'

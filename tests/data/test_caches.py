@@ -1,7 +1,10 @@
 """Where nin_jax caches: never in TFDS's folder for data that is not TFDS's."""
 
+import hashlib
 import logging
 import os
+import subprocess
+import sys
 
 from PIL import Image
 import pytest
@@ -53,12 +56,43 @@ def _folder(root):
   return config
 
 
-def test_digits_run_writes_its_fit_to_the_cache_root_only(places, tmp_path):
+def test_digits_run_writes_its_arrays_and_fit_to_the_cache_root_only(
+    places, tmp_path):
   train.train_and_evaluate(test_config.get_config(), str(tmp_path / 'run'))
   assert _files(places['tfds']) == [] and _ours_in_home(places['home']) == []
   cached = _files(places['cache'])
-  assert len(cached) == 1, cached
-  assert cached[0].startswith('nin_jax_preprocessing/digits-standardize-')
+  assert len(cached) == 2, cached
+  assert cached[0].startswith('nin_jax_digits/digits-sklearn'), cached
+  assert cached[1].startswith('nin_jax_preprocessing/digits-standardize-')
+
+
+_READ_DIGITS = '''
+import hashlib, sys
+from nin_jax.configs import test
+from nin_jax.data import input_pipeline
+dataset = input_pipeline.Dataset(test.get_config())
+digest = hashlib.sha256()
+for split in ('train', 'test'):
+  for array in dataset.arrays(split):
+    digest.update(array.tobytes())
+print('sklearn' in sys.modules, digest.hexdigest())
+'''
+
+
+def test_cached_digits_are_scikit_learns_and_need_no_import_of_it(places):
+  del places  # A fresh, empty cache root.
+  runs = [subprocess.run([sys.executable, '-c', _READ_DIGITS],
+                         capture_output=True, text=True, check=False)
+          for _ in range(2)]
+  for run in runs:
+    assert run.returncode == 0, run.stderr[-2000:]
+  (first, digest), (second, again) = (r.stdout.split() for r in runs)
+  assert (first, second) == ('True', 'False')  # Written, then read.
+  expected = hashlib.sha256()
+  for split in ('train', 'test'):
+    for array in input_pipeline._digits_arrays(split):  # pylint: disable=protected-access
+      expected.update(array.tobytes())
+  assert digest == again == expected.hexdigest()
 
 
 def test_folder_decodes_and_fit_go_to_the_cache_root(places, tmp_path):
