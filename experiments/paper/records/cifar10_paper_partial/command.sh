@@ -1,0 +1,20 @@
+#!/bin/bash
+# The paper's CIFAR-10 NiN (966,986 parameters, no BatchNorm, dropout 0.5,
+# translation + flips) on CIFAR-10 (JPEG), configs/cifar10_paper_cpu.py as of
+# commit 41fb8e7: 40 epochs (15,600 steps at batch 128), peak lr 0.04 after
+# a 3-epoch warm-up, cosine to 0. Seed 0. From a git worktree at that commit,
+# by experiments/paper/cpu_runs.sh (after MNIST seed 2 in the same driver):
+cd /work/wt_paper2  # git worktree add --detach /work/wt_paper2 41fb8e7
+MNIST_SEEDS="2" experiments/paper/cpu_runs.sh /work/data /work/runs/paper_v2 all
+# which ran:
+#   /usr/bin/time -v python -m nin_jax.main --workdir=/work/runs/paper_v2/cifar10_paper \
+#     --config=cifar10_paper_cpu --config.dataset=folder:/work/data
+# Started 2026-12-03 17:57 UTC. Paused by SIGSTOP three times for test-suite
+# timings (about 50 min in all), and shared the cores with test runs; the
+# logged img/s of those windows is no speed measurement (alone: 150-185).
+# NOT FINISHED: the session ended while it ran; see console.txt for the last
+# step logged and metrics.jsonl for the rows. A checkpoint is written every
+# epoch (390 steps). To resume it (exact resume), from the same worktree:
+#   experiments/paper/cpu_runs.sh /work/data /work/runs/paper_v2 cifar10
+# The finished run's record replaces this one (as cifar10_paper/), saying
+# that it was resumed.
