@@ -19,6 +19,14 @@ if TYPE_CHECKING:
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
+def _listened(signals) -> list[int]:
+  """Those of `signals` the process does not ignore: one started with
+  `nohup` (SIGHUP) or in the background of a script (SIGINT) was asked to
+  keep running, and does."""
+  return [signum for signum in signals
+          if signal.getsignal(signum) is not signal.SIG_IGN]
+
+
 class _EarlySignals:
   """Notes a stop signal that comes before StopSignals listens.
 
@@ -37,7 +45,7 @@ class _EarlySignals:
   def listen(self) -> None:
     if threading.current_thread() is not threading.main_thread():
       return
-    for signum in _STOP_SIGNALS:
+    for signum in _listened(_STOP_SIGNALS):
       self._original[signum] = signal.signal(signum, self._handle)
 
   def _handle(self, signum, frame) -> None:
@@ -100,7 +108,8 @@ class StopSignals:
   `reached_preemption` asks) hears SIGTERM on any process and makes all of
   them agree on the step to stop at; SIGINT and SIGHUP are forwarded to it
   as SIGTERM. A second SIGINT interrupts at once. SIGHUP (a closed terminal
-  or ssh session) counts as SIGTERM.
+  or ssh session) counts as SIGTERM. A signal the process was started
+  ignoring (`nohup`) stays ignored.
   """
 
   def __init__(self):
@@ -118,7 +127,7 @@ class StopSignals:
       return self  # Handlers can only be set from the main thread.
     wanted = [signal.SIGINT, signal.SIGHUP] + (
         [] if self._distributed else [signal.SIGTERM])
-    for signum in wanted:
+    for signum in _listened(wanted):
       self._previous[signum] = _EARLY.original(
           signum, signal.signal(signum, self._handle))
     # One noted before (listen_early): with several processes it is with

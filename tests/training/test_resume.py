@@ -181,17 +181,37 @@ def test_a_stop_at_an_evaluation_step_evaluates_it_on_resume(
 def test_a_signal_during_start_up_exits_75_before_the_workdir_is_touched(
     tiny_config, tmp_path, monkeypatch):
   load_data = train._load_data
+  before = signal.signal(signal.SIGHUP, signal.SIG_DFL)  # Not under nohup.
+  monkeypatch.setattr(train, '_load_data', _hanging_up(load_data))
+  try:
+    with pytest.raises(errors.Preempted, match='SIGHUP received while the '
+                       'run was starting: nothing new to save'):
+      train.train_and_evaluate(tiny_config, str(tmp_path / 'run'))
+    assert not os.path.exists(tmp_path / 'run')
+    # The handlers are restored afterwards.
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+  finally:
+    signal.signal(signal.SIGHUP, before)
 
+
+def test_a_run_started_with_nohup_ignores_sighup(tiny_config, tmp_path,
+                                                 monkeypatch):
+  before = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # As nohup does.
+  monkeypatch.setattr(train, '_load_data', _hanging_up(train._load_data))
+  try:
+    train.train_and_evaluate(tiny_config, str(tmp_path / 'run'))
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+  finally:
+    signal.signal(signal.SIGHUP, before)
+  assert [row['step'] for row in _rows(str(tmp_path / 'run'))
+          if row['split'] == 'test'][-1] == tiny_config.num_train_steps
+
+
+def _hanging_up(load_data):
   def load_then_hang_up(*args):
     os.kill(os.getpid(), signal.SIGHUP)  # A closed terminal, mid start-up.
     return load_data(*args)
-  monkeypatch.setattr(train, '_load_data', load_then_hang_up)
-  with pytest.raises(errors.Preempted, match='SIGHUP received while the run '
-                     'was starting: nothing new to save'):
-    train.train_and_evaluate(tiny_config, str(tmp_path / 'run'))
-  assert not os.path.exists(tmp_path / 'run')
-  # The handlers are restored afterwards.
-  assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+  return load_then_hang_up
 
 
 def test_a_signal_before_the_run_listens_exits_75_too(tiny_config, tmp_path):
