@@ -245,28 +245,17 @@ def load_split(root: str, split: str, listing: Listing,
   key = _cache_key(directory, listing, channels, size)
   name = f'{os.path.basename(root) or "root"}-{split}-{key}.npz'
   path = os.path.join(cache_dir(config), name)
-  if os.path.exists(path):
-    try:
-      with np.load(path) as cached:
-        return cached['images'], cached['labels']
-    except (OSError, ValueError, KeyError) as e:
-      logging.warning('Ignoring unreadable decoded-image cache %s (%s).',
-                      path, e)
-  order = np.random.default_rng(SHUFFLE_SEED).permutation(len(listing.paths))
-  paths = tuple(listing.paths[i] for i in order)
-  logging.info('Decoding the %d images of %s (cached afterwards in %s) ...',
-               len(paths), directory, os.path.dirname(path))
-  images = decode_all(directory, paths, channels, size)
-  labels = listing.labels[order]
-  try:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    storage.write_npz_atomically(path, images=images, labels=labels,
-                                 paths=np.asarray(paths))
-  except OSError as e:
-    logging.warning('Could not cache the decoded images in %s (%s); the next '
-                    'run decodes them again. %s', path, e,
-                    workdir_files.RELOCATE_CACHE)
-  return images, labels
+
+  def decode() -> dict[str, np.ndarray]:
+    order = np.random.default_rng(SHUFFLE_SEED).permutation(len(listing.paths))
+    paths = tuple(listing.paths[i] for i in order)
+    logging.info('Decoding the %d images of %s (cached afterwards in %s) ...',
+                 len(paths), directory, os.path.dirname(path))
+    return {'images': decode_all(directory, paths, channels, size),
+            'labels': listing.labels[order], 'paths': np.asarray(paths)}
+
+  arrays = workdir_files.cached(path, 'decoded images', decode)
+  return arrays['images'], arrays['labels']
 
 
 @dataclasses.dataclass(frozen=True)

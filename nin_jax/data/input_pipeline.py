@@ -111,18 +111,18 @@ def _digits_arrays(split: str, cache_root: str | None = None
   after the first use: importing scikit-learn takes longer (1-2 s of CPU)
   than the demo's training steps.
   """
-  path = None
-  if cache_root:
+  if not cache_root:
+    arrays = _split_digits()
+  else:
     version = importlib.metadata.version('scikit-learn')  # No import.
-    path = os.path.join(cache_root, 'nin_jax_digits', f'digits-sklearn'
-                        f'{version}-{DIGITS_TEST_SIZE}-{DIGITS_SPLIT_SEED}.npz')
-    try:
-      with np.load(path) as cached:
-        return cached[f'{split}_images'], cached[f'{split}_labels']
-    except FileNotFoundError:
-      pass
-    except (OSError, ValueError, KeyError) as e:
-      logging.warning('Ignoring the unreadable digits cache %s (%s).', path, e)
+    arrays = workdir_files.cached(
+        os.path.join(cache_root, 'nin_jax_digits', f'digits-sklearn{version}-'
+                     f'{DIGITS_TEST_SIZE}-{DIGITS_SPLIT_SEED}.npz'),
+        'digits', _split_digits)
+  return arrays[f'{split}_images'], arrays[f'{split}_labels']
+
+
+def _split_digits() -> dict[str, np.ndarray]:
   from sklearn import datasets  # Imported here: only the digits demo needs it.
   from sklearn import model_selection
   digits = datasets.load_digits()
@@ -131,15 +131,8 @@ def _digits_arrays(split: str, cache_root: str | None = None
   train_x, test_x, train_y, test_y = model_selection.train_test_split(
       images, labels, test_size=DIGITS_TEST_SIZE, stratify=labels,
       random_state=DIGITS_SPLIT_SEED)
-  if path:
-    try:
-      storage.write_npz_atomically(path, train_images=train_x,
-                                   train_labels=train_y, test_images=test_x,
-                                   test_labels=test_y)
-    except OSError as e:
-      logging.warning('Could not cache the digits in %s (%s). %s', path, e,
-                      workdir_files.RELOCATE_CACHE)
-  return {'train': (train_x, train_y), 'test': (test_x, test_y)}[split]
+  return {'train_images': train_x, 'train_labels': train_y,
+          'test_images': test_x, 'test_labels': test_y}
 
 
 def _host_reachable(url: str, timeout: float = 5.0) -> bool:

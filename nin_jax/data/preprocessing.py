@@ -257,25 +257,18 @@ def fit_cached(config: ml_collections.ConfigDict, fingerprint: str,
   dataset = re.sub(r'[^A-Za-z0-9_.-]+', '_', config.dataset)
   name = f'{dataset}-{config.preprocessing}-{cache_key(fingerprint, config)}.npz'
   path = os.path.join(fits_directory(config, tfds_data), name)
-  if os.path.exists(path):
-    try:
-      cached = Preprocessing.load(path)
-      logging.info('Reusing the %s statistics cached in %s',
-                   config.preprocessing, path)
-      return cached
-    except (OSError, ValueError, KeyError) as e:
-      logging.warning('Ignoring unreadable preprocessing cache %s (%s).', path, e)
-  logging.info('Fitting %s preprocessing on the training split ...',
-               config.preprocessing)
-  fitted = fit(config.preprocessing, batches, num_channels, pixel_max,
+
+  def fit_now() -> Preprocessing:
+    logging.info('Fitting %s preprocessing on the training split ...',
+                 config.preprocessing)
+    return fit(config.preprocessing, batches, num_channels, pixel_max,
                config.gcn_scale, config.zca_filter_bias)
-  try:
-    fitted.save(path)
-  except OSError as e:
-    logging.warning('Could not cache the preprocessing statistics in %s (%s);'
-                    ' the next run fits them again.%s', path, e,
-                    '' if tfds_data else ' ' + workdir_files.RELOCATE_CACHE)
-  return fitted
+
+  return workdir_files.cached(
+      path, f'{config.preprocessing} statistics', fit_now,
+      read=Preprocessing.load, write=lambda file, fitted: fitted.save(file),
+      # TFDS data's fits go where the data is, not to the cache root.
+      hint='' if tfds_data else workdir_files.RELOCATE_CACHE)
 
 
 def record(preprocessing: Preprocessing,

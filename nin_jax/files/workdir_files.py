@@ -32,10 +32,11 @@ import socket
 import tempfile
 import threading
 import time
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from absl import logging
 import ml_collections
+import numpy as np
 
 from nin_jax import errors
 from nin_jax.files import storage
@@ -88,6 +89,47 @@ def cache_root(config: ml_collections.ConfigDict) -> str:
   base = xdg if os.path.isabs(xdg) else os.path.join(
       os.path.expanduser('~'), '.cache')
   return os.path.join(base, 'nin_jax')
+
+
+_Cached = TypeVar('_Cached')
+
+
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+  with np.load(path, allow_pickle=False) as arrays:
+    return {name: arrays[name] for name in arrays.files}
+
+
+def _write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
+  storage.write_npz_atomically(path, **arrays)
+
+
+def cached(path: str, what: str, make: Callable[[], _Cached], *,
+           read: Callable[[str], _Cached] = _read_npz,
+           write: Callable[[str, _Cached], None] = _write_npz,
+           hint: str = RELOCATE_CACHE) -> _Cached:
+  """`read(path)` if a cache is there, else `make()`, kept at `path` for
+  the next run (by default a dict of arrays, as an .npz).
+
+  A cache never stops a run: an unreadable one is made again and one that
+  cannot be written costs a warning, ending with `hint` (where to cache
+  instead). Every process of a run may write the same file: writes are
+  atomic.
+  """
+  if storage.exists(path):
+    try:
+      value = read(path)
+      logging.info('Reusing the %s cached in %s', what, path)
+      return value
+    except (OSError, ValueError, KeyError) as e:
+      logging.warning('Ignoring the unreadable %s cache %s (%s).', what, path,
+                      e)
+  value = make()
+  try:
+    write(path, value)
+  except OSError as e:
+    logging.warning('Could not cache the %s in %s (%s); the next run makes '
+                    'them again.%s', what, path, e, hint and ' ' + hint)
+  return value
 
 
 # --- The workdir ------------------------------------------------------------------

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 from PIL import Image
 import pytest
 
@@ -151,6 +152,27 @@ def test_an_unwritable_cache_root_warns_and_the_data_still_loads(
   for warning in warnings:
     assert str(blocked) in warning and '$NIN_JAX_CACHE_DIR' in warning
   assert _files(places['tfds']) == []
+
+
+def test_a_damaged_cache_is_made_again_and_replaced(tmp_path, caplog):
+  path = tmp_path / 'fits' / 'numbers.npz'
+  path.parent.mkdir()
+  path.write_bytes(b'garbage')
+  made = []
+
+  def make():
+    made.append(len(made))
+    return {'numbers': np.arange(3)}
+
+  with caplog.at_level(logging.WARNING):
+    first = workdir_files.cached(str(path), 'numbers', make)
+    second = workdir_files.cached(str(path), 'numbers', make)  # Read back.
+  assert made == [0]
+  np.testing.assert_array_equal(second['numbers'], first['numbers'])
+  warnings = [r.getMessage() for r in caplog.records
+              if r.levelno == logging.WARNING]
+  assert len(warnings) == 1, warnings
+  assert 'unreadable numbers cache' in warnings[0] and str(path) in warnings[0]
 
 
 def test_a_tfds_fit_of_a_bucket_data_dir_is_cached_locally(places):
