@@ -275,7 +275,14 @@ def state_is_finite(state: Any) -> bool:
   leaves = [x for x in jax.tree.leaves(state)
             if jax.numpy.issubdtype(getattr(x, 'dtype', np.int32),
                                     jax.numpy.floating)]
-  return all(bool(jax.numpy.isfinite(x).all()) for x in leaves)
+  return bool(_all_finite(leaves))
+
+
+@jax.jit
+def _all_finite(leaves: list[jax.Array]) -> jax.Array:
+  """One program and one transfer for the whole state, not two per array."""
+  return jax.numpy.all(jax.numpy.array(
+      [True] + [jax.numpy.isfinite(x).all() for x in leaves]))
 
 
 class _HeldReports(std_logging.Filter):

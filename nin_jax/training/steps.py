@@ -30,14 +30,24 @@ class TrainState(train_state.TrainState):
 def create_train_state(config: ml_collections.ConfigDict, model: nin.NiN,
                        image_shape: tuple[int, ...], key: jax.Array,
                        learning_rate_fn: optax.Schedule) -> TrainState:
-  """Initializes parameters and optimizer state (on the default device)."""
-  dummy = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
-  variables = jax.jit(functools.partial(model.init, train=False))(
-      {'params': key}, dummy)
-  params = variables['params']
-  tx = optimizer.create_optimizer(config, learning_rate_fn, params)
-  return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
-                           batch_stats=variables.get('batch_stats', {}))
+  """Initializes parameters and optimizer state (on the default device).
+
+  One compiled program: op by op, every optimizer buffer would be a
+  compilation (and a start-up pause) of its own.
+  """
+  def variables(key):
+    dummy = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+    return model.init({'params': key}, dummy, train=False)
+  # The optimizer needs only the parameters' names and shapes.
+  tx = optimizer.create_optimizer(
+      config, learning_rate_fn, jax.eval_shape(variables, key)['params'])
+
+  @jax.jit
+  def init(key):
+    initial = variables(key)
+    return TrainState.create(apply_fn=model.apply, params=initial['params'],
+                             tx=tx, batch_stats=initial.get('batch_stats', {}))
+  return init(key)
 
 
 def compute_metrics(logits: jax.Array, labels: jax.Array,
