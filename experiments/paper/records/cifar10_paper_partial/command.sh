@@ -12,6 +12,11 @@ MNIST_SEEDS="2" experiments/paper/cpu_runs.sh /work/data /work/runs/paper_v2 all
 # Started 2026-12-03 17:57 UTC. Paused by SIGSTOP three times for test-suite
 # timings (about 50 min in all), and shared the cores with test runs; the
 # logged img/s of those windows is no speed measurement (alone: 150-185).
+# The end of that session cut it at step 4,200; it resumed at 19:56 UTC from
+# its checkpoint at step 3,900 (exact resume: the rows logged after it went
+# to metrics.superseded.jsonl) with the command below. In that session it
+# shared the cores with two test-suite runs and was paused (SIGSTOP) for a
+# third, about 10 min.
 # NOT FINISHED: the session ended while it ran; see console.txt for the last
 # step logged and metrics.jsonl for the rows. A checkpoint is written every
 # epoch (390 steps). To resume it (exact resume), from the same worktree:
