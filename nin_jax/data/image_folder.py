@@ -254,7 +254,10 @@ def load_split(root: str, split: str, listing: Listing,
     return {'images': decode_all(directory, paths, channels, size),
             'labels': listing.labels[order], 'paths': np.asarray(paths)}
 
-  arrays = workdir_files.cached(path, 'decoded images', decode)
+  # The file also keeps each image's path, which loading does not need.
+  arrays = workdir_files.cached(
+      path, 'decoded images', decode,
+      read=lambda file: workdir_files.read_npz(file, ('images', 'labels')))
   return arrays['images'], arrays['labels']
 
 

@@ -29,7 +29,6 @@ import socket
 import urllib.parse
 from typing import Any, Iterator
 
-from absl import logging
 import jax
 import ml_collections
 import numpy as np

@@ -94,9 +94,12 @@ def cache_root(config: ml_collections.ConfigDict) -> str:
 _Cached = TypeVar('_Cached')
 
 
-def _read_npz(path: str) -> dict[str, np.ndarray]:
+def read_npz(path: str, names: tuple[str, ...] | None = None
+             ) -> dict[str, np.ndarray]:
+  """The arrays `names` (by default all) of an .npz file; no others are
+  read."""
   with np.load(path, allow_pickle=False) as arrays:
-    return {name: arrays[name] for name in arrays.files}
+    return {name: arrays[name] for name in names or arrays.files}
 
 
 def _write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
@@ -104,7 +107,7 @@ def _write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
 
 
 def cached(path: str, what: str, make: Callable[[], _Cached], *,
-           read: Callable[[str], _Cached] = _read_npz,
+           read: Callable[[str], _Cached] = read_npz,
            write: Callable[[str, _Cached], None] = _write_npz,
            hint: str = RELOCATE_CACHE) -> _Cached:
   """`read(path)` if a cache is there, else `make()`, kept at `path` for

@@ -7,7 +7,6 @@ derives the run's base key from the seed and `train_step` folds in the step
 (and, under pmap, the device), so a resumed run needs no saved key.
 """
 
-import functools
 from typing import Any, Callable
 
 from flax.training import train_state

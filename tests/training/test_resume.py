@@ -181,9 +181,8 @@ def test_a_stop_at_an_evaluation_step_evaluates_it_on_resume(
 
 def test_a_signal_during_start_up_exits_75_before_the_workdir_is_touched(
     tiny_config, tmp_path, monkeypatch):
-  load_data = train._load_data
   before = signal.signal(signal.SIGHUP, signal.SIG_DFL)  # Not under nohup.
-  monkeypatch.setattr(train, '_load_data', _hanging_up(load_data))
+  monkeypatch.setattr(train, '_load_data', _hanging_up(train._load_data))
   try:
     with pytest.raises(errors.Preempted, match='SIGHUP received while the '
                        'run was starting: nothing new to save'):
