@@ -64,6 +64,8 @@ class _Run:
   strategy: parallel.Jit | parallel.Pmap
   checkpointer: checkpointing.Checkpointer
   writer: metric_writers.MetricWriter
+  # Compiled: each log line reads it, and op by op it would compile its
+  # handful of operations in every process.
   learning_rate_fn: Callable[[int], Any]
   dropout_key: jax.Array  # From config.seed; placed on the devices.
   # The workdir's lock, held by process 0 (None on the others).
@@ -138,7 +140,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         wandb_project=config.wandb_project, run_config=config.to_dict())
     cleanup.callback(writer.close)
     run = _Run(config, workdir, data, plan, strategy, checkpointer, writer,
-               learning_rate_fn,
+               jax.jit(learning_rate_fn),
                strategy.put_key(steps.dropout_key(config.seed)), lock)
     if start_step >= plan.num_steps:
       logging.info('Training already finished at step %d (of %d); nothing '
