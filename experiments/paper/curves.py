@@ -1,0 +1,74 @@
+"""Test accuracy against epochs for several run records or workdirs, in one
+figure, so that runs of different schedules can be compared at equal epochs.
+
+  python experiments/paper/curves.py --out=curves.png \
+      experiments/paper/records/cifar10_paper \
+      experiments/paper/records/default_2500
+
+Each argument is a directory holding a metrics.jsonl and a config.json (a
+workdir, or a record under experiments/paper/records/); its name labels the
+curve. Steps become epochs with the run's own batch size and the number of
+training examples of its dataset.json (or --train_examples).
+"""
+
+import json
+import os
+
+from absl import app
+from absl import flags
+import matplotlib
+
+matplotlib.use('Agg')
+from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('out', None, 'Where to write the figure (.png).',
+                    required=True)
+flags.DEFINE_integer('train_examples', None,
+                     "Training examples per epoch, for runs whose directory "
+                     "has no dataset.json (CIFAR-10's 50,000, for example).")
+
+
+def _read_json(path: str) -> dict:
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)
+
+
+def test_curve(run_dir: str, train_examples: int | None = None
+               ) -> tuple[list[float], list[float]]:
+  """(epochs, test accuracy in %) of every test evaluation of a run."""
+  config = _read_json(os.path.join(run_dir, 'config.json'))
+  dataset_file = os.path.join(run_dir, 'dataset.json')
+  if os.path.exists(dataset_file):
+    train_examples = _read_json(dataset_file)['num_train']
+  if not train_examples:
+    raise app.UsageError(f'{run_dir} has no dataset.json: give '
+                         '--train_examples=N (50000 for CIFAR-10).')
+  with open(os.path.join(run_dir, 'metrics.jsonl'), encoding='utf-8') as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  tests = sorted((r['step'], r['accuracy']) for r in rows
+                 if r['split'] == 'test')
+  steps_per_epoch = train_examples // config['batch_size']
+  return ([step / steps_per_epoch for step, _ in tests],
+          [100 * accuracy for _, accuracy in tests])
+
+
+def main(argv):
+  if len(argv) < 2:
+    raise app.UsageError('Name at least one run directory.')
+  figure, axes = plt.subplots(figsize=(7, 4.5))
+  for run_dir in argv[1:]:
+    epochs, accuracy = test_curve(run_dir, FLAGS.train_examples)
+    axes.plot(epochs, accuracy, marker='.', label=os.path.basename(
+        os.path.normpath(run_dir)))
+  axes.set_xlabel('epoch')
+  axes.set_ylabel('test accuracy (%)')
+  axes.grid(alpha=0.3)
+  axes.legend()
+  figure.tight_layout()
+  figure.savefig(FLAGS.out, dpi=120)
+  print(f'wrote {FLAGS.out}')
+
+
+if __name__ == '__main__':
+  app.run(main)
