@@ -7,8 +7,9 @@ figure, so that runs of different schedules can be compared at equal epochs.
 
 Each argument is a directory holding a metrics.jsonl and a config.json (a
 workdir, or a record under experiments/paper/records/); its name labels the
-curve. Steps become epochs with the run's own batch size and the number of
-training examples of its dataset.json (or --train_examples).
+curve unless --labels names them (one per directory, in order). Steps
+become epochs with the run's own batch size and the number of training
+examples of its dataset.json (or --train_examples).
 """
 
 import json
@@ -27,6 +28,9 @@ flags.DEFINE_string('out', None, 'Where to write the figure (.png).',
 flags.DEFINE_integer('train_examples', None,
                      "Training examples per epoch, for runs whose directory "
                      "has no dataset.json (CIFAR-10's 50,000, for example).")
+flags.DEFINE_list('labels', None,
+                  'Comma-separated curve labels, one per directory '
+                  '(default: the directory names).')
 
 
 def _read_json(path: str) -> dict:
@@ -56,11 +60,17 @@ def test_curve(run_dir: str, train_examples: int | None = None
 def main(argv):
   if len(argv) < 2:
     raise app.UsageError('Name at least one run directory.')
+  run_dirs = argv[1:]
+  labels = FLAGS.labels or [os.path.basename(os.path.normpath(d))
+                            for d in run_dirs]
+  if len(labels) != len(run_dirs):
+    raise app.UsageError(f'--labels names {len(labels)} curves for '
+                         f'{len(run_dirs)} directories: give one per '
+                         'directory.')
   figure, axes = plt.subplots(figsize=(7, 4.5))
-  for run_dir in argv[1:]:
+  for run_dir, label in zip(run_dirs, labels):
     epochs, accuracy = test_curve(run_dir, FLAGS.train_examples)
-    axes.plot(epochs, accuracy, marker='.', label=os.path.basename(
-        os.path.normpath(run_dir)))
+    axes.plot(epochs, accuracy, marker='.', label=label)
   axes.set_xlabel('epoch')
   axes.set_ylabel('test accuracy (%)')
   axes.grid(alpha=0.3)

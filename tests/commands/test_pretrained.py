@@ -138,7 +138,7 @@ def test_the_bundled_models_are_found_by_name(monkeypatch):
   assert root == os.path.join(
       os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
           __file__)))), 'nin_jax', 'pretrained')
-  for name in ('cifar10', 'mnist'):
+  for name in ('cifar10', 'cifar10_paper', 'mnist'):
     assert trained_run.is_published(trained_run.find_published(name))
 
 
