@@ -1,17 +1,16 @@
 """Same numbers on 1 device, 8 devices (jit and pmap) and 2 processes.
 
-Moving a run from 1 device to 8 mid-way (jit) shows both that checkpoints
+Moving a run from 1 device to 8 mid-way shows both that checkpoints
 reshard and that 8 devices compute what 1 does; 8 simulated devices are the
-slowest runs here, so there are only two more (pmap).
-
-The device-resident input, whose batches must not depend on the topology,
-is checked the same way: a run on 1 device against one over two processes
-of one device each (jit), and against itself resumed on 8 devices (pmap).
+slowest runs here, so there are two: the streaming input under jit, and the
+device-resident input under pmap with BatchNorm (whose statistics must be
+those of the global batch, and whose batches must not depend on the
+topology). Both inputs are also run over two processes of one device each.
 
 The runs on more than one device are `python -m nin_jax.main` in processes
 of their own, since the number of (simulated CPU) devices is fixed when JAX
-starts; the one-device runs are the same command in this process. Runs that
-do not depend on each other go two at a time.
+starts; the one-device runs are the same command in this process, while
+the two-process streaming run goes on beside them.
 """
 
 import json
@@ -35,14 +34,12 @@ COMMON = ['--config=nin_jax/configs/test.py', '--config.num_train_steps=6',
           '--config.lr_schedule=step', '--config.warmup_epochs=0',
           '--config.log_every_steps=1', '--config.eval_every_steps=6',
           '--config.checkpoint_every_steps=2', '--config.data_shards=2']
-# BatchNorm on: its statistics must be those of the global batch under pmap
-# too, or the runs would differ.
-NO_DROPOUT_BN = ['--config.model.dropout_rate=0',
-                 '--config.model.use_batchnorm=True']
-# The device-resident input; dropout off, since pmap draws each device's
-# masks from its own key.
+# The device-resident input, with BatchNorm on (its statistics must be
+# those of the global batch under pmap too, or the runs would differ) and
+# dropout off, since pmap draws each device's masks from its own key.
 DEVICE_INPUT = ['--config.input_pipeline=device',
-                '--config.model.dropout_rate=0']
+                '--config.model.dropout_rate=0',
+                '--config.model.use_batchnorm=True']
 
 
 def _with_input(extra):
@@ -93,15 +90,15 @@ def _metrics(workdir):
 def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp('parallel')
   d = {name: str(root / name) for name in (
-      'one', 'one_then_eight', 'one_bn', 'pmap_bn', 'two',
+      'one', 'one_then_eight', 'two',
       'device_one', 'device_one_then_eight', 'device_two_processes')}
-  # The one-device runs in this process, while 8 devices run in another.
-  pmap_bn = _start(d['pmap_bn'], devices=8,
-                   extra=NO_DROPOUT_BN + ['--config.parallelism=pmap'])
+  address = f'localhost:{_free_port()}'
+  two = [_start(d['two'], distributed=[
+      f'--coordinator_address={address}', '--num_processes=2',
+      f'--process_id={i}']) for i in range(2)]
   _run_here(d['one'])
   _run_here(d['device_one'], extra=DEVICE_INPUT)
-  _run_here(d['one_bn'], extra=NO_DROPOUT_BN)
-  _finish(pmap_bn)
+  _finish(*two)
   # Both at step 4, to be resumed on 8 devices: steps 5-6 and the
   # evaluation run there (their later rows are moved aside on resume).
   for name in ('one', 'device_one'):
@@ -111,10 +108,6 @@ def runs(tmp_path_factory):
   _finish(_start(d['one_then_eight'], devices=8),
           _start(d['device_one_then_eight'], devices=8,
                  extra=DEVICE_INPUT + ['--config.parallelism=pmap']))
-  address = f'localhost:{_free_port()}'
-  _finish(*[_start(d['two'], distributed=[
-      f'--coordinator_address={address}', '--num_processes=2',
-      f'--process_id={i}']) for i in range(2)])
   address = f'localhost:{_free_port()}'
   _finish(*[_start(d['device_two_processes'], extra=DEVICE_INPUT, distributed=[
       f'--coordinator_address={address}', '--num_processes=2',
@@ -137,11 +130,6 @@ def test_checkpoint_from_one_device_resumes_on_eight_with_equal_results(runs):
   _assert_same(runs['one_then_eight'], runs['one'])
 
 
-def test_pmap_with_batchnorm_on_eight_devices_equals_jit_on_one(runs):
-  # Dropout off: pmap draws each device's masks from its own key.
-  _assert_same(runs['pmap_bn'], runs['one_bn'])
-
-
 def test_two_processes_equal_one_process(runs):
   _assert_same(runs['two'], runs['one'])
 
@@ -151,10 +139,11 @@ def test_device_input_on_one_device_equals_two_processes(runs):
   _assert_same(runs['device_two_processes'], runs['device_one'])
 
 
-def test_device_input_resumed_on_eight_devices_continues_the_same_batches(
+def test_device_input_resumed_on_eight_devices_under_pmap_with_batchnorm(
     runs):
   # Steps 5-6 drawn by 8 devices (pmap), an eighth of each batch each, in
-  # the data order whose first 4 batches 1 device drew.
+  # the data order whose first 4 batches 1 device drew; BatchNorm's batch
+  # statistics are the global batch's (an eighth's would change the loss).
   _assert_same(runs['device_one_then_eight'], runs['device_one'])
 
 
