@@ -16,11 +16,9 @@ the two-process streaming run goes on beside them.
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -157,30 +155,3 @@ def test_processes_with_different_configs_stop_before_compiling(tmp_path):
     assert process.returncode == 2, main_runner.failure_tail(out)
     assert 'differs from process 0' in out
   assert not os.path.exists(tmp_path / 'checkpoints')
-
-
-def test_a_sigterm_while_a_process_connects_stops_both_with_75(tmp_path):
-  """Process 1 gets SIGTERM while it waits for process 0 (not started yet)
-  in jax.distributed.initialize: before, it died of it (-15) and process 0
-  then waited minutes for it. Noted, the signal goes to JAX's preemption
-  service once they are connected: both stop after step 1, saved."""
-  address = f'localhost:{_free_port()}'
-
-  def start(process_id):  # Device input: no TensorFlow to import.
-    return _start(str(tmp_path), extra=['--config.input_pipeline=device'],
-                  distributed=[f'--coordinator_address={address}',
-                               '--num_processes=2',
-                               f'--process_id={process_id}'])
-  late = start(1)
-  time.sleep(1)  # Importing, or connecting to the absent process 0.
-  late.send_signal(signal.SIGTERM)
-  time.sleep(0.5)
-  if late.poll() is not None:
-    pytest.fail(f'process 1 ended with {late.returncode} on SIGTERM:\n'
-                + main_runner.failure_tail(late.communicate()[0]))
-  first = start(0)
-  for process in (first, late):
-    out, _ = process.communicate(timeout=120)
-    assert process.returncode == 75, main_runner.failure_tail(out)
-    assert 'saved a checkpoint at step 1' in out
-  assert os.listdir(tmp_path / 'checkpoints') == ['1']
