@@ -50,7 +50,7 @@ else:
   raise AssertionError('TensorFlow was not blocked')
 from tensorboard.compat.proto import event_pb2  # The blocker lets others be.
 import pytest
-from nin_jax import evaluate, export, main, predict, visualize
+from nin_jax import evaluate, export, predict, visualize
 from tests import main_runner
 
 workdir, root, out, image = sys.argv[1:]
