@@ -12,7 +12,6 @@ become epochs with the run's own batch size and the number of training
 examples of its dataset.json (or --train_examples).
 """
 
-import json
 import os
 
 from absl import app
@@ -21,6 +20,9 @@ import matplotlib
 
 matplotlib.use('Agg')
 from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from nin_jax import errors  # pylint: disable=g-import-not-at-top,wrong-import-position
+from nin_jax.files import workdir_files  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('out', None, 'Where to write the figure (.png).',
@@ -32,25 +34,21 @@ flags.DEFINE_list('labels', None,
                   'Comma-separated curve labels, one per directory '
                   '(default: the directory names).')
 
-
-def _read_json(path: str) -> dict:
-  with open(path, encoding='utf-8') as f:
-    return json.load(f)
+_NOT_A_RUN = 'name a workdir or a run record.'
 
 
-def test_curve(run_dir: str, train_examples: int | None = None
-               ) -> tuple[list[float], list[float]]:
+def accuracy_curve(run_dir: str, train_examples: int | None = None
+                   ) -> tuple[list[float], list[float]]:
   """(epochs, test accuracy in %) of every test evaluation of a run."""
-  config = _read_json(os.path.join(run_dir, 'config.json'))
-  dataset_file = os.path.join(run_dir, 'dataset.json')
-  if os.path.exists(dataset_file):
-    train_examples = _read_json(dataset_file)['num_train']
+  config = workdir_files.read_json(run_dir, 'config.json', _NOT_A_RUN)
+  if os.path.exists(os.path.join(run_dir, 'dataset.json')):
+    train_examples = workdir_files.read_json(
+        run_dir, 'dataset.json', _NOT_A_RUN)['num_train']
   if not train_examples:
     raise app.UsageError(f'{run_dir} has no dataset.json: give '
                          '--train_examples=N (50000 for CIFAR-10).')
-  with open(os.path.join(run_dir, 'metrics.jsonl'), encoding='utf-8') as f:
-    rows = [json.loads(line) for line in f if line.strip()]
-  tests = sorted((r['step'], r['accuracy']) for r in rows
+  tests = sorted((r['step'], r['accuracy'])
+                 for r in workdir_files.read_metrics(run_dir)
                  if r['split'] == 'test')
   steps_per_epoch = train_examples // config['batch_size']
   return ([step / steps_per_epoch for step, _ in tests],
@@ -69,7 +67,10 @@ def main(argv):
                          'directory.')
   figure, axes = plt.subplots(figsize=(7, 4.5))
   for run_dir, label in zip(run_dirs, labels):
-    epochs, accuracy = test_curve(run_dir, FLAGS.train_examples)
+    try:
+      epochs, accuracy = accuracy_curve(run_dir, FLAGS.train_examples)
+    except errors.WorkdirError as e:
+      raise app.UsageError(str(e)) from None
     axes.plot(epochs, accuracy, marker='.', label=label)
   axes.set_xlabel('epoch')
   axes.set_ylabel('test accuracy (%)')
