@@ -25,17 +25,22 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sweeps  # pylint: disable=g-import-not-at-top,wrong-import-position
+from nin_jax.files import workdir_files  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
+
+
+def _test_rows(workdir: str) -> list[dict[str, Any]]:
+  """The test evaluations of metrics.jsonl, in order."""
+  return [r for r in workdir_files.read_metrics(workdir)
+          if r['split'] == 'test']
 
 
 def final_test_error(workdir: str) -> float | None:
   """Test error (%) of a finished run, or None."""
   if not os.path.exists(os.path.join(workdir, sweeps.DONE_FILE)):
     return None
-  with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
-    tests = [json.loads(line) for line in f if '"test"' in line]
-  tests = [r for r in tests if r['split'] == 'test']
+  tests = _test_rows(workdir)
   return 100 * (1 - tests[-1]['accuracy']) if tests else None
 
 
@@ -49,10 +54,8 @@ def seconds_to(workdir: str, target: float) -> float | None:
     done = json.load(f)
   if done.get('resumed', True) or 'started' not in done:
     return None
-  with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
-    rows = [json.loads(line) for line in f if '"test"' in line]
-  times = [r['time'] for r in rows
-           if r['split'] == 'test' and 100 * r['accuracy'] >= target]
+  times = [r['time'] for r in _test_rows(workdir)
+           if 100 * r['accuracy'] >= target]
   return min(times) - done['started'] if times else None
 
 
